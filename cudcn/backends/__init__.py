@@ -1,0 +1,102 @@
+"""Backend selection: the array's library picks the backend.
+
+NumPy arrays run on a host backend: ``"cpu"`` (Numba kernels, the default) or ``"emulated"`` (the CUDA
+``.cu`` kernels compiled for the host with g++). CuPy arrays run on ``"cuda"``. The host backend is chosen
+by :func:`use_backend` (a context manager) or, outside one, by the environment variable ``CUDCN_BACKEND``,
+read at each call. CuPy is never imported for NumPy inputs.
+
+Every backend module exposes the same array-level functions, called with validated, C-contiguous arrays
+of one dtype and normalised integer parameters (see ``cudcn.ops``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+HOST_BACKENDS = ("cpu", "emulated")
+_MODULES = {
+    "cpu": "cudcn.backends.cpu",
+    "emulated": "cudcn.backends.emulated",
+    "cuda": "cudcn.backends.cuda",
+}
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("cudcn_backend", default=None)
+_poison: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_poison", default=False)
+
+
+def is_cupy_array(a: Any) -> bool:
+    """True for a CuPy ndarray, decided without importing CuPy."""
+    return type(a).__module__.split(".", 1)[0] == "cupy"
+
+
+def array_module(a: Any) -> ModuleType:
+    """``cupy`` for a CuPy array, else ``numpy``."""
+    if is_cupy_array(a):
+        return importlib.import_module("cupy")
+    return np
+
+
+def host_backend() -> str:
+    """The backend NumPy arrays run on now: ``use_backend``'s choice, else ``CUDCN_BACKEND``, else cpu."""
+    name = _forced.get()
+    if name is None:
+        name = os.environ.get("CUDCN_BACKEND", "").strip().lower() or "cpu"
+        if name not in HOST_BACKENDS:
+            raise ValueError(
+                f"CUDCN_BACKEND must be one of {HOST_BACKENDS} (CuPy arrays always run on 'cuda'), "
+                f"got {name!r}"
+            )
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run NumPy inputs on the host backend ``name`` (``"cpu"`` or ``"emulated"``) inside the block.
+
+    Example::
+
+        with cudcn.use_backend("emulated"):
+            out = cudcn.functional.deform_conv2d(x, offset, weight)
+    """
+    if name not in HOST_BACKENDS:
+        raise ValueError(f"backend must be one of {HOST_BACKENDS}, got {name!r}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def backend_name_for(a: Any) -> str:
+    """The backend an op on array ``a`` runs on."""
+    return "cuda" if is_cupy_array(a) else host_backend()
+
+
+def get_backend(a: Any) -> ModuleType:
+    """The backend module for array ``a`` (imported on first use)."""
+    return importlib.import_module(_MODULES[backend_name_for(a)])
+
+
+@contextlib.contextmanager
+def poisoning(enabled: bool = True) -> Iterator[None]:
+    """Inside the block every backend fills the outputs it allocates with NaN before writing them."""
+    token = _poison.set(enabled)
+    try:
+        yield
+    finally:
+        _poison.reset(token)
+
+
+def new_output(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Allocate an output that a kernel overwrites completely; NaN-filled under ``poisoning``."""
+    out = xp.empty(shape, dtype=dtype)
+    if _poison.get():
+        out.fill(np.nan)
+    return out

@@ -1,0 +1,67 @@
+"""The public differentiable ops.
+
+Each function takes NumPy or CuPy arrays or :class:`cudcn.Tensor` objects. If any argument is a
+``Tensor`` the result is a ``Tensor`` recorded on the tape (plain arrays among the arguments are
+constants); if all are plain arrays the result is a plain array of the same library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cudcn.ops.deform_conv2d import DeformConv2dFunction
+
+Array = Any
+
+__all__ = [
+    "deform_conv2d",
+]
+
+
+def deform_conv2d(
+    input: Array,
+    offset: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    mask: Array | None = None,
+) -> Array:
+    """Deformable convolution (DCNv1), modulated (DCNv2) when ``mask`` is given.
+
+    The torchvision signature and layouts. Notation: B batch, C_in / C_out channels, H x W the input,
+    kh x kw the kernel, ``groups = C_in // weight.shape[1]`` weight groups,
+    ``og = offset.shape[1] // (2 * kh * kw)`` offset groups (independent of the weight groups; input
+    channel c uses offset group ``c // (C_in / og)``).
+
+    Args:
+        input: (B, C_in, H, W).
+        offset: (B, 2 * og * kh * kw, H_out, W_out). For offset group g and kernel tap k = i * kw + j,
+            channel ``2 * (g * kh * kw + k)`` is **dy** (rows) and the next channel is **dx** (columns),
+            in input pixels.
+        weight: (C_out, C_in / groups, kh, kw).
+        bias: (C_out,) or None.
+        stride, padding, dilation: an int or an (h, w) pair.
+        mask: (B, og * kh * kw, H_out, W_out) or None; channel ``g * kh * kw + k``. Used as given (apply
+            a sigmoid yourself if you want one).
+
+    Returns:
+        (B, C_out, H_out, W_out) with
+        ``H_out = (H + 2 * padding_h - (dilation_h * (kh - 1) + 1)) // stride_h + 1`` (same for W).
+
+    Output (oy, ox), tap (i, j) samples the input at ``y = oy * stride_h - padding_h + i * dilation_h +
+    dy`` and ``x = ox * stride_w - padding_w + j * dilation_w + dx`` by bilinear interpolation with
+    zeros outside the image (``grid_sample(align_corners=False, padding_mode="zeros")``).
+
+    Example:
+        >>> import numpy as np, cudcn
+        >>> x = np.ones((1, 2, 5, 5), np.float32)
+        >>> w = np.ones((4, 2, 3, 3), np.float32)
+        >>> off = np.zeros((1, 18, 5, 5), np.float32)
+        >>> cudcn.functional.deform_conv2d(x, off, w, padding=1)[0, 0, 2, 2]
+        np.float32(18.0)
+    """
+    return DeformConv2dFunction.apply(
+        input, offset, weight, bias, mask, stride=stride, padding=padding, dilation=dilation
+    )

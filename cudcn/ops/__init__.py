@@ -1,0 +1,15 @@
+"""Array-level ops (no tape): ``<op>_forward`` and ``<op>_backward`` for each op.
+
+``<op>_backward(grad_out, <the forward's arguments>)`` returns the gradients of the differentiable
+inputs in order (``deform_conv2d``: input, offset, weight, bias, mask; ``deform_roi_pool``: input,
+offset; ``deform_psroi_pool``: input, trans), ``None`` where an optional input was ``None``. Nothing is
+kept between the two calls, so they can be wired into any autograd (a PyTorch ``autograd.Function``,
+a JAX ``custom_vjp``, ...).
+"""
+
+from cudcn.ops.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
+
+__all__ = [
+    "deform_conv2d_backward",
+    "deform_conv2d_forward",
+]
