@@ -1,0 +1,252 @@
+"""``Tensor``: an array (NumPy or CuPy) with a gradient slot and a link to the tape node that made it.
+
+Leaf tensors are created by the user (``Tensor(array, requires_grad=True)``); their ``.grad`` receives
+gradients (summed across ``backward`` calls, like PyTorch; set it to None to reset). Tensors produced by
+a recorded :class:`~cudcn.autograd.Function` have ``grad_fn`` set and no ``.grad`` of their own.
+Operators and methods are the differentiable functions of :mod:`cudcn.autograd.math` and
+:mod:`cudcn.autograd.shaping`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cudcn.backends import array_module, is_cupy_array
+
+Array = Any
+
+
+def _as_array(data: Any) -> Array:
+    """``data`` if it is a NumPy or CuPy ndarray, else ``numpy.asarray(data)`` (scalars, lists)."""
+    if type(data) is np.ndarray or is_cupy_array(data):
+        return data
+    return np.asarray(data)
+
+
+class Tensor:
+    """A NumPy or CuPy array that records the differentiable operations applied to it.
+
+    Args:
+        data: the array (NumPy or CuPy, kept without a copy); scalars and lists go through
+            ``numpy.asarray``.
+        requires_grad: whether ``backward`` computes a gradient for this tensor (floating dtypes only).
+
+    Attributes:
+        data: the array. grad: a plain array of ``data``'s shape and dtype, or None.
+        requires_grad: bool. grad_fn: the :class:`~cudcn.autograd.Function` that produced it, or None.
+
+    Example::
+
+        x = Tensor(np.arange(3.0), requires_grad=True)
+        (x * x).sum().backward()
+        x.grad  # array([0., 2., 4.])
+    """
+
+    __slots__ = ("__weakref__", "data", "grad", "grad_fn", "requires_grad")
+    __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to the Tensor's reflected operator
+    __array_priority__ = 1000.0  # CuPy does the same based on priority
+
+    def __init__(self, data: Any, requires_grad: bool = False) -> None:
+        if isinstance(data, Tensor):
+            raise TypeError("data must be an array, got a Tensor (use tensor.detach() or .data)")
+        data = _as_array(data)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(
+                f"requires_grad=True needs a floating-point dtype, got data of dtype {data.dtype}"
+            )
+        self.data = data
+        self.grad: Array | None = None
+        self.requires_grad = bool(requires_grad)
+        self.grad_fn: Any = None
+
+    @classmethod
+    def _from_node(cls, data: Array, node: Any) -> Tensor:
+        """The output of recorded tape node ``node`` (used by ``Function.apply``)."""
+        out = cls.__new__(cls)
+        out.data = _as_array(data)
+        out.grad = None
+        out.requires_grad = True
+        out.grad_fn = node
+        return out
+
+    # ----------------------------------------------------------------------- array attributes
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> Any:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded Function."""
+        return self.grad_fn is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.grad_fn is not None:
+            extra = f", grad_fn=<{type(self.grad_fn).__name__}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        return f"Tensor({self.data!r}{extra})"
+
+    def item(self) -> float | int | bool:
+        """The value of a one-element tensor as a Python scalar."""
+        return self.data.item()
+
+    def numpy(self) -> np.ndarray:
+        """A host (NumPy) copy of ``data``."""
+        if is_cupy_array(self.data):
+            return self.data.get()
+        return self.data.copy()
+
+    def detach(self) -> Tensor:
+        """A new leaf sharing ``data``, without history and not requiring grad."""
+        return Tensor(self.data)
+
+    # ----------------------------------------------------------------------- backward
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) contracted with ``grad`` into every leaf's ``.grad``.
+
+        Args:
+            grad: the gradient of the final scalar with respect to this tensor, same shape (cast to
+                this dtype). May be omitted only for a one-element tensor (then it is 1).
+            retain_graph: keep the graph so that ``backward`` can run through it again; by default
+                each node is freed once consumed and a second pass raises ``RuntimeError``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward() on a tensor that does not require grad: no input of its computation "
+                "had requires_grad=True, or it was computed under no_grad()"
+            )
+        xp = array_module(self.data)
+        if grad is None:
+            if self.data.size != 1:
+                raise ValueError(
+                    "grad can be omitted only for a one-element output, got an output of shape "
+                    f"{self.shape}; pass grad=<array of shape {self.shape}>"
+                )
+            grad = xp.ones(self.shape, dtype=self.dtype)
+        else:
+            if isinstance(grad, Tensor):
+                grad = grad.data
+            if is_cupy_array(grad) != is_cupy_array(self.data):
+                raise TypeError(
+                    f"grad must be of the same array library as the tensor ({xp.__name__}), "
+                    f"got {type(grad).__module__}.{type(grad).__name__}"
+                )
+            grad = xp.asarray(grad)
+            if grad.shape != self.shape:
+                raise ValueError(f"grad must have shape {self.shape}, got {grad.shape}")
+            if grad.dtype != self.dtype:
+                grad = grad.astype(self.dtype)
+        run_backward(self, grad, retain_graph)
+
+    # ----------------------------------------------------------------------- operators
+    def __add__(self, other: Any) -> Tensor:
+        return _math.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return _math.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return _math.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return _math.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return _math.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return _math.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return _math.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return _math.div(other, self)
+
+    def __neg__(self) -> Tensor:
+        return _math.neg(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        return _math.pow(self, exponent)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return _math.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return _math.matmul(other, self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return _shaping.getitem(self, index)
+
+    # ----------------------------------------------------------------------- methods
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _shaping.sum(self, axis, keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _shaping.mean(self, axis, keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return _shaping.max(self, axis, keepdims)
+
+    def reshape(self, *shape: int | tuple[int, ...]) -> Tensor:
+        """``t.reshape(2, 3)`` or ``t.reshape((2, 3))``; one entry may be -1."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _shaping.reshape(self, shape)
+
+    def transpose(self, *axes: int | tuple[int, ...]) -> Tensor:
+        """Permute the axes (reverse them when none are given), as ``numpy.transpose``."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _shaping.transpose(self, axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        """The tensor with its axes reversed."""
+        return _shaping.transpose(self, None)
+
+    def flatten(self, start_dim: int = 0) -> Tensor:
+        """Merge the axes from ``start_dim`` on into one: (B, C, H, W) -> (B, C*H*W) for 1."""
+        return _shaping.flatten(self, start_dim)
+
+    def exp(self) -> Tensor:
+        return _math.exp(self)
+
+    def log(self) -> Tensor:
+        return _math.log(self)
+
+    def relu(self) -> Tensor:
+        return _math.relu(self)
+
+    def sigmoid(self) -> Tensor:
+        return _math.sigmoid(self)
+
+    def tanh(self) -> Tensor:
+        return _math.tanh(self)
+
+
+# function.py, math.py and shaping.py build on Tensor, so they are imported once it exists.
+from cudcn.autograd import math as _math  # noqa: E402
+from cudcn.autograd import shaping as _shaping  # noqa: E402
+from cudcn.autograd.function import run_backward  # noqa: E402

@@ -1,0 +1,213 @@
+"""Test helpers: ``gradcheck``, ``poison_outputs`` and tolerances derived from the dtype.
+
+``gradcheck`` compares the tape's gradients with central finite differences. The tolerance helpers
+compare a backend's float32 or float64 result with the float64 reference (``cudcn.reference``): the
+allowed error is ``factor * eps(dtype) * scale``, the rounding error of the backend's dtype relative to
+a magnitude ``scale`` of the computation (flash-attention's way of deriving a tolerance instead of
+guessing one). ``scale`` defaults to ``max|reference|``; for a sum of products, the per-element sum of
+``|terms|`` is tighter where results cancel, e.g. the reference evaluated on ``abs`` of its inputs
+for an op that is linear in each of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from cudcn.autograd import Tensor, no_grad
+from cudcn.backends import array_module, is_cupy_array, poisoning
+
+Array = Any
+
+__all__ = [
+    "GradcheckError",
+    "assert_allclose_to_reference",
+    "gradcheck",
+    "poison_outputs",
+    "reference_tolerance",
+    "to_numpy",
+]
+
+
+class GradcheckError(AssertionError):
+    """A tape gradient differs from its finite-difference estimate."""
+
+
+@contextlib.contextmanager
+def poison_outputs() -> Iterator[None]:
+    """Inside the block every backend fills the output arrays it allocates with NaN before its kernels
+    write them, so an element a kernel forgets to write shows up as NaN in the result.
+
+    Example::
+
+        with cudcn.testing.poison_outputs():
+            out = cudcn.ops.deform_conv2d_forward(x, offset, weight)
+        assert not np.isnan(out).any()
+    """
+    with poisoning():
+        yield
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """A host NumPy view or copy of ``a`` (a NumPy or CuPy array, a ``Tensor`` or a scalar)."""
+    if isinstance(a, Tensor):
+        a = a.data
+    if is_cupy_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def _check_input(i: int, x: Any) -> Tensor:
+    """``inputs[i]`` as the Tensor gradcheck evaluates ``fn`` on (a private copy when checked)."""
+    data = x.data if isinstance(x, Tensor) else x
+    if not (isinstance(data, np.ndarray) or is_cupy_array(data)):
+        raise TypeError(
+            f"gradcheck: inputs[{i}] must be a float64 NumPy/CuPy array or Tensor, "
+            f"got {type(x).__name__}"
+        )
+    if data.dtype != np.float64:
+        raise TypeError(f"gradcheck: inputs[{i}] must have dtype float64, got {data.dtype}")
+    if isinstance(x, Tensor) and not x.requires_grad:
+        return x  # a constant: not perturbed, not checked
+    return Tensor(data.copy(), requires_grad=True)
+
+
+def gradcheck(
+    fn: Callable[..., Tensor],
+    inputs: Sequence[Any],
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    seed: int | None = None,
+) -> bool:
+    """Check the tape's gradients of ``fn`` against central finite differences.
+
+    For a random cotangent ``v`` (standard normal, shape of ``fn``'s output) the gradient of
+    ``sum(v * fn(*x))`` with respect to each checked input is computed by ``backward`` and, element by
+    element, by ``(f(x + eps) - f(x - eps)) / (2 eps)``. They must agree within
+    ``atol + rtol * |numerical|``.
+
+    Args:
+        fn: takes one Tensor per input and returns a Tensor.
+        inputs: float64 NumPy/CuPy arrays (checked: wrapped in Tensors with ``requires_grad=True``) or
+            Tensors (checked when ``requires_grad`` is set, else constants). Inputs are copied, never
+            modified; CuPy inputs are perturbed on the device.
+        eps, atol, rtol: finite-difference step and tolerances.
+        seed: seed of the cotangent's random generator.
+
+    Returns:
+        True.
+
+    Raises:
+        TypeError: an input is not a float64 array or Tensor (the message gives its index).
+        GradcheckError: the element with the largest excess error, naming the input index, the element
+            index and the tape and finite-difference values.
+    """
+    tensors = [_check_input(i, x) for i, x in enumerate(inputs)]
+    checked = [i for i, t in enumerate(tensors) if t.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input to check (every input is a Tensor without grad)")
+    out = fn(*tensors)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")
+    xp = array_module(out.data)
+    cotangent = xp.asarray(np.random.default_rng(seed).standard_normal(out.shape))
+    if out.requires_grad:
+        out.backward(cotangent)
+
+    def objective() -> float:
+        with no_grad():
+            return float((cotangent * fn(*tensors).data).sum())
+
+    for i in checked:
+        leaf = tensors[i]
+        tape = leaf.grad if leaf.grad is not None else xp.zeros(leaf.shape)
+        flat = leaf.data.reshape(-1)  # a view: leaf.data is our contiguous copy
+        numerical = np.empty(flat.size)
+        for j in range(flat.size):
+            original = float(flat[j])
+            flat[j] = original + eps
+            plus = objective()
+            flat[j] = original - eps
+            minus = objective()
+            flat[j] = original
+            numerical[j] = (plus - minus) / (2 * eps)
+        _compare(i, to_numpy(tape).reshape(leaf.shape), numerical.reshape(leaf.shape), atol, rtol)
+    return True
+
+
+def _compare(i: int, tape: np.ndarray, numerical: np.ndarray, atol: float, rtol: float) -> None:
+    """Raise GradcheckError for input ``i`` unless ``|tape - numerical| <= atol + rtol |numerical|``."""
+    excess = np.abs(tape - numerical) - (atol + rtol * np.abs(numerical))
+    bad = ~(excess <= 0)  # NaN counts as a mismatch
+    if not bad.any():
+        return
+    worst = np.where(np.isnan(excess), np.inf, excess)
+    idx = np.unravel_index(int(np.argmax(worst)), tape.shape)
+    idx = tuple(int(k) for k in idx)
+    a, n = float(tape[idx]), float(numerical[idx])
+    raise GradcheckError(
+        f"gradcheck: gradient of input {i} differs at index {idx}: tape {a!r}, "
+        f"finite difference {n!r} (|diff| {abs(a - n):.3g}, "
+        f"atol {atol}, rtol {rtol}; {int(bad.sum())} of {bad.size} elements differ)"
+    )
+
+
+def reference_tolerance(dtype: Any, scale: Any, factor: float = 16.0) -> Any:
+    """Allowed absolute error ``factor * eps(dtype) * scale`` for a result computed in ``dtype``.
+
+    ``scale`` is a float or a host array broadcastable to the result (per-element magnitudes).
+    """
+    return factor * float(np.finfo(dtype).eps) * np.asarray(to_numpy(scale), dtype=np.float64)
+
+
+def assert_allclose_to_reference(
+    actual: Any,
+    reference: Any,
+    dtype: Any = None,
+    *,
+    scale: Any = None,
+    factor: float = 16.0,
+    name: str = "",
+) -> None:
+    """Assert that a backend result is within rounding error of the float64 reference.
+
+    Args:
+        actual: the backend's result (NumPy or CuPy array, Tensor); compared on the host in float64.
+        reference: the float64 reference result, same shape.
+        dtype: the dtype the backend computed in; defaults to ``actual.dtype``.
+        scale: magnitude of the computation, a float or an array broadcastable to the result (e.g. the
+            sum of ``|terms|`` per element); defaults to ``max|reference|`` (1 when that is 0).
+        factor: multiple of ``eps(dtype) * scale`` allowed.
+        name: what is compared, for the message.
+
+    Raises:
+        AssertionError: naming the count of failing elements and the worst one (index, both values,
+            the error and the allowed error).
+    """
+    got = to_numpy(actual)
+    dtype = np.dtype(got.dtype if dtype is None else dtype)
+    got = got.astype(np.float64)
+    ref = to_numpy(reference).astype(np.float64)
+    label = f"{name}: " if name else ""
+    if got.shape != ref.shape:
+        raise AssertionError(f"{label}shape {got.shape} differs from the reference's {ref.shape}")
+    if scale is None:
+        scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+        scale = scale if scale > 0 else 1.0
+    allowed = np.broadcast_to(reference_tolerance(dtype, scale, factor), ref.shape)
+    err = np.abs(got - ref)
+    bad = ~(err <= allowed)  # NaN counts as a failure
+    if not bad.any():
+        return
+    worst = np.where(np.isnan(err), np.inf, err - allowed)
+    idx = tuple(int(k) for k in np.unravel_index(int(np.argmax(worst)), ref.shape))
+    raise AssertionError(
+        f"{label}{int(bad.sum())} of {bad.size} elements exceed {factor} * eps({dtype}) * scale; "
+        f"worst at {idx}: got {float(got[idx])!r}, reference {float(ref[idx])!r}, "
+        f"|diff| {err[idx]:.3g} > "
+        f"allowed {allowed[idx]:.3g}"
+    )
