@@ -1,0 +1,184 @@
+"""Launch code of the deform_conv2d kernels, shared by the CUDA and the emulated backend.
+
+The two backends differ only in what they pass here: ``xp`` (``cupy`` / ``numpy``) and
+``get_kernel(name_expression)`` (a ``RawModule`` lookup / the host build's export table, see
+:mod:`cudcn.backends.cuda.launch`). Everything else, buffers, GEMMs, chunking and the kernel
+arguments, is this one code path, so the emulated backend tests exactly what runs on a GPU.
+
+Algorithm, per chunk of the batch (the column buffer is bounded by :data:`COLUMN_BUDGET_BYTES`):
+
+* forward: ``deform_conv2d_im2col`` fills ``columns`` (C_in·kh·kw, chunk, H_out·W_out); per
+  weight group a GEMM ``weight_g (C_out/G, C_in/G·kh·kw) @ columns_g`` (cuBLAS through
+  ``xp.matmul``), then one element-wise pass moves (C_out, chunk, P) to the output's
+  (chunk, C_out, P) and adds the bias.
+* backward: ``grad_out`` is transposed once to (C_out, chunk·P); ``columns`` is recomputed and
+  ``grad_weight_g += grad_out_g @ columns_g^T``; the same buffer then receives the column gradient
+  ``weight_g^T @ grad_out_g``, which ``deform_conv2d_col2im`` scatters onto ``grad_input``
+  (atomicAdd) and ``deform_conv2d_col2im_coord`` reduces into ``grad_offset`` and ``grad_mask``.
+
+Adding an op with kernels (e.g. ``deform_roi_pool``):
+
+1. ``cudcn/kernels/<op>.cu``: ``#include "common.cuh"``, templated ``__global__`` kernels written as
+   grid-stride loops (``CUDCN_KERNEL_LOOP``), no ``__shared__`` / ``__syncthreads()`` (the host
+   shim runs a block's threads one after another), nothing CUDA-only outside ``#ifdef __CUDACC__``.
+2. ``cudcn/backends/cuda/<op>.py`` like this module: a ``NAME_EXPRESSIONS`` tuple listing every
+   instantiation (the single list read by NVRTC, the host build and ``tests/test_nvrtc.py``) and
+   ``<op>_forward(xp, get_kernel, ...)`` / ``<op>_backward(xp, get_kernel, ...)``, which pass
+   C-contiguous arrays and explicit NumPy scalars (``numpy.int32`` for ``int``, ...).
+3. Export lines in ``cudcn/backends/cuda/__init__.py`` and ``cudcn/backends/emulated/__init__.py``:
+   functions with the backend signature that call the launch functions with the backend's ``xp``
+   and ``cuda_kernels("<op>")`` / ``host_kernels("<op>")``.
+
+The NVRTC compile test and both loaders find the new file by its stem; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cudcn.backends import new_output
+from cudcn.backends.cuda.launch import GetKernel, batch_chunks, c_type, index_type, launch_1d
+
+Array = Any
+Pair = tuple[int, int]
+
+NAME_EXPRESSIONS = tuple(
+    f"deform_conv2d_{kernel}<{scalar}, {index}>"
+    for kernel in ("im2col", "col2im", "col2im_coord")
+    for scalar in ("float", "double")
+    for index in ("int", "long long")
+)
+
+COLUMN_BUDGET_BYTES = 128 * 2**20  # bound on the column buffer of one batch chunk
+
+
+class _Plan:
+    """One call's geometry: batch chunks, index type, and the three kernels' launches."""
+
+    def __init__(self, get_kernel: GetKernel, input: Array, offset: Array, weight: Array,
+                 mask: Array | None, *, stride: Pair, padding: Pair, dilation: Pair, groups: int,
+                 offset_groups: int):  # fmt: skip
+        self.batch, self.channels, height, width = (int(s) for s in input.shape)
+        self.out_channels, _, kh, kw = (int(s) for s in weight.shape)
+        self.out_h, self.out_w = (int(s) for s in offset.shape[2:])
+        if max(height * width, self.out_h * self.out_w) > np.iinfo(np.int32).max:
+            raise ValueError(
+                f"input and output planes must have < 2**31 pixels (the kernels index one plane "
+                f"in int), got H*W = {height * width}, H_out*W_out = {self.out_h * self.out_w}"
+            )
+        self.groups, self.taps, self.dtype = groups, kh * kw, input.dtype
+        self.plane = self.out_h * self.out_w
+        self.rows = self.channels * self.taps  # rows of the column buffer
+        self.geometry = (self.channels, height, width, self.out_h, self.out_w, kh, kw, *stride,
+                         *padding, *dilation, offset_groups, int(mask is not None))  # fmt: skip
+        per_item = self.rows * self.plane * self.dtype.itemsize
+        self.chunks = list(batch_chunks(self.batch, per_item, COLUMN_BUDGET_BYTES))
+        self.largest = max((stop - start for start, stop in self.chunks), default=0)
+        counts = (self.rows * self.plane, self.channels * height * width,
+                  offset.shape[1] * self.plane, self.out_channels * self.plane)  # fmt: skip
+        self.index_name, self.index = index_type(*(self.largest * count for count in counts))
+        templates = f"<{c_type(self.dtype)}, {self.index_name}>"
+        self.kernels = {name: get_kernel(f"deform_conv2d_{name}{templates}")
+                        for name in ("im2col", "col2im", "col2im_coord")}  # fmt: skip
+
+    def _launch(self, name: str, n: int, chunk: int, arrays: tuple[Array, ...]) -> None:
+        scalars = (self.index(n), *(np.int32(v) for v in (chunk, *self.geometry)))
+        launch_1d(self.kernels[name], n, (*arrays, *scalars))
+
+    def buffer(self, xp: Any, rows: int) -> Array:
+        """A flat work buffer of ``rows`` x (largest chunk · H_out·W_out) elements."""
+        return xp.empty(rows * self.largest * self.plane, dtype=self.dtype)
+
+    def im2col(self, columns: Array, input: Array, offset: Array, mask: Array) -> Array:
+        """Fill the column buffer for the chunk ``input``; returns it as (groups, rows / groups,
+        chunk · H_out·W_out)."""
+        chunk = input.shape[0]
+        cols = columns[: self.rows * chunk * self.plane]
+        self._launch(
+            "im2col", self.channels * chunk * self.plane, chunk, (input, offset, mask, cols)
+        )
+        return cols.reshape(self.groups, self.rows // self.groups, chunk * self.plane)
+
+    def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: Array) -> None:
+        """Scatter the column gradient onto ``g_input`` (zeroed; atomicAdd)."""
+        chunk = g_input.shape[0]
+        self._launch("col2im", self.channels * chunk * self.plane, chunk,
+                     (g_cols, offset, mask, g_input))  # fmt: skip
+
+    def col2im_coord(self, g_cols: Array, input: Array, offset: Array, mask: Array,
+                     g_offset: Array, g_mask: Array) -> None:  # fmt: skip
+        """Reduce the column gradient into ``g_offset`` and (with a mask) ``g_mask``."""
+        chunk = input.shape[0]
+        n = chunk * offset.shape[1] // 2 * self.plane  # one thread per (b, offset group, tap, p)
+        self._launch("col2im_coord", n, chunk, (g_cols, input, offset, mask, g_offset, g_mask))
+
+
+def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: Array,
+                          weight: Array, bias: Array | None, mask: Array | None,
+                          **params: Any) -> Array:  # fmt: skip
+    """Output (B, C_out, H_out, W_out); arguments, and the keyword parameters ``stride``,
+    ``padding``, ``dilation``, ``groups`` and ``offset_groups``, as in ``cudcn.backends``."""
+    input, offset, weight = (xp.ascontiguousarray(a) for a in (input, offset, weight))
+    mask = None if mask is None else xp.ascontiguousarray(mask)
+    plan = _Plan(get_kernel, input, offset, weight, mask, **params)
+    out = new_output(xp, (plan.batch, plan.out_channels, plan.out_h, plan.out_w), plan.dtype)
+    if not plan.chunks:
+        return out
+    columns, product = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
+    w = weight.reshape(plan.groups, plan.out_channels // plan.groups, -1)
+    no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never read (use_mask 0)
+    for start, stop in plan.chunks:
+        chunk, batch = stop - start, slice(start, stop)
+        masks = no_mask if mask is None else mask[batch]
+        cols = plan.im2col(columns, input[batch], offset[batch], masks)
+        prod = product[: plan.out_channels * chunk * plan.plane].reshape(*w.shape[:2], -1)
+        for g in range(plan.groups):
+            xp.matmul(w[g], cols[g], out=prod[g])
+        result = prod.reshape(plan.out_channels, chunk, plan.plane).transpose(1, 0, 2)
+        target = out[batch].reshape(chunk, plan.out_channels, plan.plane)
+        if bias is None:
+            target[...] = result
+        else:
+            xp.add(result, bias.reshape(1, -1, 1), out=target)
+    return out
+
+
+def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, input: Array,
+                           offset: Array, weight: Array, bias: Array | None, mask: Array | None,
+                           **params: Any) -> tuple[Array, ...]:  # fmt: skip
+    """``(g_input, g_offset, g_weight, g_bias, g_mask)``, shaped like the arguments; ``g_bias`` and
+    ``g_mask`` are None when ``bias`` and ``mask`` are. Keyword parameters as in the forward."""
+    grad_out, input, offset, weight = (
+        xp.ascontiguousarray(a) for a in (grad_out, input, offset, weight)
+    )
+    mask = None if mask is None else xp.ascontiguousarray(mask)
+    plan = _Plan(get_kernel, input, offset, weight, mask, **params)
+    g_input = xp.zeros(input.shape, dtype=plan.dtype)  # scatter target
+    g_offset = new_output(xp, offset.shape, plan.dtype)
+    g_mask = None if mask is None else new_output(xp, mask.shape, plan.dtype)
+    g_weight = xp.zeros(weight.shape, dtype=plan.dtype)
+    g_bias = None if bias is None else grad_out.sum(axis=(0, 2, 3))
+    if not plan.chunks:
+        return g_input, g_offset, g_weight, g_bias, g_mask
+    columns, grads = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
+    w = weight.reshape(plan.groups, plan.out_channels // plan.groups, -1)
+    gw = g_weight.reshape(w.shape)
+    no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never touched (use_mask 0)
+    for start, stop in plan.chunks:
+        chunk, batch = stop - start, slice(start, stop)
+        masks = no_mask if mask is None else mask[batch]
+        go = grads[: plan.out_channels * chunk * plan.plane]
+        go.reshape(plan.out_channels, chunk, plan.plane)[...] = (
+            grad_out[batch].reshape(chunk, plan.out_channels, plan.plane).transpose(1, 0, 2)
+        )
+        go = go.reshape(*w.shape[:2], -1)
+        cols = plan.im2col(columns, input[batch], offset[batch], masks)
+        for g in range(plan.groups):
+            gw[g] += xp.matmul(go[g], cols[g].T)
+            xp.matmul(w[g].T, go[g], out=cols[g])  # cols now holds the column gradient
+        plan.col2im(cols, offset[batch], masks, g_input[batch])
+        plan.col2im_coord(cols, input[batch], offset[batch], masks, g_offset[batch],
+                          no_mask if g_mask is None else g_mask[batch])  # fmt: skip
+    return g_input, g_offset, g_weight, g_bias, g_mask

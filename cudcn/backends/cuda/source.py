@@ -1,0 +1,64 @@
+"""The kernel sources: one ``.cu`` file per op in ``cudcn/kernels``, joined with its headers into one text.
+
+Both loaders compile the same text: the CUDA backend hands it to ``cupy.RawModule`` (whose disk cache
+hashes only the source string, not ``-I`` headers, so the headers must be inside it) and the emulated
+backend hands it to g++ (its cache key is a hash of the text and the flags). Joining inlines every
+``#include "..."`` of a file in ``cudcn/kernels`` once, between ``#line`` directives, so compiler
+messages and debuggers still point at the real files. ``#include <...>`` lines are left alone.
+
+Each op's kernel names live in its launch module, ``cudcn.backends.cuda.<stem>``, as the tuple
+``NAME_EXPRESSIONS`` (e.g. ``"deform_conv2d_im2col<float, int>"``): the one list that NVRTC's
+``name_expressions``, the host build's export table and the compile tests all read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent.parent / "kernels"
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
+
+
+def kernel_stems() -> tuple[str, ...]:
+    """The ops that have kernels: the stems of the ``.cu`` files in ``cudcn/kernels``, sorted."""
+    return tuple(sorted(path.stem for path in KERNEL_DIR.glob("*.cu")))
+
+
+def name_expressions(stem: str) -> tuple[str, ...]:
+    """The kernel instantiations of ``<stem>.cu``, from its launch module ``cudcn.backends.cuda.<stem>``."""
+    module = importlib.import_module(f"cudcn.backends.cuda.{stem}")
+    return tuple(module.NAME_EXPRESSIONS)
+
+
+def kernel_source(stem: str) -> str:
+    """The text of ``cudcn/kernels/<stem>.cu`` with its local headers inlined (each one once)."""
+    path = KERNEL_DIR / f"{stem}.cu"
+    if not path.is_file():
+        raise ValueError(f"no kernel file for op {stem!r}: expected {path}")
+    return _join(path, set())
+
+
+def _line_directive(line: int, path: Path) -> str:
+    return f'#line {line} "{path.as_posix()}"'
+
+
+def _join(path: Path, seen: set[Path]) -> str:
+    text = path.read_text(encoding="utf-8")
+    pieces = [_line_directive(1, path)]
+    position = 0
+    for match in _LOCAL_INCLUDE.finditer(text):
+        header = (path.parent / match.group(1)).resolve()
+        if not header.is_file():
+            raise FileNotFoundError(
+                f"{path.name} includes {match.group(1)!r}, not found at {header}"
+            )
+        pieces.append(text[position : match.start()])
+        if header not in seen:
+            seen.add(header)
+            pieces.append(_join(header, seen))
+        pieces.append(_line_directive(text.count("\n", 0, match.end()) + 2, path))
+        position = match.end() + 1  # past the include line's newline
+    pieces.append(text[position:])
+    return "\n".join(pieces)

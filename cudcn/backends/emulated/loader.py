@@ -1,0 +1,187 @@
+"""Loading host builds with ctypes: kernels that check their launches the way a GPU would need them.
+
+:func:`host_kernels` returns ``get_kernel(name_expression)`` for an op, like the CUDA loader, and each
+:class:`HostKernel` is called like CuPy's ``RawKernel``: ``kernel(grid, block, args)``. Before running,
+it checks what a raw GPU launch never checks and gets silently wrong: the grid and block limits, the
+argument count, every scalar's kind and width (``numpy.int32`` for ``int``, ``numpy.int64`` for
+``long long``, ``numpy.float32`` for ``float``, ...; Python numbers are refused), and every pointer
+argument's element type, C-contiguity and, for non-const pointers, writability. Parameter types come
+from the build's export table, i.e. from the compiled kernel signatures themselves.
+
+``CUDCN_EMULATED_THREADS`` sets how many CPU threads run a launch's blocks (default: the CPUs this
+process may use); ``1`` gives a deterministic, debugger-friendly run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cudcn.backends.cuda.launch import GetKernel
+from cudcn.backends.emulated.build import TABLE_SYMBOL, build, build_flags, compiler
+
+_C_NAMES = {"f4": "float", "f8": "double", "i4": "int", "i8": "long long", "u4": "unsigned int",
+            "u8": "unsigned long long"}  # fmt: skip
+_LAUNCH = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ctypes.POINTER(ctypes.c_uint),
+    ctypes.POINTER(ctypes.c_uint),
+    ctypes.c_void_p,
+    ctypes.c_int,
+)
+
+
+class _Entry(ctypes.Structure):
+    _fields_ = (("name", ctypes.c_char_p), ("launch", _LAUNCH), ("signature", ctypes.c_char_p))
+
+
+def describe(code: str) -> str:
+    """The C++ type of a parameter code: ``"cpf4"`` -> ``"const float*"``, ``"i8"`` -> ``"long long"``."""
+    if code.startswith("cp"):
+        return f"const {_C_NAMES.get(code[2:], code[2:])}*"
+    if code.startswith("p"):
+        return f"{_C_NAMES.get(code[1:], code[1:])}*"
+    return _C_NAMES.get(code, code)
+
+
+def _numpy_name(code: str) -> str:
+    """``"i4"`` -> ``"numpy.int32"``, ``"f8"`` -> ``"numpy.float64"``."""
+    return f"numpy.{np.dtype(code).name}"
+
+
+def _dims(what: str, value: Any) -> tuple[int, int, int]:
+    dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    if not 1 <= len(dims) <= 3 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in dims):
+        raise ValueError(f"{what} must be 1 to 3 positive integers, got {value!r}")
+    return (*(int(d) for d in dims), 1, 1)[:3]
+
+
+def _workers() -> int:
+    configured = os.environ.get("CUDCN_EMULATED_THREADS", "").strip()
+    if configured:
+        return max(1, int(configured))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class HostKernel:
+    """One kernel of a host build. ``signature``: its parameter codes (``"cpf4"``, ``"i4"``, ...)."""
+
+    def __init__(self, name: str, launch: Any, signature: tuple[str, ...], library: Path):
+        self.name, self.signature, self.library = name, signature, library
+        self._launch = launch
+
+    def __repr__(self) -> str:
+        params = ", ".join(describe(code) for code in self.signature)
+        return f"<HostKernel {self.name}({params}) from {self.library.name}>"
+
+    def _argument(self, position: int, code: str, arg: Any) -> np.ndarray:
+        """A one-element array holding the value the kernel receives for parameter ``position``."""
+        where = f"{self.name}: argument {position} ({describe(code)})"
+        if code.startswith(("p", "cp")):
+            element = code.removeprefix("c")[1:]
+            if not isinstance(arg, np.ndarray):
+                raise TypeError(f"{where} needs a numpy array, got {type(arg).__name__}")
+            if f"{arg.dtype.kind}{arg.dtype.itemsize}" != element:
+                raise TypeError(f"{where} needs a {_numpy_name(element)} array, got {arg.dtype}")
+            if not arg.flags.c_contiguous:
+                raise ValueError(f"{where} needs a C-contiguous array, got strides {arg.strides}")
+            if not code.startswith("cp") and not arg.flags.writeable:
+                raise ValueError(f"{where} is written by the kernel, got a read-only array")
+            return np.array([arg.ctypes.data], dtype=np.uintp)
+        if not isinstance(arg, np.generic) or f"{arg.dtype.kind}{arg.dtype.itemsize}" != code:
+            got = f"numpy.{arg.dtype}" if isinstance(arg, np.generic) else type(arg).__name__
+            raise TypeError(
+                f"{where} needs a {_numpy_name(code)} scalar (raw launches pass scalars of the "
+                f"parameter's exact width), got {got} {arg!r}"
+            )
+        return np.array([arg], dtype=arg.dtype)
+
+    def __call__(self, grid: Any, block: Any, args: tuple[Any, ...] | list[Any]) -> None:
+        grid3, block3 = _dims("grid", grid), _dims("block", block)
+        threads = block3[0] * block3[1] * block3[2]
+        if threads > 1024 or block3[2] > 64:
+            raise ValueError(
+                f"{self.name}: block {block3} exceeds CUDA's limits (1024 threads, z<=64)"
+            )
+        if grid3[0] >= 2**31 or grid3[1] > 65535 or grid3[2] > 65535:
+            raise ValueError(
+                f"{self.name}: grid {grid3} exceeds CUDA's limits (2**31-1, 65535, 65535)"
+            )
+        if len(args) != len(self.signature):
+            params = ", ".join(describe(code) for code in self.signature)
+            raise TypeError(f"{self.name} takes {len(self.signature)} arguments ({params}), "
+                            f"got {len(args)}")  # fmt: skip
+        values = [
+            self._argument(i, code, a)
+            for i, (code, a) in enumerate(zip(self.signature, args, strict=True))
+        ]
+        pointers = np.array([v.ctypes.data for v in values], dtype=np.uintp)
+        status = self._launch(
+            (ctypes.c_uint * 3)(*grid3),
+            (ctypes.c_uint * 3)(*block3),
+            pointers.ctypes.data,
+            _workers(),
+        )
+        if status != 0:
+            raise RuntimeError(
+                f"{self.name}: launch of grid {grid3} x block {block3} rejected ({status})"
+            )
+
+
+class HostLibrary:
+    """A loaded host build and its kernels by name expression."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._dll = ctypes.CDLL(str(path))  # RTLD_LOCAL: builds never see each other's symbols
+        table = getattr(self._dll, TABLE_SYMBOL)
+        table.restype = ctypes.POINTER(_Entry)
+        table.argtypes = (ctypes.POINTER(ctypes.c_int),)
+        count = ctypes.c_int(0)
+        rows = table(ctypes.byref(count))
+        self.kernels: dict[str, HostKernel] = {}
+        for i in range(count.value):
+            name = rows[i].name.decode()
+            signature = tuple(rows[i].signature.decode().split())
+            self.kernels[name] = HostKernel(name, rows[i].launch, signature, path)
+
+    def get_kernel(self, name: str) -> HostKernel:
+        try:
+            return self.kernels[name]
+        except KeyError:
+            raise KeyError(
+                f"{name!r} is not a kernel of {self.path.name}; it exports {sorted(self.kernels)}"
+            ) from None
+
+
+_lock = threading.Lock()
+_libraries: dict[tuple[str, str, tuple[str, ...]], HostLibrary] = {}
+
+
+def host_library(stem: str) -> HostLibrary:
+    """The host build of ``cudcn/kernels/<stem>.cu`` for the current flags, built on first use."""
+    key = (stem, compiler(), build_flags())
+    if any(flag.startswith("-fsanitize=") and "address" in flag for flag in key[2]):
+        # Loading an ASan build into a process without the runtime first would abort it.
+        if not hasattr(ctypes.CDLL(None), "__asan_init"):
+            raise RuntimeError(
+                "CUDCN_HOST_SANITIZE=address needs AddressSanitizer's runtime loaded first: run "
+                "Python with LD_PRELOAD=$(g++ -print-file-name=libasan.so) and "
+                "ASAN_OPTIONS=detect_leaks=0"
+            )
+    with _lock:
+        library = _libraries.get(key)
+        if library is None:
+            library = HostLibrary(build(stem))
+            _libraries[key] = library
+    return library
+
+
+def host_kernels(stem: str) -> GetKernel:
+    """``get_kernel(name_expression)`` for op ``stem``: the counterpart of ``cuda_kernels``."""
+    return host_library(stem).get_kernel

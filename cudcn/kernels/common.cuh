@@ -1,0 +1,123 @@
+// Shared device helpers of the cudcn kernels: bilinear sampling with one pixel of zero padding, its
+// derivatives with respect to the sampling point, its transpose (a scatter with atomicAdd), and the
+// grid-stride loop every kernel is written as.
+//
+// Names and formulas mirror the Numba CPU backend (sample_in_range, bilinear_weights,
+// bilinear_sample) and cudcn/reference.py (bilinear_corners), to be read side by side. The CPU's
+// fused bilinear_backward is split here into bilinear_scatter (input gradient, atomicAdd) and
+// bilinear_sample_grad (value and derivatives, for the offset and mask gradients).
+//
+// The sampling rule is the SPEC's: the four neighbours floor(y), floor(y) + 1 x floor(x),
+// floor(x) + 1 are weighted bilinearly and a neighbour outside the image counts as 0. A point uses
+// no neighbour unless -1 <= y < height and -1 <= x < width; at y = -1 exactly the formula gives the
+// value 0 (the one neighbour inside has weight 0) and the forward-difference derivative v(0) - 0,
+// as the reference and torchvision do. The range test fails for NaN and runs before any float->int
+// conversion: a non-finite point contributes 0 and never touches memory.
+//
+// This header compiles under NVRTC, nvcc and g++. Under a host compiler (__CUDACC__ undefined) it
+// includes cudcn's host shim, which supplies __global__, threadIdx, atomicAdd, ... for the emulated
+// backend. Nothing CUDA-only is included outside the __CUDACC__ guard.
+#ifndef CUDCN_COMMON_CUH
+#define CUDCN_COMMON_CUH
+
+#ifndef __CUDACC__
+#include "host_shim.h"
+#endif
+
+// Grid-stride loop over [0, n): every kernel of cudcn is one, so any grid size is correct. I is the
+// index type (int or long long, chosen by the launcher from the largest element count).
+#define CUDCN_KERNEL_LOOP(i, n, I)                                              \
+  for (I i = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) +          \
+             static_cast<I>(threadIdx.x);                                       \
+       i < (n); i += static_cast<I>(blockDim.x) * static_cast<I>(gridDim.x))
+
+// True when (y, x) lies in [-1, height) x [-1, width), where a sample may use a neighbour. False
+// for NaN and infinities.
+template <typename T>
+__device__ __forceinline__ bool sample_in_range(T y, T x, int height, int width) {
+  return y >= T(-1) && y < T(height) && x >= T(-1) && x < T(width);
+}
+
+// Top-left neighbour (y0, x0) = (floor(y), floor(x)) of an in-range point and the fractional parts
+// (ly, lx); y0 is in [-1, height - 1] and x0 in [-1, width - 1].
+template <typename T>
+struct BilinearWeights {
+  int y0, x0;
+  T ly, lx;
+};
+
+template <typename T>
+__device__ __forceinline__ BilinearWeights<T> bilinear_weights(T y, T x) {
+  const T fy = floor(y);
+  const T fx = floor(x);
+  return {static_cast<int>(fy), static_cast<int>(fx), y - fy, x - fx};
+}
+
+// The four neighbours of an in-range point, v<row><column> for rows y0, y0 + 1 and columns x0,
+// x0 + 1 (a neighbour outside the image reads 0), with the point's fractional parts.
+template <typename T>
+struct BilinearCorners {
+  T v00, v01, v10, v11;
+  T ly, lx;
+};
+
+template <typename T>
+__device__ __forceinline__ BilinearCorners<T> bilinear_corners(const T* plane, int height,
+                                                               int width, T y, T x) {
+  const BilinearWeights<T> w = bilinear_weights(y, x);
+  const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
+  const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
+  const int i00 = w.y0 * width + w.x0;  // may be negative: used only for neighbours that exist
+  BilinearCorners<T> c;
+  c.v00 = (top && left) ? plane[i00] : T(0);
+  c.v01 = (top && right) ? plane[i00 + 1] : T(0);
+  c.v10 = (bottom && left) ? plane[i00 + width] : T(0);
+  c.v11 = (bottom && right) ? plane[i00 + width + 1] : T(0);
+  c.ly = w.ly;
+  c.lx = w.lx;
+  return c;
+}
+
+// Bilinear value of a (height, width) plane at (y, x); 0 unless the point is in range.
+template <typename T>
+__device__ __forceinline__ T bilinear_sample(const T* plane, int height, int width, T y, T x) {
+  if (!sample_in_range(y, x, height, width)) return T(0);
+  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x);
+  const T hy = T(1) - c.ly, hx = T(1) - c.lx;
+  return hy * (hx * c.v00 + c.lx * c.v01) + c.ly * (hx * c.v10 + c.lx * c.v11);
+}
+
+// The value and its derivatives d value / dy, d value / dx, of the same floor-based formula: at an
+// integer coordinate the derivative is the forward difference v(y + 1) - v(y). All 0 out of range.
+template <typename T>
+__device__ __forceinline__ void bilinear_sample_grad(const T* plane, int height, int width, T y,
+                                                     T x, T& value, T& grad_y, T& grad_x) {
+  if (!sample_in_range(y, x, height, width)) {
+    value = grad_y = grad_x = T(0);
+    return;
+  }
+  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x);
+  const T hy = T(1) - c.ly, hx = T(1) - c.lx;
+  value = hy * (hx * c.v00 + c.lx * c.v01) + c.ly * (hx * c.v10 + c.lx * c.v11);
+  grad_y = hx * (c.v10 - c.v00) + c.lx * (c.v11 - c.v01);
+  grad_x = hy * (c.v01 - c.v00) + c.ly * (c.v11 - c.v10);
+}
+
+// Transpose of bilinear_sample: adds weight * value to each neighbour inside the image, with
+// atomicAdd since the neighbours of different sampling points coincide. Nothing out of range.
+template <typename T>
+__device__ __forceinline__ void bilinear_scatter(T* plane, int height, int width, T y, T x,
+                                                 T value) {
+  if (!sample_in_range(y, x, height, width)) return;
+  const BilinearWeights<T> w = bilinear_weights(y, x);
+  const T hy = T(1) - w.ly, hx = T(1) - w.lx;
+  const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
+  const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
+  const int i00 = w.y0 * width + w.x0;
+  if (top && left) atomicAdd(plane + i00, hy * hx * value);
+  if (top && right) atomicAdd(plane + i00 + 1, hy * w.lx * value);
+  if (bottom && left) atomicAdd(plane + i00 + width, w.ly * hx * value);
+  if (bottom && right) atomicAdd(plane + i00 + width + 1, w.ly * w.lx * value);
+}
+
+#endif  // CUDCN_COMMON_CUH
