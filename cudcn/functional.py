@@ -9,12 +9,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from cudcn.ops.activation import dropout, log_softmax, relu
+from cudcn.ops.conv import conv2d
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
+from cudcn.ops.deform_psroi_pool import deform_psroi_pool
+from cudcn.ops.deform_roi_pool import deform_roi_pool, roi_align
+from cudcn.ops.linear import linear
+from cudcn.ops.loss import cross_entropy, mse_loss
+from cudcn.ops.norm import batch_norm
+from cudcn.ops.pool import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
 
 Array = Any
 
 __all__ = [
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "cross_entropy",
     "deform_conv2d",
+    "deform_psroi_pool",
+    "deform_roi_pool",
+    "dropout",
+    "global_avg_pool2d",
+    "linear",
+    "log_softmax",
+    "max_pool2d",
+    "mse_loss",
+    "relu",
+    "roi_align",
 ]
 
 

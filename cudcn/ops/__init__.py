@@ -8,8 +8,14 @@ a JAX ``custom_vjp``, ...).
 """
 
 from cudcn.ops.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
+from cudcn.ops.deform_psroi_pool import deform_psroi_pool_backward, deform_psroi_pool_forward
+from cudcn.ops.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
 
 __all__ = [
     "deform_conv2d_backward",
     "deform_conv2d_forward",
+    "deform_psroi_pool_backward",
+    "deform_psroi_pool_forward",
+    "deform_roi_pool_backward",
+    "deform_roi_pool_forward",
 ]

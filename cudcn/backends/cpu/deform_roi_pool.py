@@ -1,0 +1,351 @@
+"""deform_roi_pool on the CPU: Numba kernels for deformable RoIAlign (and roi_align, its offset-free case).
+
+Organised for CPU speed, with the formulas of ``kernels/deform_roi_pool.cu`` and the same helper names
+(``roi_align_geometry``, ``roi_align_grid``, ``roi_align_inside``, ``roi_align_weights``). Where the
+``.cu`` kernels give one thread per output element and read NCHW planes, here the image is transposed
+to channels-last (B, H * W, C) and ``roi_align_bin_taps`` lists, once per RoI, the pixels each bin
+reads with their summed weights (a bin's samples share pixels, so small grids merge them); every
+step then works on contiguous vectors of C channels. RoI geometry is computed in float64; weights and
+sums are kept in the input's dtype.
+
+- forward: parallel over RoIs; RoI r writes only ``out[r]``.
+- input gradient: parallel over blocks of channels into a channels-last buffer. A thread owns a block
+  of channels of every pixel and visits RoIs, bins and pixels in order, so every element is summed in
+  one fixed order whatever the number of threads: deterministic, no atomics.
+- offset gradient: parallel over RoIs; RoI r owns ``grad_offset[r]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from cudcn.backends import new_output
+
+
+@numba.njit(cache=True, nogil=True)
+def roi_align_geometry(roi, spatial_scale, aligned):
+    """Batch index, start (y, x) and size (h, w) of one RoI in input pixels. aligned: the -0.5 shift,
+    no minimum size (mmcv); not aligned: no shift and sizes of at least 1 (torchvision)."""
+    shift = 0.5 if aligned else 0.0
+    start_x = roi[1] * spatial_scale - shift
+    start_y = roi[2] * spatial_scale - shift
+    roi_w = (roi[3] * spatial_scale - shift) - start_x
+    roi_h = (roi[4] * spatial_scale - shift) - start_y
+    if not aligned:
+        roi_w = max(roi_w, 1.0)
+        roi_h = max(roi_h, 1.0)
+    return int(roi[0]), start_y, start_x, roi_h, roi_w
+
+
+@numba.njit(cache=True, nogil=True)
+def roi_align_grid(roi_size, pooled, sampling_ratio):
+    """Samples per bin along one axis: ``sampling_ratio``, or ``ceil(roi_size / pooled)`` when 0."""
+    if sampling_ratio > 0:
+        return sampling_ratio
+    return max(math.ceil(roi_size / pooled), 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def roi_align_inside(height, width, y, x):
+    """RoIAlign's range: ``[-1, H] x [-1, W]``; false for NaN."""
+    return y >= -1.0 and y <= height and x >= -1.0 and x <= width
+
+
+@numba.njit(cache=True, nogil=True)
+def roi_align_weights(height, width, y, x):
+    """Taps and fractions of an inside point: clamp to 0, snap to the last row/column.
+
+    Returns ``(y_low, y_high, x_low, x_high, ly, lx, y_moves, x_moves)``; ``y_moves`` is false where
+    the point was clamped or snapped along y (the derivative along y is then 0).
+    """
+    y_moves = y > 0.0
+    x_moves = x > 0.0
+    y = max(y, 0.0)
+    x = max(x, 0.0)
+    y_low = int(y)
+    x_low = int(x)
+    if y_low >= height - 1:
+        y_low = height - 1
+        y_high = y_low
+        y = float(y_low)
+        y_moves = False
+    else:
+        y_high = y_low + 1
+    if x_low >= width - 1:
+        x_low = width - 1
+        x_high = x_low
+        x = float(x_low)
+        x_moves = False
+    else:
+        x_high = x_low + 1
+    return y_low, y_high, x_low, x_high, y - y_low, x - x_low, y_moves, x_moves
+
+
+MERGE_LIMIT = 64  # bins with at most this many corner taps merge the taps that share a pixel
+
+
+@numba.njit(cache=True, nogil=True)
+def add_tap(pixel, weight, weight_dx, weight_dy, first, e, p, w, wx, wy, merge):
+    """Add corner p with weights (w, wx, wy) to the entries first:e of the current bin; returns the
+    new entry count. With ``merge`` an entry of the same pixel takes the weights (linear search)."""
+    if merge:
+        for f in range(first, e):
+            if pixel[f] == p:
+                weight[f] += w
+                weight_dx[f] += wx
+                weight_dy[f] += wy
+                return e
+    pixel[e] = p
+    weight[e] = w
+    weight_dx[e] = wx
+    weight_dy[e] = wy
+    return e + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def roi_align_bin_taps(rois, offset, r, geometry, like):
+    """The pixels every bin of RoI r reads, bin by bin (bin k = i * pooled_w + j), with weights.
+
+    ``geometry = (pooled_h, pooled_w, height, width, spatial_scale, sampling_ratio, gamma,
+    aligned)``; ``like``: an array of the weights' dtype. Returns ``(b, roi_h, roi_w, count,
+    bin_end, pixel, weight, weight_dx, weight_dy)``: entries ``bin_end[k - 1]:bin_end[k]`` belong to
+    bin k; ``pixel[e] = y * W + x``; ``weight[e]`` is the sum of the bilinear weights of the bin's
+    inside samples at that pixel, ``weight_dx[e]`` / ``weight_dy[e]`` those of d value / dx and
+    d value / dy. ``count = max(grid_h * grid_w, 1)`` divides every bin.
+    """
+    pooled_h, pooled_w, height, width, spatial_scale, sampling_ratio, gamma, aligned = geometry
+    b, start_y, start_x, roi_h, roi_w = roi_align_geometry(rois[r], spatial_scale, aligned)
+    bin_h = roi_h / pooled_h
+    bin_w = roi_w / pooled_w
+    grid_h = roi_align_grid(roi_h, pooled_h, sampling_ratio)
+    grid_w = roi_align_grid(roi_w, pooled_w, sampling_ratio)
+    merge = 4 * grid_h * grid_w <= MERGE_LIMIT
+    n_bins = pooled_h * pooled_w
+    capacity = 4 * n_bins * grid_h * grid_w
+    bin_end = np.empty(n_bins, np.int64)
+    pixel = np.empty(capacity, np.int64)
+    weight = np.empty(capacity, like.dtype)
+    weight_dx = np.empty(capacity, like.dtype)
+    weight_dy = np.empty(capacity, like.dtype)
+    e = 0
+    for k in range(n_bins):
+        i = k // pooled_w
+        j = k % pooled_w
+        first = e
+        bin_x = start_x + gamma * roi_w * offset[r, 0, i, j]
+        bin_y = start_y + gamma * roi_h * offset[r, 1, i, j]
+        for iy in range(grid_h):
+            y = bin_y + i * bin_h + (iy + 0.5) * bin_h / grid_h
+            for ix in range(grid_w):
+                x = bin_x + j * bin_w + (ix + 0.5) * bin_w / grid_w
+                if not roi_align_inside(height, width, y, x):
+                    continue
+                y_low, y_high, x_low, x_high, ly, lx, y_moves, x_moves = roi_align_weights(
+                    height, width, y, x
+                )
+                hy = 1.0 - ly
+                hx = 1.0 - lx
+                mx = 1.0 if x_moves else 0.0
+                my = 1.0 if y_moves else 0.0
+                args = (pixel, weight, weight_dx, weight_dy, first)
+                p = y_low * width
+                e = add_tap(*args, e, p + x_low, hy * hx, -hy * mx, -hx * my, merge)
+                e = add_tap(*args, e, p + x_high, hy * lx, hy * mx, -lx * my, merge)
+                p = y_high * width
+                e = add_tap(*args, e, p + x_low, ly * hx, -ly * mx, hx * my, merge)
+                e = add_tap(*args, e, p + x_high, ly * lx, ly * mx, lx * my, merge)
+        bin_end[k] = e
+    count = float(max(grid_h * grid_w, 1))
+    return b, roi_h, roi_w, count, bin_end, pixel, weight, weight_dx, weight_dy
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _accumulate(acc, rows, pixel, weight, begin, end):
+    """``acc[c] += weight[e] * rows[pixel[e], c]`` for the entries begin:end; rows: one
+    channels-last image (H * W, C). Vectorised over c."""
+    for e in range(begin, end):
+        w = weight[e]
+        p = pixel[e]
+        for c in range(acc.shape[0]):
+            acc[c] += w * rows[p, c]
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _accumulate_xy(acc_x, acc_y, rows, pixel, weight_x, weight_y, begin, end):
+    """``_accumulate`` of two weight sets in one pass over the rows."""
+    for e in range(begin, end):
+        wx = weight_x[e]
+        wy = weight_y[e]
+        p = pixel[e]
+        for c in range(acc_x.shape[0]):
+            acc_x[c] += wx * rows[p, c]
+            acc_y[c] += wy * rows[p, c]
+
+
+@numba.njit(parallel=True, cache=True)
+def deform_roi_pool_forward_kernel(input_cl, rois, offset, out, geometry):
+    """out (R, C, ph, pw) from the channels-last input (B, H * W, C); parallel over RoIs."""
+    n_rois, channels, pooled_h, pooled_w = out.shape
+    for r in numba.prange(n_rois):
+        b, _, _, count, bin_end, pixel, weight, _, _ = roi_align_bin_taps(
+            rois, offset, r, geometry, input_cl
+        )
+        acc = np.empty(channels, input_cl.dtype)
+        begin = 0
+        for k in range(pooled_h * pooled_w):
+            acc[:] = 0.0
+            _accumulate(acc, input_cl[b], pixel, weight, begin, bin_end[k])
+            for c in range(channels):
+                out[r, c, k // pooled_w, k % pooled_w] = acc[c] / count
+            begin = bin_end[k]
+
+
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+def deform_roi_pool_grad_input_kernel(grad_out, rois, offset, grad_cl, geometry, n_blocks):
+    """grad_cl (B, H * W, C), zeroed, += the transposed forward; parallel over channel blocks, each
+    visiting RoIs, bins and pixels in order (the same order for every block count)."""
+    n_rois, channels, pooled_h, pooled_w = grad_out.shape
+    for block in numba.prange(n_blocks):
+        c_begin = block * channels // n_blocks
+        c_end = (block + 1) * channels // n_blocks
+        g = np.empty(c_end - c_begin, grad_cl.dtype)
+        for r in range(n_rois):
+            b, _, _, count, bin_end, pixel, weight, _, _ = roi_align_bin_taps(
+                rois, offset, r, geometry, grad_cl
+            )
+            begin = 0
+            for k in range(pooled_h * pooled_w):
+                for c in range(c_begin, c_end):
+                    g[c - c_begin] = grad_out[r, c, k // pooled_w, k % pooled_w] / count
+                for e in range(begin, bin_end[k]):
+                    w = weight[e]
+                    row = grad_cl[b, pixel[e], c_begin:c_end]
+                    for c in range(row.shape[0]):
+                        row[c] += w * g[c]
+                begin = bin_end[k]
+
+
+@numba.njit(parallel=True, cache=True)
+def deform_roi_pool_grad_offset_kernel(grad_out, input_cl, rois, offset, grad_offset, geometry):
+    """grad_offset (R, 2, ph, pw): per bin, sum over channels of grad_out times d value / dx, dy;
+    parallel over RoIs."""
+    n_rois, channels, pooled_h, pooled_w = grad_out.shape
+    gamma = geometry[6]
+    for r in numba.prange(n_rois):
+        b, roi_h, roi_w, count, bin_end, pixel, _, weight_dx, weight_dy = roi_align_bin_taps(
+            rois, offset, r, geometry, input_cl
+        )
+        acc_x = np.empty(channels, input_cl.dtype)
+        acc_y = np.empty(channels, input_cl.dtype)
+        begin = 0
+        for k in range(pooled_h * pooled_w):
+            i = k // pooled_w
+            j = k % pooled_w
+            acc_x[:] = 0.0
+            acc_y[:] = 0.0
+            _accumulate_xy(
+                acc_x, acc_y, input_cl[b], pixel, weight_dx, weight_dy, begin, bin_end[k]
+            )
+            sum_x = 0.0
+            sum_y = 0.0
+            for c in range(channels):
+                sum_x += grad_out[r, c, i, j] * acc_x[c]
+                sum_y += grad_out[r, c, i, j] * acc_y[c]
+            grad_offset[r, 0, i, j] = gamma * roi_w * sum_x / count
+            grad_offset[r, 1, i, j] = gamma * roi_h * sum_y / count
+            begin = bin_end[k]
+
+
+@numba.njit(parallel=True, cache=True)
+def to_channels_last(input):
+    """(B, C, H, W) -> a new (B, H * W, C) array; parallel over image rows."""
+    batch, channels, height, width = input.shape
+    out = np.empty((batch, height * width, channels), input.dtype)
+    for by in numba.prange(batch * height):
+        b = by // height
+        y = by % height
+        for c in range(channels):
+            for x in range(width):
+                out[b, y * width + x, c] = input[b, c, y, x]
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def from_channels_last(input_cl, out):
+    """out (B, C, H, W) = input_cl (B, H * W, C) transposed (and cast to out's dtype)."""
+    batch, channels, height, width = out.shape
+    for by in numba.prange(batch * height):
+        b = by // height
+        y = by % height
+        for c in range(channels):
+            for x in range(width):
+                out[b, c, y, x] = input_cl[b, y * width + x, c]
+
+
+def _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned) -> tuple:
+    """The ``geometry`` tuple of the kernels."""
+    height, width = input.shape[2:]
+    return (int(pooled_h), int(pooled_w), int(height), int(width), float(spatial_scale),
+            int(sampling_ratio), float(gamma), bool(aligned))  # fmt: skip
+
+
+def _geometry_inputs(rois: np.ndarray, offset: np.ndarray | None, pooled_h: int, pooled_w: int):
+    """``rois`` and ``offset`` as float64 (the geometry is computed in float64), a zero offset for
+    None (it moves nothing): the kernels are compiled once per input dtype only."""
+    if offset is None:
+        offset = np.zeros((rois.shape[0], 2, pooled_h, pooled_w))
+    return np.ascontiguousarray(rois, np.float64), np.ascontiguousarray(offset, np.float64)
+
+
+def deform_roi_pool_forward(
+    input: np.ndarray,
+    rois: np.ndarray,
+    offset: np.ndarray | None,
+    *,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+) -> np.ndarray:
+    """(R, C, pooled_h, pooled_w) pooled RoIs; see ``cudcn.ops.deform_roi_pool``."""
+    rois, offset = _geometry_inputs(rois, offset, pooled_h, pooled_w)
+    geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
+    out = new_output(np, (rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
+    deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
+    return out
+
+
+def deform_roi_pool_backward(
+    grad_out: np.ndarray,
+    input: np.ndarray,
+    rois: np.ndarray,
+    offset: np.ndarray | None,
+    *,
+    pooled_h: int,
+    pooled_w: int,
+    spatial_scale: float,
+    sampling_ratio: int,
+    gamma: float,
+    aligned: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Gradients ``(grad_input, grad_offset)``; ``grad_offset`` is None when ``offset`` is None."""
+    rois, offset64 = _geometry_inputs(rois, offset, pooled_h, pooled_w)
+    geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
+    batch, channels, height, width = input.shape
+    grad_cl = np.zeros((batch, height * width, channels), input.dtype)
+    n_blocks = min(numba.get_num_threads(), channels)
+    deform_roi_pool_grad_input_kernel(grad_out, rois, offset64, grad_cl, geometry, n_blocks)
+    grad_input = new_output(np, input.shape, input.dtype)
+    from_channels_last(grad_cl, grad_input)
+    if offset is None:
+        return grad_input, None
+    grad_offset = new_output(np, offset.shape, np.float64)
+    deform_roi_pool_grad_offset_kernel(
+        grad_out, to_channels_last(input), rois, offset64, grad_offset, geometry
+    )
+    return grad_input, grad_offset.astype(offset.dtype)

@@ -1,0 +1,138 @@
+"""Launch code of the deform_psroi_pool kernels, shared by the CUDA and the emulated backend.
+
+``xp`` is ``cupy`` or ``numpy`` and ``get_kernel`` the backend's kernel lookup (see
+:mod:`cudcn.backends.cuda.launch`). One thread per output element in both directions; the backward
+scatters into ``grad_input`` and ``grad_trans`` with atomicAdd.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cudcn.backends import new_output
+from cudcn.backends.cuda.launch import GetKernel, c_type, index_type, launch_1d
+
+Array = Any
+
+NAME_EXPRESSIONS = tuple(
+    f"deform_psroi_pool_{kernel}<{scalar}, {index}>"
+    for kernel in ("forward", "backward")
+    for scalar in ("float", "double")
+    for index in ("int", "long long")
+)
+
+
+def _launch_args(
+    input: Array,
+    trans: Array | None,
+    n: int,
+    spatial_scale: float,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int,
+    part_size: int,
+    sample_per_part: int,
+    trans_std: float,
+) -> tuple[str, tuple[Any, ...]]:
+    """The kernel's template arguments and its trailing scalar arguments."""
+    _, channels, height, width = (int(s) for s in input.shape)
+    index_name, index = index_type(n, input.size)
+    scalar = input.dtype.type
+    num_classes = 1 if trans is None else int(trans.shape[1]) // 2
+    scalars = (
+        index(n),
+        np.int32(channels),
+        np.int32(height),
+        np.int32(width),
+        scalar(spatial_scale),
+        *(np.int32(v) for v in (output_dim, group_size, pooled_size, part_size, sample_per_part)),
+        scalar(trans_std),
+        np.int32(num_classes),
+        np.int32(trans is not None),
+    )
+    return f"<{c_type(input.dtype)}, {index_name}>", scalars
+
+
+def deform_psroi_pool_forward(
+    xp: Any,
+    get_kernel: GetKernel,
+    input: Array,
+    rois: Array,
+    trans: Array | None,
+    *,
+    spatial_scale: float,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int,
+    part_size: int,
+    sample_per_part: int,
+    trans_std: float,
+) -> Array:
+    """Output (R, output_dim, pooled_size, pooled_size); arguments as in ``cudcn.backends``."""
+    input, rois = xp.ascontiguousarray(input), xp.ascontiguousarray(rois)
+    # A one-element stand-in for an absent trans: the kernels never read it (use_trans = 0).
+    trans_arg = xp.zeros((1,), input.dtype) if trans is None else xp.ascontiguousarray(trans)
+    out = new_output(xp, (rois.shape[0], output_dim, pooled_size, pooled_size), input.dtype)
+    templ, scalars = _launch_args(
+        input,
+        trans,
+        out.size,
+        spatial_scale,
+        output_dim,
+        group_size,
+        pooled_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
+    kernel = get_kernel(f"deform_psroi_pool_forward{templ}")
+    launch_1d(kernel, out.size, (input, rois, trans_arg, out, *scalars))
+    return out
+
+
+def deform_psroi_pool_backward(
+    xp: Any,
+    get_kernel: GetKernel,
+    grad_out: Array,
+    input: Array,
+    rois: Array,
+    trans: Array | None,
+    *,
+    spatial_scale: float,
+    output_dim: int,
+    group_size: int,
+    pooled_size: int,
+    part_size: int,
+    sample_per_part: int,
+    trans_std: float,
+) -> tuple[Array, Array | None]:
+    """``(grad_input, grad_trans)``; ``grad_trans`` is None when ``trans`` is None."""
+    grad_out, input, rois = (xp.ascontiguousarray(a) for a in (grad_out, input, rois))
+    grad_input = xp.zeros(input.shape, dtype=input.dtype)  # scatter target
+    if trans is None:
+        grad_trans = None
+        trans_arg = grad_trans_arg = xp.zeros((1,), input.dtype)  # untouched: use_trans = 0
+    else:
+        trans_arg = xp.ascontiguousarray(trans)
+        grad_trans = grad_trans_arg = xp.zeros(trans.shape, dtype=trans.dtype)
+    templ, scalars = _launch_args(
+        input,
+        trans,
+        grad_out.size,
+        spatial_scale,
+        output_dim,
+        group_size,
+        pooled_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
+    kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
+    launch_1d(
+        kernel,
+        grad_out.size,
+        (grad_out, input, rois, trans_arg, grad_input, grad_trans_arg, *scalars),
+    )
+    return grad_input, grad_trans

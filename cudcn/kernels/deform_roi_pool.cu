@@ -1,0 +1,219 @@
+// deform_roi_pool kernels: deformable RoIAlign (mmcv's semantics), forward and backward. roi_align is
+// the same computation without offset (aligned = 0 gives torchvision's aligned=False geometry).
+//
+// Notation (SPEC): input (B, C, H, W); rois (R, 5) = (batch_index, x1, y1, x2, y2); offset
+// (R, 2, ph, pw), channel 0 is x, channel 1 is y (mmcv's order, the opposite of deform_conv2d's);
+// output (R, C, ph, pw). For RoI r, with aligned, start_x = x1 * spatial_scale - 0.5 and
+// roi_w = (x2 * spatial_scale - 0.5) - start_x (y alike); without, no -0.5 and roi_w >= 1. Bin (i, j)
+// starts at start + (i, j) * bin, shifted by gamma * roi_size * offset, and averages
+// grid_h x grid_w samples at the centres of its sub-cells, divided by max(grid_h * grid_w, 1).
+//
+// RoIAlign's bilinear rule differs from deform_conv2d's (common.cuh): a sample is 0 outside
+// [-1, H] x [-1, W]; inside, it is clamped to >= 0 and snapped to the last row / column when
+// floor >= size - 1. Hence its own helpers, roi_align_*, mirrored by the same names in
+// cudcn/backends/cpu/deform_roi_pool.py. The range test fails for NaN and runs before any float -> int
+// conversion, so a non-finite offset contributes 0 and reads nothing.
+//
+// Templates: T is float or double; I (int or long long) indexes the output and the input, chosen by
+// the launcher (cudcn/backends/cuda/deform_roi_pool.py). The launcher validated the batch indices.
+#include "common.cuh"
+
+// One RoI in input pixels: batch index, start (y, x) and size (h, w).
+template <typename T>
+struct RoiAlignGeometry {
+  int b;
+  T start_y, start_x, roi_h, roi_w;
+};
+
+template <typename T>
+__device__ __forceinline__ RoiAlignGeometry<T> roi_align_geometry(const T* roi, T spatial_scale,
+                                                                  int aligned) {
+  const T shift = aligned ? T(0.5) : T(0);
+  RoiAlignGeometry<T> g;
+  g.b = static_cast<int>(roi[0]);
+  g.start_x = roi[1] * spatial_scale - shift;
+  g.start_y = roi[2] * spatial_scale - shift;
+  g.roi_w = (roi[3] * spatial_scale - shift) - g.start_x;
+  g.roi_h = (roi[4] * spatial_scale - shift) - g.start_y;
+  if (!aligned) {
+    g.roi_w = max(g.roi_w, T(1));
+    g.roi_h = max(g.roi_h, T(1));
+  }
+  return g;
+}
+
+// Samples per bin along one axis: sampling_ratio, or ceil(roi_size / pooled) when it is 0.
+template <typename T>
+__device__ __forceinline__ int roi_align_grid(T roi_size, int pooled, int sampling_ratio) {
+  if (sampling_ratio > 0) return sampling_ratio;
+  return max(static_cast<int>(ceil(roi_size / static_cast<T>(pooled))), 0);
+}
+
+// RoIAlign's range [-1, H] x [-1, W]; false for NaN.
+template <typename T>
+__device__ __forceinline__ bool roi_align_inside(int height, int width, T y, T x) {
+  return y >= T(-1) && y <= T(height) && x >= T(-1) && x <= T(width);
+}
+
+// Taps and fractions of an inside point after the clamp and the snap. y_moves is false where the
+// point was clamped or snapped along y: the derivative along y is then 0 (x alike).
+template <typename T>
+struct RoiAlignTaps {
+  int y_low, y_high, x_low, x_high;
+  T ly, lx;
+  bool y_moves, x_moves;
+};
+
+template <typename T>
+__device__ __forceinline__ RoiAlignTaps<T> roi_align_weights(int height, int width, T y, T x) {
+  RoiAlignTaps<T> t;
+  t.y_moves = y > T(0);
+  t.x_moves = x > T(0);
+  y = max(y, T(0));
+  x = max(x, T(0));
+  t.y_low = static_cast<int>(y);
+  t.x_low = static_cast<int>(x);
+  if (t.y_low >= height - 1) {
+    t.y_low = t.y_high = height - 1;
+    y = static_cast<T>(t.y_low);
+    t.y_moves = false;
+  } else {
+    t.y_high = t.y_low + 1;
+  }
+  if (t.x_low >= width - 1) {
+    t.x_low = t.x_high = width - 1;
+    x = static_cast<T>(t.x_low);
+    t.x_moves = false;
+  } else {
+    t.x_high = t.x_low + 1;
+  }
+  t.ly = y - static_cast<T>(t.y_low);
+  t.lx = x - static_cast<T>(t.x_low);
+  return t;
+}
+
+// The bin of output element (r, i, j): geometry, first corner, bin size and sample grid.
+template <typename T>
+struct RoiAlignBin {
+  RoiAlignGeometry<T> roi;
+  T y0, x0, bin_h, bin_w;
+  int grid_h, grid_w;
+};
+
+template <typename T>
+__device__ __forceinline__ RoiAlignBin<T> roi_align_bin(const T* rois, const T* offset, int r, int i,
+                                                        int j, int pooled_h, int pooled_w,
+                                                        T spatial_scale, int sampling_ratio,
+                                                        T gamma, int aligned, int use_offset) {
+  RoiAlignBin<T> bin;
+  bin.roi = roi_align_geometry(rois + 5 * static_cast<long long>(r), spatial_scale, aligned);
+  bin.bin_h = bin.roi.roi_h / static_cast<T>(pooled_h);
+  bin.bin_w = bin.roi.roi_w / static_cast<T>(pooled_w);
+  bin.grid_h = roi_align_grid(bin.roi.roi_h, pooled_h, sampling_ratio);
+  bin.grid_w = roi_align_grid(bin.roi.roi_w, pooled_w, sampling_ratio);
+  T start_y = bin.roi.start_y, start_x = bin.roi.start_x;
+  if (use_offset) {
+    const T* off = offset + (2 * static_cast<long long>(r) * pooled_h + i) * pooled_w + j;
+    start_x += gamma * bin.roi.roi_w * off[0];
+    start_y += gamma * bin.roi.roi_h * off[pooled_h * pooled_w];
+  }
+  bin.y0 = start_y + static_cast<T>(i) * bin.bin_h;
+  bin.x0 = start_x + static_cast<T>(j) * bin.bin_w;
+  return bin;
+}
+
+// Sample (iy, ix) of a bin.
+template <typename T>
+__device__ __forceinline__ T roi_align_sample_y(const RoiAlignBin<T>& bin, int iy) {
+  return bin.y0 + (static_cast<T>(iy) + T(0.5)) * bin.bin_h / static_cast<T>(bin.grid_h);
+}
+
+template <typename T>
+__device__ __forceinline__ T roi_align_sample_x(const RoiAlignBin<T>& bin, int ix) {
+  return bin.x0 + (static_cast<T>(ix) + T(0.5)) * bin.bin_w / static_cast<T>(bin.grid_w);
+}
+
+// out[r, c, i, j] = mean of the bin's samples. One thread per output element; n = R * C * ph * pw.
+template <typename T, typename I>
+__global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __restrict__ rois,
+                                        const T* __restrict__ offset, T* __restrict__ out, I n,
+                                        int channels, int height, int width, int pooled_h,
+                                        int pooled_w, T spatial_scale, int sampling_ratio, T gamma,
+                                        int aligned, int use_offset) {
+  CUDCN_KERNEL_LOOP(index, n, I) {
+    const int j = static_cast<int>(index % pooled_w);
+    const int i = static_cast<int>(index / pooled_w % pooled_h);
+    const int c = static_cast<int>(index / pooled_w / pooled_h % channels);
+    const int r = static_cast<int>(index / pooled_w / pooled_h / channels);
+    const RoiAlignBin<T> bin = roi_align_bin(rois, offset, r, i, j, pooled_h, pooled_w,
+                                             spatial_scale, sampling_ratio, gamma, aligned,
+                                             use_offset);
+    const T* plane = input + (static_cast<I>(bin.roi.b) * channels + c) * height * width;
+    T sum = T(0);
+    for (int iy = 0; iy < bin.grid_h; ++iy) {
+      const T y = roi_align_sample_y(bin, iy);
+      for (int ix = 0; ix < bin.grid_w; ++ix) {
+        const T x = roi_align_sample_x(bin, ix);
+        if (!roi_align_inside(height, width, y, x)) continue;
+        const RoiAlignTaps<T> t = roi_align_weights(height, width, y, x);
+        const T hy = T(1) - t.ly, hx = T(1) - t.lx;
+        sum += hy * hx * plane[t.y_low * width + t.x_low] +
+               hy * t.lx * plane[t.y_low * width + t.x_high] +
+               t.ly * hx * plane[t.y_high * width + t.x_low] +
+               t.ly * t.lx * plane[t.y_high * width + t.x_high];
+      }
+    }
+    out[index] = sum / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
+  }
+}
+
+// grad_input += the bin's bilinear weights times grad_out / count (atomicAdd: bins of one plane
+// overlap), and, when use_offset, grad_offset[r, :, i, j] += the derivative of the bin along x and y
+// (atomicAdd: the C channels of one bin share it). Both targets must be zeroed. One thread per
+// grad_out element; n = R * C * ph * pw.
+template <typename T, typename I>
+__global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T* __restrict__ input,
+                                         const T* __restrict__ rois, const T* __restrict__ offset,
+                                         T* __restrict__ grad_input, T* __restrict__ grad_offset,
+                                         I n, int channels, int height, int width, int pooled_h,
+                                         int pooled_w, T spatial_scale, int sampling_ratio, T gamma,
+                                         int aligned, int use_offset) {
+  CUDCN_KERNEL_LOOP(index, n, I) {
+    const int j = static_cast<int>(index % pooled_w);
+    const int i = static_cast<int>(index / pooled_w % pooled_h);
+    const int c = static_cast<int>(index / pooled_w / pooled_h % channels);
+    const int r = static_cast<int>(index / pooled_w / pooled_h / channels);
+    const RoiAlignBin<T> bin = roi_align_bin(rois, offset, r, i, j, pooled_h, pooled_w,
+                                             spatial_scale, sampling_ratio, gamma, aligned,
+                                             use_offset);
+    const I plane_start = (static_cast<I>(bin.roi.b) * channels + c) * height * width;
+    const T* plane = input + plane_start;
+    T* grad_plane = grad_input + plane_start;
+    const T g = grad_out[index] / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
+    T sum_x = T(0), sum_y = T(0);
+    for (int iy = 0; iy < bin.grid_h; ++iy) {
+      const T y = roi_align_sample_y(bin, iy);
+      for (int ix = 0; ix < bin.grid_w; ++ix) {
+        const T x = roi_align_sample_x(bin, ix);
+        if (!roi_align_inside(height, width, y, x)) continue;
+        const RoiAlignTaps<T> t = roi_align_weights(height, width, y, x);
+        const T hy = T(1) - t.ly, hx = T(1) - t.lx;
+        const int p1 = t.y_low * width + t.x_low, p2 = t.y_low * width + t.x_high;
+        const int p3 = t.y_high * width + t.x_low, p4 = t.y_high * width + t.x_high;
+        atomicAdd(grad_plane + p1, hy * hx * g);
+        atomicAdd(grad_plane + p2, hy * t.lx * g);
+        atomicAdd(grad_plane + p3, t.ly * hx * g);
+        atomicAdd(grad_plane + p4, t.ly * t.lx * g);
+        if (!use_offset) continue;
+        const T v1 = plane[p1], v2 = plane[p2], v3 = plane[p3], v4 = plane[p4];
+        if (t.x_moves) sum_x += hy * (v2 - v1) + t.ly * (v4 - v3);
+        if (t.y_moves) sum_y += hx * (v3 - v1) + t.lx * (v4 - v2);
+      }
+    }
+    if (use_offset) {
+      T* grad_off = grad_offset + (2 * static_cast<I>(r) * pooled_h + i) * pooled_w + j;
+      atomicAdd(grad_off, gamma * bin.roi.roi_w * g * sum_x);
+      atomicAdd(grad_off + pooled_h * pooled_w, gamma * bin.roi.roi_h * g * sum_y);
+    }
+  }
+}

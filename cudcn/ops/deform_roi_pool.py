@@ -1,0 +1,262 @@
+"""deform_roi_pool and roi_align: argument checks, backend dispatch, and the autograd Function.
+
+Three layers: the backends' launchers (``cudcn.backends.*``), the array-level pair
+:func:`deform_roi_pool_forward` / :func:`deform_roi_pool_backward`, and the public differentiable
+:func:`deform_roi_pool` and :func:`roi_align` (re-exported by ``cudcn.functional``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from cudcn.autograd import Function
+from cudcn.backends import array_module, get_backend, is_cupy_array, new_output
+from cudcn.ops._checks import (
+    check_arrays,
+    check_ndim,
+    check_shape,
+    contiguous,
+    finite_float,
+    int_pair,
+    positive_int,
+)
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class RoIAlignParams:
+    """Normalised parameters of one call: the keyword arguments of the backends' functions."""
+
+    pooled_h: int
+    pooled_w: int
+    spatial_scale: float
+    sampling_ratio: int  # 0 = adaptive
+    gamma: float
+    aligned: bool
+
+
+def check_rois(rois: Array, batch: int) -> None:
+    """``rois`` must be (R, 5) = (batch_index, x1, y1, x2, y2), finite, with integer batch indices in
+    ``[0, batch)``, so that no kernel reads outside the input. For a CuPy ``rois`` the check costs one
+    small device-to-host copy (the count of bad rows; the rows themselves only on failure)."""
+    check_ndim("rois", rois, 2, "(R, 5) = (batch_index, x1, y1, x2, y2)")
+    check_shape("rois", rois, (rois.shape[0], 5), "(R, 5) = (batch_index, x1, y1, x2, y2)")
+    if rois.shape[0] == 0:
+        return
+    xp = array_module(rois)
+    index = rois[:, 0]
+    bad = (
+        ~xp.isfinite(rois).all(axis=1) | (index < 0) | (index >= batch) | (index != xp.floor(index))
+    )
+    if int(xp.count_nonzero(bad)) == 0:
+        return
+    rows = bad.get() if is_cupy_array(bad) else bad
+    first = int(np.flatnonzero(rows)[0])
+    row = [float(v) for v in (rois[first].get() if is_cupy_array(rois) else rois[first])]
+    raise ValueError(
+        f"rois rows must be finite with an integer batch index in [0, {batch}) (input has batch "
+        f"size {batch}); {int(rows.sum())} rows are not, the first is rois[{first}] = {row}"
+    )
+
+
+def check_deform_roi_pool(
+    input: Array,
+    rois: Array,
+    offset: Array | None,
+    output_size: Any,
+    spatial_scale: Any,
+    sampling_ratio: Any,
+    gamma: Any,
+    aligned: bool = True,
+) -> RoIAlignParams:
+    """Validate the arguments of deform_roi_pool (SPEC) and return the normalised parameters."""
+    check_arrays({"input": input, "rois": rois, "offset": offset})
+    check_ndim("input", input, 4, "(B, C, H, W)")
+    if min(input.shape[2:]) < 1:
+        raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
+    check_rois(rois, int(input.shape[0]))
+    pooled_h, pooled_w = int_pair("output_size", output_size, 1)
+    scale = finite_float("spatial_scale", spatial_scale)
+    if scale <= 0:
+        raise ValueError(f"spatial_scale must be > 0, got {scale}")
+    ratio = positive_int("sampling_ratio", sampling_ratio, minimum=0)
+    if offset is not None:
+        check_ndim("offset", offset, 4, "(R, 2, pooled_h, pooled_w)")
+        check_shape("offset", offset, (rois.shape[0], 2, pooled_h, pooled_w), "(R, 2, ph, pw)")
+    return RoIAlignParams(
+        pooled_h, pooled_w, scale, ratio, finite_float("gamma", gamma), bool(aligned)
+    )
+
+
+def _forward(input: Array, rois: Array, offset: Array | None, p: RoIAlignParams) -> Array:
+    if rois.shape[0] == 0:
+        shape = (0, input.shape[1], p.pooled_h, p.pooled_w)
+        return new_output(array_module(input), shape, input.dtype)
+    args = [contiguous(a) for a in (input, rois, offset)]
+    return get_backend(input).deform_roi_pool_forward(*args, **asdict(p))
+
+
+def _backward(
+    grad_out: Array, input: Array, rois: Array, offset: Array | None, p: RoIAlignParams
+) -> tuple[Array, Array | None]:
+    check_arrays({"input": input, "grad_out": grad_out})
+    check_shape(
+        "grad_out", grad_out, (rois.shape[0], input.shape[1], p.pooled_h, p.pooled_w),
+        "(R, C, pooled_h, pooled_w)",
+    )  # fmt: skip
+    if rois.shape[0] == 0:
+        xp = array_module(input)
+        return xp.zeros_like(input), None if offset is None else xp.zeros_like(offset)
+    args = [contiguous(a) for a in (grad_out, input, rois, offset)]
+    return get_backend(input).deform_roi_pool_backward(*args, **asdict(p))
+
+
+def deform_roi_pool_forward(
+    input: Array,
+    rois: Array,
+    offset: Array | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+) -> Array:
+    """Array-level forward of :func:`deform_roi_pool` (no tape). Same arguments; returns ``out``
+    (R, C, pooled_h, pooled_w) of the inputs' library and dtype."""
+    p = check_deform_roi_pool(
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
+    )
+    return _forward(input, rois, offset, p)
+
+
+def deform_roi_pool_backward(
+    grad_out: Array,
+    input: Array,
+    rois: Array,
+    offset: Array | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+) -> tuple[Array, Array | None]:
+    """Array-level backward of :func:`deform_roi_pool`: the gradients ``(input, offset)`` given
+    ``grad_out`` (R, C, pooled_h, pooled_w); ``None`` for ``offset`` when it was ``None``. ``rois``
+    get no gradient. Recomputes what it needs."""
+    p = check_deform_roi_pool(
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
+    )
+    return _backward(grad_out, input, rois, offset, p)
+
+
+class DeformRoIPoolFunction(Function):
+    """Tape node of deform_roi_pool / roi_align; inputs ``(input, rois, offset)``, no grad for rois."""
+
+    def forward(self, input, rois, offset, *, output_size, spatial_scale, sampling_ratio, gamma,
+                aligned):  # fmt: skip
+        self.params = check_deform_roi_pool(
+            input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned
+        )
+        self.save_for_backward(input, rois, offset)
+        return _forward(input, rois, offset, self.params)
+
+    def backward(self, grad_out):
+        input, rois, offset = self.saved
+        g_input, g_offset = _backward(grad_out, input, rois, offset, self.params)
+        return g_input, None, g_offset
+
+
+def deform_roi_pool(
+    input: Array,
+    rois: Array,
+    offset: Array | None,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    gamma: float = 0.1,
+) -> Array:
+    """Deformable RoI pooling built on RoIAlign (mmcv's ``deform_roi_pool``, same signature).
+
+    Notation: B batch, C channels, H x W the feature map, R RoIs, ph x pw = ``output_size`` bins.
+    Coordinates are in input pixels with pixel centres at integers.
+
+    Args:
+        input: (B, C, H, W).
+        rois: (R, 5) rows ``(batch_index, x1, y1, x2, y2)`` in image coordinates, same dtype as
+            ``input``; the batch index must be an integer in ``[0, B)`` and every value finite
+            (``ValueError`` otherwise; for CuPy arrays this costs one small device-to-host copy).
+            No gradient flows to ``rois``.
+        offset: (R, 2, ph, pw) or None. **Channel 0 is x (columns), channel 1 is y (rows)** — mmcv's
+            order, the opposite of deform_conv2d's (dy, dx) offsets. Offsets are in units of the RoI
+            size: bin (i, j) moves by ``gamma * roi_w * offset[r, 0, i, j]`` along x and
+            ``gamma * roi_h * offset[r, 1, i, j]`` along y.
+        output_size: ph, or a pair (ph, pw).
+        spatial_scale: input pixels per image unit (e.g. 1/16).
+        sampling_ratio: samples per bin along each axis; 0 means ``ceil(roi_size / pooled)``.
+        gamma: scale of the offsets.
+
+    Returns:
+        (R, C, ph, pw). With ``start = x1 * spatial_scale - 0.5``, ``roi_w = (x2 - x1) *
+        spatial_scale`` (same for y), ``bin_w = roi_w / pw``, bin (i, j) averages the
+        ``grid_h * grid_w`` RoIAlign samples at ``x = start + dx + j * bin_w + (k + 0.5) * bin_w /
+        grid_w`` (k < grid_w; y alike) and divides by ``max(grid_h * grid_w, 1)``. A sample with
+        ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` (or not finite) is 0; otherwise it is clamped to
+        0 from below and snaps to the last row / column when ``floor(y) >= H - 1``, then interpolated
+        bilinearly. With ``offset=None`` this is ``roi_align(..., aligned=True)``.
+
+    Gradients flow to ``input`` and ``offset``; along an axis where a sample was clamped or snapped
+    it does not move, so it adds nothing to the offset gradient.
+
+    Example:
+        >>> import numpy as np, cudcn
+        >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = np.array([[0.0, 0.5, 0.5, 2.5, 2.5]])
+        >>> cudcn.functional.deform_roi_pool(x, rois, None, 1)[0, 0, 0, 0]
+        np.float64(5.0)
+    """
+    return DeformRoIPoolFunction.apply(
+        input, rois, offset, output_size=output_size, spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio, gamma=gamma, aligned=True,
+    )  # fmt: skip
+
+
+def roi_align(
+    input: Array,
+    rois: Array,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Array:
+    """RoIAlign with torchvision's signature, defaults and results (``torchvision.ops.roi_align``).
+
+    Args:
+        input: (B, C, H, W).
+        rois: (R, 5) rows ``(batch_index, x1, y1, x2, y2)``, as in :func:`deform_roi_pool`.
+        output_size: ph, or a pair (ph, pw).
+        spatial_scale: input pixels per image unit.
+        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / pooled)``.
+        aligned: True shifts the RoI by -0.5 pixel (pixel-centre model, as :func:`deform_roi_pool`);
+            False (torchvision's default) does not shift, and forces RoI sizes to at least 1 pixel.
+
+    Returns:
+        (R, C, ph, pw), the average of bilinear samples per bin under the rules of
+        :func:`deform_roi_pool` with no offset. Gradients flow to ``input``.
+
+    Example:
+        >>> import numpy as np, cudcn
+        >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> rois = np.array([[0.0, 1.0, 1.0, 3.0, 3.0]])
+        >>> cudcn.functional.roi_align(x, rois, 1)[0, 0, 0, 0]
+        np.float64(10.0)
+    """
+    if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
+        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
+    ratio = max(int(sampling_ratio), 0)  # torchvision: any value <= 0 is adaptive
+    return DeformRoIPoolFunction.apply(
+        input, rois, None, output_size=output_size, spatial_scale=spatial_scale,
+        sampling_ratio=ratio, gamma=0.0, aligned=bool(aligned),
+    )  # fmt: skip
