@@ -15,7 +15,12 @@ import cudcn
 from cudcn import reference
 from cudcn.backends import get_backend
 from cudcn.functional import deform_roi_pool, roi_align
-from cudcn.ops import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.ops import (
+    deform_roi_pool_backward,
+    deform_roi_pool_forward,
+    roi_align_backward,
+    roi_align_forward,
+)
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 
 SEED = 20261124
@@ -372,3 +377,17 @@ def test_roi_align_bad_sampling_ratio_type():
     args = good_args()
     with pytest.raises(TypeError, match=r"sampling_ratio must be an int, got 2.0"):
         roi_align(args["input"], args["rois"], 2, sampling_ratio=2.0)
+
+
+def test_roi_align_array_level_matches_the_tape():
+    rng = np.random.default_rng(SEED + 60)
+    x = rng.standard_normal((2, 3, 9, 8))
+    rois = make_rois(rng, 5, 2, 9.0, 8.0)
+    out = roi_align_forward(x, rois, (2, 3), 0.5, 2, aligned=False)
+    xt = cudcn.Tensor(x, requires_grad=True)
+    tape_out = roi_align(xt, rois, (2, 3), 0.5, 2, aligned=False)
+    np.testing.assert_array_equal(out, tape_out.data)
+    grad = rng.standard_normal(out.shape)
+    tape_out.backward(grad)
+    (g_input,) = roi_align_backward(grad, x, rois, (2, 3), 0.5, 2, aligned=False)
+    np.testing.assert_array_equal(g_input, xt.grad)

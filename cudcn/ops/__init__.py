@@ -9,7 +9,12 @@ a JAX ``custom_vjp``, ...).
 
 from cudcn.ops.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool_backward, deform_psroi_pool_forward
-from cudcn.ops.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.ops.deform_roi_pool import (
+    deform_roi_pool_backward,
+    deform_roi_pool_forward,
+    roi_align_backward,
+    roi_align_forward,
+)
 
 __all__ = [
     "deform_conv2d_backward",
@@ -18,4 +23,6 @@ __all__ = [
     "deform_psroi_pool_forward",
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "roi_align_backward",
+    "roi_align_forward",
 ]

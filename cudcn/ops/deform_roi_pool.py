@@ -253,10 +253,54 @@ def roi_align(
         >>> cudcn.functional.roi_align(x, rois, 1)[0, 0, 0, 0]
         np.float64(10.0)
     """
+    return DeformRoIPoolFunction.apply(
+        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
+    )
+
+
+def _roi_align_params(
+    output_size: Any, spatial_scale: Any, sampling_ratio: Any, aligned: Any
+) -> dict[str, Any]:
+    """roi_align's arguments as deform_roi_pool parameters: no offset, ``sampling_ratio <= 0`` is
+    adaptive (torchvision), torchvision's geometry when not ``aligned``."""
     if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
         raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    ratio = max(int(sampling_ratio), 0)  # torchvision: any value <= 0 is adaptive
-    return DeformRoIPoolFunction.apply(
-        input, rois, None, output_size=output_size, spatial_scale=spatial_scale,
-        sampling_ratio=ratio, gamma=0.0, aligned=bool(aligned),
-    )  # fmt: skip
+    return {
+        "output_size": output_size,
+        "spatial_scale": spatial_scale,
+        "sampling_ratio": max(int(sampling_ratio), 0),
+        "gamma": 0.0,
+        "aligned": bool(aligned),
+    }
+
+
+def roi_align_forward(
+    input: Array,
+    rois: Array,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Array:
+    """Array-level forward of :func:`roi_align` (no tape): (R, C, pooled_h, pooled_w)."""
+    p = check_deform_roi_pool(
+        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
+    )
+    return _forward(input, rois, None, p)
+
+
+def roi_align_backward(
+    grad_out: Array,
+    input: Array,
+    rois: Array,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> tuple[Array]:
+    """Array-level backward of :func:`roi_align`: ``(g_input,)`` given ``grad_out``
+    (R, C, pooled_h, pooled_w). ``rois`` get no gradient."""
+    p = check_deform_roi_pool(
+        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
+    )
+    return (_backward(grad_out, input, rois, None, p)[0],)
