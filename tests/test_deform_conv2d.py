@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 from deform_conv2d_cases import CASES, Case, make_inputs
 from scipy.signal import correlate
 
 import cudcn
 from cudcn import reference
 from cudcn.ops import deform_conv2d_backward, deform_conv2d_forward
+from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 
 NAMES = ("input", "offset", "weight", "bias", "mask")
 SEED = 20261124
