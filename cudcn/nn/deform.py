@@ -22,9 +22,9 @@ import numpy as np
 from cudcn.autograd import sigmoid
 from cudcn.functional import deform_conv2d
 from cudcn.nn import init
-from cudcn.nn.layers import Conv2d, check_channels, empty_parameter
+from cudcn.nn.layers import Conv2d, init_conv_parameters
 from cudcn.nn.module import Module
-from cudcn.ops._checks import int_pair, positive_int
+from cudcn.ops._checks import positive_int
 
 __all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]
 
@@ -41,15 +41,9 @@ class _DeformConvBase(Module):
         dilation: int | tuple[int, int], groups: int, bias: bool,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = check_channels(
-            in_channels, out_channels, groups
+        init_conv_parameters(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
         )
-        self.kernel_size = int_pair("kernel_size", kernel_size, 1)
-        self.stride = int_pair("stride", stride, 1)
-        self.padding = int_pair("padding", padding, 0)
-        self.dilation = int_pair("dilation", dilation, 1)
-        self.weight = empty_parameter(out_channels, in_channels // groups, *self.kernel_size)
-        self.register_parameter("bias", empty_parameter(out_channels) if bias else None)
 
     def _deform(self, input: Array, offset: Array, mask: Array | None) -> Array:
         return deform_conv2d(

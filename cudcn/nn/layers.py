@@ -57,6 +57,25 @@ def check_channels(in_channels: Any, out_channels: Any, groups: Any) -> tuple[in
     return in_channels, out_channels, groups
 
 
+def init_conv_parameters(
+    module: Module, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int], padding: int | tuple[int, int],
+    dilation: int | tuple[int, int], groups: int, bias: bool,
+) -> None:  # fmt: skip
+    """Check a convolution's hyper-parameters, store them on ``module`` as ints and (h, w) pairs, and
+    register its uninitialised ``weight`` (out_channels, in_channels / groups, kh, kw) and ``bias``
+    (out_channels,) or None. Shared by ``Conv2d`` and the deformable layers."""
+    module.in_channels, module.out_channels, module.groups = check_channels(
+        in_channels, out_channels, groups
+    )
+    module.kernel_size = int_pair("kernel_size", kernel_size, 1)
+    module.stride = int_pair("stride", stride, 1)
+    module.padding = int_pair("padding", padding, 0)
+    module.dilation = int_pair("dilation", dilation, 1)
+    module.weight = empty_parameter(out_channels, in_channels // groups, *module.kernel_size)
+    module.register_parameter("bias", empty_parameter(out_channels) if bias else None)
+
+
 class Conv2d(Module):
     """2-D convolution, ``torch.nn.Conv2d``: weight (out_channels, in_channels / groups, kh, kw) and
     bias (out_channels,), both U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_channels / groups
@@ -69,15 +88,9 @@ class Conv2d(Module):
         rng: np.random.Generator | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = check_channels(
-            in_channels, out_channels, groups
+        init_conv_parameters(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
         )
-        self.kernel_size = int_pair("kernel_size", kernel_size, 1)
-        self.stride = int_pair("stride", stride, 1)
-        self.padding = int_pair("padding", padding, 0)
-        self.dilation = int_pair("dilation", dilation, 1)
-        self.weight = empty_parameter(out_channels, in_channels // groups, *self.kernel_size)
-        self.register_parameter("bias", empty_parameter(out_channels) if bias else None)
         self.reset_parameters(rng)
 
     def reset_parameters(self, rng: np.random.Generator | None = None) -> None:
