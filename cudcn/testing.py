@@ -25,9 +25,11 @@ Array = Any
 __all__ = [
     "GradcheckError",
     "assert_allclose_to_reference",
+    "assert_equal_up_to_summation_order",
     "gradcheck",
     "poison_outputs",
     "reference_tolerance",
+    "summation_order_tolerance",
     "to_numpy",
 ]
 
@@ -162,6 +164,41 @@ def reference_tolerance(dtype: Any, scale: Any, factor: float = 16.0) -> Any:
     ``scale`` is a float or a host array broadcastable to the result (per-element magnitudes).
     """
     return factor * float(np.finfo(dtype).eps) * np.asarray(to_numpy(scale), dtype=np.float64)
+
+
+def summation_order_tolerance(dtype: Any, abs_sum: Any, terms: int) -> Any:
+    """Largest difference between two float sums of the same ``terms`` numbers added in different
+    orders, as two atomicAdd scatters on a GPU may add them: ``2 * (terms - 1) * eps(dtype) *
+    abs_sum`` (twice the worst-case error of recursive summation), per element.
+
+    ``abs_sum`` is ``sum |t|`` per element (a float or a host array); ``terms`` bounds how many
+    numbers one element adds up.
+    """
+    return reference_tolerance(dtype, abs_sum, factor=2.0 * max(terms - 1, 0))
+
+
+def assert_equal_up_to_summation_order(
+    actual: Any, expected: Any, *, exact: bool, abs_sum: Any, terms: int, name: str = ""
+) -> None:
+    """Assert two results of the same computation agree: bit for bit when ``exact`` (a
+    deterministic backend), else within :func:`summation_order_tolerance` of each other (atomic
+    scatters, whose order of addition varies run to run)."""
+    got, want = to_numpy(actual), to_numpy(expected)
+    if exact:
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        return
+    allowed = summation_order_tolerance(got.dtype, abs_sum, terms)
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    bad = ~(err <= allowed)
+    if bad.any():
+        idx = tuple(
+            int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, err, -1))), err.shape)
+        )
+        raise AssertionError(
+            f"{name + ': ' if name else ''}{int(bad.sum())} of {bad.size} elements differ by more "
+            f"than the summation-order bound ({terms} terms); worst at {idx}: {got[idx]!r} vs "
+            f"{want[idx]!r}, allowed {np.broadcast_to(allowed, err.shape)[idx]:.3g}"
+        )
 
 
 def assert_allclose_to_reference(

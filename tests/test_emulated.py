@@ -200,13 +200,14 @@ def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype
         assert_allclose_to_reference(got, want, dtype, factor=64, name=f"grad {name} (seed {SEED})")
 
 
-def test_one_thread_is_deterministic(monkeypatch) -> None:
+def test_serial_mode_with_one_worker_is_deterministic(monkeypatch) -> None:
     case = Case("atomics", batch=3, in_channels=4, out_channels=4, height=5, width=5)
     inputs = make_inputs(case, np.float32, SEED, offset_scale=0.5)  # many colliding neighbours
     params = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
     grad_out = np.random.default_rng(SEED).standard_normal((3, 4, 5, 5)).astype(np.float32)
     args = [inputs[n] for n in NAMES]
-    monkeypatch.setenv("CUDCN_EMULATED_THREADS", "1")
+    monkeypatch.setenv("CUDCN_EMULATED_MODE", "serial")
+    monkeypatch.setenv("CUDCN_EMULATED_WORKERS", "1")
     first = emulated.deform_conv2d_backward(grad_out, *args, **params)
     second = emulated.deform_conv2d_backward(grad_out, *args, **params)
     for a, b in zip(first, second, strict=True):

@@ -20,9 +20,17 @@
 #ifndef CUDCN_COMMON_CUH
 #define CUDCN_COMMON_CUH
 
-#ifndef __CUDACC__
+#ifdef __CUDACC__
+// Shared memory, declared the one way both compilers understand (host_shim.h has the host side).
+#define CUDCN_SHARED_ARRAY(T, name, N) __shared__ T name[N]
+#else
 #include "host_shim.h"
 #endif
+
+// float -> int as the GPU converts: truncation toward zero, saturating at the int range, NaN -> 0
+// (PTX cvt.rzi.s32). A plain static_cast is undefined out of range and gives INT_MIN on x86.
+__device__ __forceinline__ int to_int(float v) { return __float2int_rz(v); }
+__device__ __forceinline__ int to_int(double v) { return __double2int_rz(v); }
 
 // Grid-stride loop over [0, n): every kernel of cudcn is one, so any grid size is correct. I is the
 // index type (int or long long, chosen by the launcher from the largest element count).
@@ -50,7 +58,7 @@ template <typename T>
 __device__ __forceinline__ BilinearWeights<T> bilinear_weights(T y, T x) {
   const T fy = floor(y);
   const T fx = floor(x);
-  return {static_cast<int>(fy), static_cast<int>(fx), y - fy, x - fx};
+  return {to_int(fy), to_int(fx), y - fy, x - fx};
 }
 
 // The four neighbours of an in-range point, v<row><column> for rows y0, y0 + 1 and columns x0,

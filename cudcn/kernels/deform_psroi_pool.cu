@@ -46,7 +46,7 @@ __device__ __forceinline__ PsroiBin<T> psroi_bin(const T* rois, const T* trans, 
   const T end_x = (round_half_away(roi[3]) + T(1)) * spatial_scale - T(0.5);
   const T end_y = (round_half_away(roi[4]) + T(1)) * spatial_scale - T(0.5);
   PsroiBin<T> bin;
-  bin.b = static_cast<int>(roi[0]);
+  bin.b = to_int(roi[0]);
   bin.roi_w = max(end_x - start_x, T(0.1));
   bin.roi_h = max(end_y - start_y, T(0.1));
   const T bin_w = bin.roi_w / static_cast<T>(pooled);
@@ -89,10 +89,10 @@ __device__ __forceinline__ PsroiTaps<T> psroi_weights(int height, int width, T h
   h = min(max(h, T(0)), static_cast<T>(height - 1));
   w = min(max(w, T(0)), static_cast<T>(width - 1));
   PsroiTaps<T> t;
-  t.y0 = static_cast<int>(floor(h));
-  t.x0 = static_cast<int>(floor(w));
-  t.y1 = static_cast<int>(ceil(h));
-  t.x1 = static_cast<int>(ceil(w));
+  t.y0 = to_int(floor(h));
+  t.x0 = to_int(floor(w));
+  t.y1 = to_int(ceil(h));
+  t.x1 = to_int(ceil(w));
   t.dist_y = h - static_cast<T>(t.y0);
   t.dist_x = w - static_cast<T>(t.x0);
   return t;

@@ -30,7 +30,7 @@ __device__ __forceinline__ RoiAlignGeometry<T> roi_align_geometry(const T* roi, 
                                                                   int aligned) {
   const T shift = aligned ? T(0.5) : T(0);
   RoiAlignGeometry<T> g;
-  g.b = static_cast<int>(roi[0]);
+  g.b = to_int(roi[0]);
   g.start_x = roi[1] * spatial_scale - shift;
   g.start_y = roi[2] * spatial_scale - shift;
   g.roi_w = (roi[3] * spatial_scale - shift) - g.start_x;
@@ -46,7 +46,7 @@ __device__ __forceinline__ RoiAlignGeometry<T> roi_align_geometry(const T* roi, 
 template <typename T>
 __device__ __forceinline__ int roi_align_grid(T roi_size, int pooled, int sampling_ratio) {
   if (sampling_ratio > 0) return sampling_ratio;
-  return max(static_cast<int>(ceil(roi_size / static_cast<T>(pooled))), 0);
+  return max(to_int(ceil(roi_size / static_cast<T>(pooled))), 0);
 }
 
 // RoIAlign's range [-1, H] x [-1, W]; false for NaN.
@@ -71,8 +71,8 @@ __device__ __forceinline__ RoiAlignTaps<T> roi_align_weights(int height, int wid
   t.x_moves = x > T(0);
   y = max(y, T(0));
   x = max(x, T(0));
-  t.y_low = static_cast<int>(y);
-  t.x_low = static_cast<int>(x);
+  t.y_low = to_int(y);
+  t.x_low = to_int(x);
   if (t.y_low >= height - 1) {
     t.y_low = t.y_high = height - 1;
     y = static_cast<T>(t.y_low);

@@ -15,7 +15,8 @@ from typing import Any
 from cudcn.backends.cuda.launch import GetKernel
 from cudcn.backends.cuda.source import kernel_source, name_expressions
 
-NVRTC_OPTIONS = ("--std=c++17",)
+# No multiply-add contraction, as in the host build (-ffp-contract=off), so both round alike.
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
 
 _lock = threading.Lock()
 _modules: dict[tuple[int, str], Any] = {}

@@ -40,6 +40,21 @@ def kernel_source(stem: str) -> str:
     return _join(path, set())
 
 
+def source_files(stem: str) -> tuple[Path, ...]:
+    """``cudcn/kernels/<stem>.cu`` and every local header it includes, directly or not, in order."""
+    files: list[Path] = []
+
+    def visit(path: Path) -> None:
+        files.append(path)
+        for match in _LOCAL_INCLUDE.finditer(path.read_text(encoding="utf-8")):
+            header = (path.parent / match.group(1)).resolve()
+            if header not in files and header.is_file():
+                visit(header)
+
+    visit((KERNEL_DIR / f"{stem}.cu").resolve())
+    return tuple(files)
+
+
 def _line_directive(line: int, path: Path) -> str:
     return f'#line {line} "{path.as_posix()}"'
 

@@ -31,7 +31,9 @@ from pathlib import Path
 
 from cudcn.backends.cuda.source import kernel_source, name_expressions
 
-BASE_FLAGS = ("-std=c++20", "-O2", "-fvisibility=hidden", "-fPIC", "-shared", "-pthread")
+BASE_FLAGS = (
+    "-std=c++20", "-O2", "-ffp-contract=off", "-fvisibility=hidden", "-fPIC", "-shared", "-pthread",
+)  # fmt: skip
 TABLE_SYMBOL = "cudcn_kernel_table"
 EXPORT_MAP = f"{{ global: {TABLE_SYMBOL}; local: *; }};\n"  # linker version script: one global
 

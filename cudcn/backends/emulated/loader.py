@@ -8,14 +8,24 @@ argument count, every scalar's kind and width (``numpy.int32`` for ``int``, ``nu
 argument's element type, C-contiguity and, for non-const pointers, writability. Parameter types come
 from the build's export table, i.e. from the compiled kernel signatures themselves.
 
-``CUDCN_EMULATED_THREADS`` sets how many CPU threads run a launch's blocks (default: the CPUs this
-process may use); ``1`` gives a deterministic, debugger-friendly run.
+How a launch runs (see the execution model in ``cudcn/kernels/host_shim.h``), read at each launch:
+
+* ``CUDCN_EMULATED_MODE``: ``concurrent`` runs every CUDA thread of a block as an OS thread, so a
+  block's threads race as on a GPU and ``__syncthreads``, shared memory and warp shuffles work;
+  ``serial`` runs a block's threads one after another (about 20x faster on small launches; refused,
+  with an error, by a kernel that cooperates); ``auto`` (default) is concurrent for the kernels of a
+  ``.cu`` file whose source uses a cooperation primitive, serial for the others. The race checks
+  (``tests/test_tsan.py``) and the small-block tests run everything concurrent.
+* ``CUDCN_EMULATED_WORKERS``: how many blocks run at once (default: the CPUs this process may use).
+* ``CUDCN_EMULATED_SEED``: the seed that shuffles the order in which blocks start (default 0, so
+  runs are reproducible; a GPU promises no order at all).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -23,17 +33,43 @@ from typing import Any
 import numpy as np
 
 from cudcn.backends.cuda.launch import GetKernel
+from cudcn.backends.cuda.source import source_files
 from cudcn.backends.emulated.build import TABLE_SYMBOL, build, build_flags, compiler
 
 _C_NAMES = {"f4": "float", "f8": "double", "i4": "int", "i8": "long long", "u4": "unsigned int",
             "u8": "unsigned long long"}  # fmt: skip
+MODES = ("auto", "concurrent", "serial")
+# What makes the threads of a block cooperate: such kernels cannot run in serial mode.
+COOPERATION = re.compile(
+    r"\b(__syncthreads|__syncwarp|__shfl\w*_sync|__ballot_sync|__all_sync|__any_sync|"
+    r"CUDCN_SHARED_ARRAY)\b"
+)
+_COMMENT_OR_DIRECTIVE = re.compile(r"//[^\n]*|/\*.*?\*/|^[ \t]*#[^\n]*", re.DOTALL | re.MULTILINE)
+
+
+class LaunchConfig(ctypes.Structure):
+    """``cudcn_host::LaunchConfig``: how one launch runs."""
+
+    _fields_ = (
+        ("workers", ctypes.c_int),
+        ("concurrent", ctypes.c_int),
+        ("seed", ctypes.c_ulonglong),
+    )
+
+
 _LAUNCH = ctypes.CFUNCTYPE(
     ctypes.c_int,
     ctypes.POINTER(ctypes.c_uint),
     ctypes.POINTER(ctypes.c_uint),
     ctypes.c_void_p,
-    ctypes.c_int,
+    ctypes.POINTER(LaunchConfig),
 )
+_STATUS = {
+    1: "rejected: the grid or block exceeds CUDA's limits",
+    2: "refused in CUDCN_EMULATED_MODE=serial: the kernel uses __syncthreads, shared memory or a "
+    "warp primitive, which need CUDCN_EMULATED_MODE=concurrent",
+    3: "failed: not one block's worth of OS threads could be started",
+}
 
 
 class _Entry(ctypes.Structure):
@@ -61,18 +97,56 @@ def _dims(what: str, value: Any) -> tuple[int, int, int]:
     return (*(int(d) for d in dims), 1, 1)[:3]
 
 
-def _workers() -> int:
-    configured = os.environ.get("CUDCN_EMULATED_THREADS", "").strip()
-    if configured:
-        return max(1, int(configured))
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def _environment_int(name: str, default: int, minimum: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def launch_config(cooperates: bool) -> LaunchConfig:
+    """The launch settings from ``CUDCN_EMULATED_MODE``, ``_WORKERS`` and ``_SEED`` (read now) for a
+    kernel whose source does (``cooperates``) or does not use cooperation primitives."""
+    mode = os.environ.get("CUDCN_EMULATED_MODE", "").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"CUDCN_EMULATED_MODE must be one of {MODES}, got {mode!r}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    workers = _environment_int("CUDCN_EMULATED_WORKERS", cpus or 1, 1)
+    seed = _environment_int("CUDCN_EMULATED_SEED", 0, 0)
+    if seed >= 2**64:
+        raise ValueError(f"CUDCN_EMULATED_SEED must be < 2**64, got {seed}")
+    concurrent = mode == "concurrent" or (mode == "auto" and cooperates)
+    return LaunchConfig(workers, int(concurrent), seed)
+
+
+def uses_cooperation(stem: str) -> bool:
+    """Whether the kernel source of op ``stem`` (the ``.cu`` and its headers, the shim aside) uses
+    ``__syncthreads``, shared memory or a warp primitive."""
+    for path in source_files(stem):
+        if path.name == "host_shim.h":
+            continue
+        code = _COMMENT_OR_DIRECTIVE.sub("", path.read_text(encoding="utf-8"))
+        if COOPERATION.search(code):
+            return True
+    return False
 
 
 class HostKernel:
     """One kernel of a host build. ``signature``: its parameter codes (``"cpf4"``, ``"i4"``, ...)."""
 
-    def __init__(self, name: str, launch: Any, signature: tuple[str, ...], library: Path):
+    def __init__(
+        self, name: str, launch: Any, signature: tuple[str, ...], library: Path, cooperates: bool
+    ):
         self.name, self.signature, self.library = name, signature, library
+        self.cooperates = (
+            cooperates  # the op's source uses __syncthreads / shared / warp primitives
+        )
         self._launch = launch
 
     def __repr__(self) -> str:
@@ -121,22 +195,22 @@ class HostKernel:
             for i, (code, a) in enumerate(zip(self.signature, args, strict=True))
         ]
         pointers = np.array([v.ctypes.data for v in values], dtype=np.uintp)
+        config = launch_config(self.cooperates)
         status = self._launch(
             (ctypes.c_uint * 3)(*grid3),
             (ctypes.c_uint * 3)(*block3),
             pointers.ctypes.data,
-            _workers(),
+            ctypes.byref(config),
         )
         if status != 0:
-            raise RuntimeError(
-                f"{self.name}: launch of grid {grid3} x block {block3} rejected ({status})"
-            )
+            reason = _STATUS.get(status, f"failed with status {status}")
+            raise RuntimeError(f"{self.name}: launch of grid {grid3} x block {block3} {reason}")
 
 
 class HostLibrary:
     """A loaded host build and its kernels by name expression."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, cooperates: bool = False):
         self.path = path
         self._dll = ctypes.CDLL(str(path))  # RTLD_LOCAL: builds never see each other's symbols
         table = getattr(self._dll, TABLE_SYMBOL)
@@ -148,7 +222,7 @@ class HostLibrary:
         for i in range(count.value):
             name = rows[i].name.decode()
             signature = tuple(rows[i].signature.decode().split())
-            self.kernels[name] = HostKernel(name, rows[i].launch, signature, path)
+            self.kernels[name] = HostKernel(name, rows[i].launch, signature, path, cooperates)
 
     def get_kernel(self, name: str) -> HostKernel:
         try:
@@ -177,7 +251,7 @@ def host_library(stem: str) -> HostLibrary:
     with _lock:
         library = _libraries.get(key)
         if library is None:
-            library = HostLibrary(build(stem))
+            library = HostLibrary(build(stem), uses_cooperation(stem))
             _libraries[key] = library
     return library
 
