@@ -37,11 +37,17 @@ def kernel_source(stem: str) -> str:
     path = KERNEL_DIR / f"{stem}.cu"
     if not path.is_file():
         raise ValueError(f"no kernel file for op {stem!r}: expected {path}")
-    return _join(path, set())
+    return join_source(path)
 
 
-def source_files(stem: str) -> tuple[Path, ...]:
-    """``cudcn/kernels/<stem>.cu`` and every local header it includes, directly or not, in order."""
+def join_source(path: Path) -> str:
+    """The text of the kernel file ``path`` with its local headers inlined (each one once)."""
+    return _join(Path(path).resolve(), set())
+
+
+def source_files(stem: str | Path) -> tuple[Path, ...]:
+    """``cudcn/kernels/<stem>.cu`` (or the kernel file at a path) and every local header it
+    includes, directly or not, in order."""
     files: list[Path] = []
 
     def visit(path: Path) -> None:
@@ -51,7 +57,7 @@ def source_files(stem: str) -> tuple[Path, ...]:
             if header not in files and header.is_file():
                 visit(header)
 
-    visit((KERNEL_DIR / f"{stem}.cu").resolve())
+    visit((stem if isinstance(stem, Path) else KERNEL_DIR / f"{stem}.cu").resolve())
     return tuple(files)
 
 

@@ -14,9 +14,11 @@ source text, the compiler's version and the flags. Files are written under a tem
 renamed, so concurrent builds are safe.
 
 Environment: ``CUDCN_CXX`` picks the compiler (default ``g++``; C++20 with ``std::atomic_ref``, i.e.
-g++ >= 10). ``CUDCN_HOST_SANITIZE=address`` (or any
+g++ >= 10). ``CUDCN_HOST_SANITIZE=address`` or ``=thread`` (or any
 ``-fsanitize=`` value) builds sanitized kernels; the process must then preload the sanitizer runtime
-(see ``tests/test_asan.py``). ``CUDCN_HOST_DEBUG=1`` builds with ``-O0 -g`` for gdb.
+(see ``tests/test_sanitizers.py``). Every build compiles without multiply-add contraction
+(``-ffp-contract=off``), as the CUDA backend's NVRTC build does (``--fmad=false``).
+``CUDCN_HOST_DEBUG=1`` builds with ``-O0 -g`` for gdb.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def build_flags() -> tuple[str, ...]:
     flags = list(BASE_FLAGS)
     sanitize = os.environ.get("CUDCN_HOST_SANITIZE", "").strip()
     if sanitize:
-        flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        # -O1 and line tables: half the compile time of -O2 -g, and reports still name lines.
+        flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g1"]
     if os.environ.get("CUDCN_HOST_DEBUG", "").strip() not in ("", "0"):
         flags += ["-O0", "-g"]
     return tuple(flags)
@@ -98,23 +101,27 @@ def _compiler_version(cxx: str) -> str:
     return result.stdout.strip()
 
 
-def library_path(stem: str) -> Path:
-    """Where the host library of op ``stem`` for the current source, compiler and flags is cached."""
+def library_path(stem: str, source: str | None = None) -> Path:
+    """Where the host library of op ``stem`` (or of the host ``source`` text, named ``stem``) for
+    the current compiler and flags is cached."""
+    source = host_source(stem) if source is None else source
     cxx, flags = compiler(), build_flags()
-    text = "\0".join((host_source(stem), cxx, _compiler_version(cxx), *flags, EXPORT_MAP))
+    text = "\0".join((source, cxx, _compiler_version(cxx), *flags, EXPORT_MAP))
     return cache_dir() / f"{stem}-{hashlib.sha256(text.encode()).hexdigest()[:20]}.so"
 
 
-def build(stem: str) -> Path:
-    """Path of the host library for op ``stem``, built now unless a cached one matches."""
-    library = library_path(stem)
+def build(stem: str, source: str | None = None) -> Path:
+    """Path of the host library for op ``stem``, built now unless a cached one matches. ``source``
+    (a kernel text plus its :func:`export_table`) builds other kernels, e.g. tests' own."""
+    source = host_source(stem) if source is None else source
+    library = library_path(stem, source)
     if library.is_file():
         return library
     directory = library.parent
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=f".{stem}-build-") as tmp:
         cpp = Path(tmp) / library.with_suffix(".cpp").name
-        cpp.write_text(host_source(stem), encoding="utf-8")
+        cpp.write_text(source, encoding="utf-8")
         exports = Path(tmp) / "exports.map"
         exports.write_text(EXPORT_MAP, encoding="utf-8")
         built = Path(tmp) / library.name

@@ -125,9 +125,9 @@ def launch_config(cooperates: bool) -> LaunchConfig:
     return LaunchConfig(workers, int(concurrent), seed)
 
 
-def uses_cooperation(stem: str) -> bool:
-    """Whether the kernel source of op ``stem`` (the ``.cu`` and its headers, the shim aside) uses
-    ``__syncthreads``, shared memory or a warp primitive."""
+def uses_cooperation(stem: str | Path) -> bool:
+    """Whether the kernel source of op ``stem`` (or the kernel file at a path), the ``.cu`` and its
+    headers but the shim, uses ``__syncthreads``, shared memory or a warp primitive."""
     for path in source_files(stem):
         if path.name == "host_shim.h":
             continue
@@ -233,6 +233,23 @@ class HostLibrary:
             ) from None
 
 
+_SANITIZERS = {"address": ("__asan_init", "libasan.so", "ASAN_OPTIONS=detect_leaks=0"),
+               "thread": ("__tsan_init", "libtsan.so", "TSAN_OPTIONS=halt_on_error=0")}  # fmt: skip
+
+
+def check_sanitizer_runtime(flags: tuple[str, ...]) -> None:
+    """Loading a sanitized build into a process without the sanitizer's runtime loaded first would
+    abort it: refuse with the command that works instead."""
+    for flag in flags:
+        for name, (symbol, library, options) in _SANITIZERS.items():
+            if flag.startswith("-fsanitize=") and name in flag:
+                if not hasattr(ctypes.CDLL(None), symbol):
+                    raise RuntimeError(
+                        f"CUDCN_HOST_SANITIZE={name} needs the sanitizer's runtime loaded first: "
+                        f"run Python with LD_PRELOAD=$(g++ -print-file-name={library}) and {options}"
+                    )
+
+
 _lock = threading.Lock()
 _libraries: dict[tuple[str, str, tuple[str, ...]], HostLibrary] = {}
 
@@ -240,14 +257,7 @@ _libraries: dict[tuple[str, str, tuple[str, ...]], HostLibrary] = {}
 def host_library(stem: str) -> HostLibrary:
     """The host build of ``cudcn/kernels/<stem>.cu`` for the current flags, built on first use."""
     key = (stem, compiler(), build_flags())
-    if any(flag.startswith("-fsanitize=") and "address" in flag for flag in key[2]):
-        # Loading an ASan build into a process without the runtime first would abort it.
-        if not hasattr(ctypes.CDLL(None), "__asan_init"):
-            raise RuntimeError(
-                "CUDCN_HOST_SANITIZE=address needs AddressSanitizer's runtime loaded first: run "
-                "Python with LD_PRELOAD=$(g++ -print-file-name=libasan.so) and "
-                "ASAN_OPTIONS=detect_leaks=0"
-            )
+    check_sanitizer_runtime(key[2])
     with _lock:
         library = _libraries.get(key)
         if library is None:

@@ -1,0 +1,149 @@
+"""Every kernel of every op, forward and backward, float32 and float64, 32- and 64-bit indices, on
+small launches compared with the reference: the workload test_sanitizers.py runs in a subprocess
+under AddressSanitizer and ThreadSanitizer (and, for the mutation test, on a copy of the package
+whose atomicAdd calls became plain additions).
+
+Blocks of 32 threads, at most 2 blocks per launch, so every grid-stride loop wraps; the emulated
+backend's mode and worker count come from the environment (the tests ask for concurrent, 3 workers).
+Inputs include exact pixel and border coordinates, offsets far outside the image and, for the conv,
+non-finite offsets. A mismatch is reported and counted, and the run goes on to the other ops, so
+that a sanitizer sees every kernel; the exit status is 1 if anything mismatched.
+
+Usage: python tests/sanitized_kernels.py [--one] [op ...]   (default: every op; --one: only the
+first configuration of each, float32 with 32-bit indices)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+import cudcn.backends.emulated as emulated
+from cudcn import reference
+from cudcn.backends import poisoning
+from cudcn.backends.cuda import deform_conv2d as dc_launch
+from cudcn.backends.cuda import launch
+
+launch.THREADS_PER_BLOCK = 32
+launch.MAX_BLOCKS = 2
+INDEX_LIMITS = (launch.INDEX32_LIMIT, 0)  # 0: every launch takes the long long instantiations
+mismatches: list[str] = []
+
+
+def compare(what: str, got: list, want: list, dtype) -> None:
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if w is None:
+            continue
+        try:
+            np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max())))
+        except AssertionError as error:
+            mismatches.append(f"{what} result {i}: {str(error).splitlines()[3:5]}")
+
+
+def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, padding, dilation,
+         groups, offset_groups, use_mask, scale) -> None:  # fmt: skip
+    rng = np.random.default_rng(seed)
+    kh, kw = kernel
+    out_h = (size[0] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (size[1] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    taps = offset_groups * kh * kw
+    x = rng.standard_normal((batch, channels, *size)).astype(dtype)
+    offset = rng.uniform(-scale, scale, (batch, 2 * taps, out_h, out_w)).astype(dtype)
+    offset.flat[::9] = np.round(offset.flat[::9])  # exact pixel and border coordinates
+    offset.flat[1::17] = np.nan
+    offset.flat[2::23] = np.inf
+    offset.flat[3::29] = -1.0e30
+    weight = rng.standard_normal((out_channels, channels // groups, kh, kw)).astype(dtype)
+    bias = rng.standard_normal(out_channels).astype(dtype)
+    mask = rng.uniform(0.1, 1, (batch, taps, out_h, out_w)).astype(dtype) if use_mask else None
+    grad_out = rng.standard_normal((batch, out_channels, out_h, out_w)).astype(dtype)
+    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+             offset_groups=offset_groups)  # fmt: skip
+    with poisoning():
+        got = [emulated.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
+               *emulated.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
+    want = [reference.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
+            *reference.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
+    compare(f"deform_conv2d seed {seed} {np.dtype(dtype)}", got, want, dtype)
+
+
+def rois_for(rng, n, batch, height, width, scale):
+    """RoIs partly outside the map, some on exact pixel corners."""
+    x1 = rng.uniform(-2, width / scale, n)
+    y1 = rng.uniform(-2, height / scale, n)
+    w, h = rng.uniform(0.5, width / scale, n), rng.uniform(0.5, height / scale, n)
+    rois = np.stack([rng.integers(0, batch, n), x1, y1, x1 + w, y1 + h], axis=1)
+    rois[::3, 1:] = np.round(rois[::3, 1:])
+    return rois
+
+
+def roi(seed, dtype, aligned, sampling_ratio, use_offset) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(dtype)
+    rois = rois_for(rng, 7, 2, 6, 7, 0.5).astype(dtype)
+    offset = rng.uniform(-3, 3, (7, 2, 3, 2)).astype(dtype) if use_offset else None
+    if use_offset:
+        offset.flat[::5] = np.round(offset.flat[::5])
+    p = dict(pooled_h=3, pooled_w=2, spatial_scale=0.5, sampling_ratio=sampling_ratio,
+             gamma=0.2, aligned=aligned)  # fmt: skip
+    grad_out = rng.standard_normal((7, 3, 3, 2)).astype(dtype)
+    with poisoning():
+        got = [emulated.deform_roi_pool_forward(x, rois, offset, **p),
+               *emulated.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
+    want = [reference.deform_roi_pool_forward(x, rois, offset, **p),
+            *reference.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
+    compare(f"deform_roi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
+
+
+def psroi(seed, dtype, use_trans) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4 * 4, 7, 6)).astype(dtype)  # output_dim 4, group_size 2
+    rois = rois_for(rng, 6, 2, 7, 6, 0.5).astype(dtype)
+    trans = rng.uniform(-2, 2, (6, 4, 3, 3)).astype(dtype) if use_trans else None  # 2 classes
+    p = dict(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
+             sample_per_part=2, trans_std=0.2)  # fmt: skip
+    grad_out = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
+    with poisoning():
+        got = [emulated.deform_psroi_pool_forward(x, rois, trans, **p),
+               *emulated.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
+    want = [reference.deform_psroi_pool_forward(x, rois, trans, **p),
+            *reference.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
+    compare(f"deform_psroi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
+
+
+def run_op(op: str, one: bool) -> int:
+    """Run op's configurations with 32-bit, then 64-bit indices; returns how many ran."""
+    runs = 0
+    for limit in INDEX_LIMITS[:1] if one else INDEX_LIMITS:
+        launch.INDEX32_LIMIT = limit
+        for dtype in (np.float32,) if one else (np.float32, np.float64):
+            if op == "deform_conv2d":
+                conv(1, dtype, 2, 6, (5, 6), 4, (2, 3), (2, 1), (1, 0), (2, 1), 2, 3, True, 4.0)
+                conv(2, dtype, 2, 4, (4, 4), 4, (3, 3), (1, 1), (2, 2), (1, 1), 1, 2, False, 6.0)
+                runs += 2
+            elif op == "deform_roi_pool":
+                roi(3, dtype, True, 2, True)
+                roi(4, dtype, False, 0, True)
+                roi(5, dtype, True, 0, False)
+                runs += 3
+            else:
+                psroi(6, dtype, True)
+                psroi(7, dtype, False)
+                runs += 2
+    return runs
+
+
+def main(args: list[str]) -> int:
+    dc_launch.COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
+    ops = [a for a in args if a != "--one"]
+    for op in ops or ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]:
+        print(f"checked {op} {run_op(op, '--one' in args)}", flush=True)
+    for line in mismatches:
+        print("MISMATCH", line, flush=True)
+    return 1 if mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
