@@ -101,8 +101,10 @@ def test_type_errors(changes, match):
         call(**changes)
 
 
+@pytest.mark.gpu
 def test_mixing_numpy_and_cupy_is_a_type_error():
-    cupy = pytest.importorskip("cupy", reason="CuPy not installed: cannot build a CuPy array")
+    import cupy
+
     args = good()
     with pytest.raises(TypeError, match=r"offset is a cupy array but input is a numpy array"):
         deform_conv2d_forward(args["input"], cupy.asarray(args["offset"]), args["weight"])

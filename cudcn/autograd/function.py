@@ -20,8 +20,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from cudcn.arrays import array_module
 from cudcn.autograd.tensor import Tensor
-from cudcn.backends import array_module
 
 Array = Any
 F = TypeVar("F", bound=Callable[..., Any])

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import array_module
 from cudcn.autograd.function import Function
-from cudcn.backends import array_module
 
 Array = Any
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import array_module, is_cupy_array
 from cudcn.autograd.function import Function
 from cudcn.autograd.tensor import Tensor
-from cudcn.backends import array_module, is_cupy_array
 
 Array = Any
 Axis = int | tuple[int, ...] | None

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.backends import array_module, is_cupy_array
+from cudcn.arrays import array_module, is_cupy_array
 
 Array = Any
 

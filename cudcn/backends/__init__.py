@@ -21,6 +21,20 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import array_module, is_cupy_array
+
+__all__ = [
+    "HOST_BACKENDS",
+    "array_module",
+    "backend_name_for",
+    "get_backend",
+    "host_backend",
+    "is_cupy_array",
+    "new_output",
+    "poisoning",
+    "use_backend",
+]
+
 HOST_BACKENDS = ("cpu", "emulated")
 _MODULES = {
     "cpu": "cudcn.backends.cpu",
@@ -29,18 +43,6 @@ _MODULES = {
 }
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("cudcn_backend", default=None)
 _poison: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_poison", default=False)
-
-
-def is_cupy_array(a: Any) -> bool:
-    """True for a CuPy ndarray, decided without importing CuPy."""
-    return type(a).__module__.split(".", 1)[0] == "cupy"
-
-
-def array_module(a: Any) -> ModuleType:
-    """``cupy`` for a CuPy array, else ``numpy``."""
-    if is_cupy_array(a):
-        return importlib.import_module("cupy")
-    return np
 
 
 def host_backend() -> str:

@@ -16,8 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cudcn.arrays import array_module, is_cupy_array, parse_device
 from cudcn.autograd import Tensor
-from cudcn.backends import array_module, is_cupy_array
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -41,14 +41,19 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-def _move(a: Any, device: str | None, dtype: np.dtype | None) -> Any:
-    """``a`` on ``device`` ("cpu" / "cuda") and, when it is floating, cast to ``dtype``."""
+def _move(a: Any, device: tuple[str, int | None] | None, dtype: np.dtype | None) -> Any:
+    """``a`` on ``device`` (``("cpu", None)``, ``("cuda", None)`` for the current CUDA device or
+    ``("cuda", N)``) and, when it is floating, cast to ``dtype``."""
     if a is None:
         return None
-    if device == "cpu" and is_cupy_array(a):
+    if device is not None and device[0] == "cpu" and is_cupy_array(a):
         a = a.get()
-    elif device == "cuda" and not is_cupy_array(a):
-        a = importlib.import_module("cupy").asarray(a)
+    elif device is not None and device[0] == "cuda":
+        cupy = importlib.import_module("cupy")
+        target = cupy.cuda.Device(device[1]) if device[1] is not None else cupy.cuda.Device()
+        if not is_cupy_array(a) or a.device.id != target.id:
+            with target:  # a copy on the target device (through the host from another GPU)
+                a = cupy.asarray(a.get() if is_cupy_array(a) else a)
     if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
         a = a.astype(dtype)
     return a
@@ -236,14 +241,13 @@ class Module:
         return self
 
     def to(self, target: Any) -> Module:
-        """Move parameters, gradients and buffers to ``"cpu"`` (NumPy) or ``"cuda"`` (CuPy), or cast
-        the floating ones to a dtype (``np.float64``); returns self. Parameter objects are kept, so
-        build optimisers after moving (their state is not moved)."""
+        """Move parameters, gradients and buffers to ``"cpu"`` (NumPy), ``"cuda"`` (CuPy, the
+        current device) or ``"cuda:N"`` (CuPy, device N), or cast the floating ones to a dtype
+        (``np.float64``); returns self. Parameter objects are kept, so build optimisers after
+        moving (their state is not moved)."""
         device = dtype = None
         if isinstance(target, str):
-            device = target.split(":")[0]
-            if device not in ("cpu", "cuda"):
-                raise ValueError(f"device must be 'cpu' or 'cuda', got {target!r}")
+            device = parse_device(target)
         else:
             dtype = np.dtype(target)
             if dtype.kind != "f":
@@ -260,8 +264,9 @@ class Module:
     def cpu(self) -> Module:
         return self.to("cpu")
 
-    def cuda(self) -> Module:
-        return self.to("cuda")
+    def cuda(self, device: int | None = None) -> Module:
+        """``to("cuda")``, or ``to(f"cuda:{device}")`` for a device index."""
+        return self.to("cuda" if device is None else f"cuda:{int(device)}")
 
     # ----------------------------------------------------------------------- state
     def _state_entries(self, prefix: str = "") -> Iterator[tuple[str, Module, str, bool]]:

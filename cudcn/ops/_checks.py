@@ -1,4 +1,5 @@
-"""Argument checks shared by every op: one array library, one float dtype, int pairs, shapes.
+"""Argument checks shared by every op: one array library, one device, one float dtype, int pairs,
+shapes.
 
 Each failure raises ``TypeError`` or ``ValueError`` whose message names the argument, what was expected
 and what was given.
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.backends import is_cupy_array
+from cudcn.arrays import device_id, is_cupy_array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -22,8 +23,9 @@ def _library(a: Any) -> str:
 
 
 def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
-    """Check that the given arrays (``None`` entries skipped) are NumPy or CuPy arrays of one library
-    and one float dtype (float32 or float64); return that dtype."""
+    """Check that the given arrays (``None`` entries skipped) are NumPy or CuPy arrays of one library,
+    one float dtype (float32 or float64) and, for CuPy, on the first array's device (the input's);
+    return that dtype."""
     first_name = None
     first = None
     for name, a in arrays.items():
@@ -42,6 +44,11 @@ def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
             raise TypeError(
                 f"{name} is a {_library(a)} array but {first_name} is a {_library(first)} array; "
                 "all arrays of one call must come from the same library"
+            )
+        if device_id(a) != device_id(first):
+            raise ValueError(
+                f"{name} is on CUDA device {device_id(a)} but {first_name} is on CUDA device "
+                f"{device_id(first)}; every array of one call must live on the {first_name}'s device"
             )
         if a.dtype != first.dtype:
             raise TypeError(
