@@ -25,8 +25,8 @@ from cudcn.backends import poisoning
 from cudcn.backends.cuda import deform_conv2d as dc_launch
 from cudcn.backends.cuda import launch
 
-launch.THREADS_PER_BLOCK = 32
-launch.MAX_BLOCKS = 2
+SMALL_LAUNCHES = {"THREADS_PER_BLOCK": 32, "MAX_BLOCKS": 2}  # set on cudcn.backends.cuda.launch
+COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
 INDEX_LIMITS = (launch.INDEX32_LIMIT, 0)  # 0: every launch takes the long long instantiations
 mismatches: list[str] = []
 
@@ -113,6 +113,9 @@ def psroi(seed, dtype, use_trans) -> None:
     compare(f"deform_psroi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
 
 
+OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+
+
 def run_op(op: str, one: bool) -> int:
     """Run op's configurations with 32-bit, then 64-bit indices; returns how many ran."""
     runs = 0
@@ -136,9 +139,11 @@ def run_op(op: str, one: bool) -> int:
 
 
 def main(args: list[str]) -> int:
-    dc_launch.COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
+    for name, value in SMALL_LAUNCHES.items():
+        setattr(launch, name, value)
+    dc_launch.COLUMN_BUDGET_BYTES = COLUMN_BUDGET_BYTES
     ops = [a for a in args if a != "--one"]
-    for op in ops or ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]:
+    for op in ops or OPS:
         print(f"checked {op} {run_op(op, '--one' in args)}", flush=True)
     for line in mismatches:
         print("MISMATCH", line, flush=True)

@@ -6,6 +6,7 @@ indexing). Reference comparisons for the usual configurations live in tests/test
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 
@@ -17,7 +18,7 @@ import cudcn.backends.emulated as emulated
 from cudcn import reference
 from cudcn.backends.cuda import deform_conv2d as dc_launch
 from cudcn.backends.cuda import launch
-from cudcn.backends.cuda.source import kernel_source, name_expressions
+from cudcn.backends.cuda.source import KERNEL_DIR, join_source, kernel_source, name_expressions
 from cudcn.backends.emulated import build as host_build
 from cudcn.backends.emulated.loader import host_library
 from cudcn.testing import assert_allclose_to_reference, poison_outputs
@@ -220,3 +221,27 @@ def test_asan_build_without_its_runtime_is_refused_clearly(monkeypatch) -> None:
     monkeypatch.setenv("CUDCN_HOST_SANITIZE", "address")
     with pytest.raises(RuntimeError, match="LD_PRELOAD"):
         host_library("deform_conv2d")
+
+
+def test_a_header_first_included_under_a_conditional_is_kept(tmp_path) -> None:
+    (tmp_path / "h.cuh").write_text("#ifndef H_CUH\n#define H_CUH\nint h_value = 7;\n#endif\n")
+    (tmp_path / "k.cu").write_text(
+        '#ifdef SKIPPED_BY_THIS_COMPILER\n#include "h.cuh"\n#endif\n#include "h.cuh"\nint k = h_value;\n'
+    )
+    text = join_source(tmp_path / "k.cu")
+    unconditional = text.split("#endif", 1)[1]  # what follows the #ifdef block
+    assert "int h_value = 7;" in unconditional  # the second include was not dropped
+
+
+def test_include_cycle_is_an_error(tmp_path) -> None:
+    (tmp_path / "a.cuh").write_text('#include "b.cuh"\n')
+    (tmp_path / "b.cuh").write_text('#include "a.cuh"\n')
+    with pytest.raises(ValueError, match=r"include cycle.*a\.cuh -> b\.cuh -> a\.cuh"):
+        join_source(tmp_path / "a.cuh")
+
+
+def test_every_kernel_header_has_an_include_guard() -> None:
+    for header in KERNEL_DIR.glob("*.cuh"):
+        text = header.read_text()
+        assert "#pragma once" in text or re.search(r"#ifndef (\w+)\s+#define \1", text), header
+    assert re.search(r"#ifndef (\w+)\s+#define \1", (KERNEL_DIR / "host_shim.h").read_text())

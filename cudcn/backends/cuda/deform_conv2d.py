@@ -34,12 +34,19 @@ The NVRTC compile test and both loaders find the new file by its stem; nothing e
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from cudcn.backends import new_output
-from cudcn.backends.cuda.launch import GetKernel, batch_chunks, c_type, index_type, launch_1d
+from cudcn.backends.cuda.launch import (
+    GetKernel,
+    KernelParams,
+    batch_chunks,
+    c_type,
+    check_plane,
+    index_type,
+    launch_1d,
+)
 
 Array = Any
 Pair = tuple[int, int]
@@ -54,6 +61,28 @@ NAME_EXPRESSIONS = tuple(
 COLUMN_BUDGET_BYTES = 128 * 2**20  # bound on the column buffer of one batch chunk
 
 
+@dataclass(frozen=True)
+class ConvGeometry(KernelParams):
+    """The int parameters every deform_conv2d kernel takes after ``n``, in its order."""
+
+    batch: int  # images in this launch's chunk
+    channels: int
+    height: int
+    width: int
+    out_h: int
+    out_w: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    offset_groups: int
+    use_mask: int
+
+
 class _Plan:
     """One call's geometry: batch chunks, index type, and the three kernels' launches."""
 
@@ -63,16 +92,18 @@ class _Plan:
         self.batch, self.channels, height, width = (int(s) for s in input.shape)
         self.out_channels, _, kh, kw = (int(s) for s in weight.shape)
         self.out_h, self.out_w = (int(s) for s in offset.shape[2:])
-        if max(height * width, self.out_h * self.out_w) > np.iinfo(np.int32).max:
-            raise ValueError(
-                f"input and output planes must have < 2**31 pixels (the kernels index one plane "
-                f"in int), got H*W = {height * width}, H_out*W_out = {self.out_h * self.out_w}"
-            )
+        check_plane(height, width)
+        check_plane(self.out_h, self.out_w, "output")
         self.groups, self.taps, self.dtype = groups, kh * kw, input.dtype
         self.plane = self.out_h * self.out_w
         self.rows = self.channels * self.taps  # rows of the column buffer
-        self.geometry = (self.channels, height, width, self.out_h, self.out_w, kh, kw, *stride,
-                         *padding, *dilation, offset_groups, int(mask is not None))  # fmt: skip
+        self.geometry = ConvGeometry(
+            batch=self.batch, channels=self.channels, height=height, width=width,
+            out_h=self.out_h, out_w=self.out_w, kernel_h=kh, kernel_w=kw,
+            stride_h=stride[0], stride_w=stride[1], pad_h=padding[0], pad_w=padding[1],
+            dilation_h=dilation[0], dilation_w=dilation[1], offset_groups=offset_groups,
+            use_mask=int(mask is not None),
+        )  # fmt: skip
         per_item = self.rows * self.plane * self.dtype.itemsize
         self.chunks = list(batch_chunks(self.batch, per_item, COLUMN_BUDGET_BYTES))
         self.largest = max((stop - start for start, stop in self.chunks), default=0)
@@ -84,8 +115,8 @@ class _Plan:
                         for name in ("im2col", "col2im", "col2im_coord")}  # fmt: skip
 
     def _launch(self, name: str, n: int, chunk: int, arrays: tuple[Array, ...]) -> None:
-        scalars = (self.index(n), *(np.int32(v) for v in (chunk, *self.geometry)))
-        launch_1d(self.kernels[name], n, (*arrays, *scalars))
+        geometry = replace(self.geometry, batch=chunk)
+        launch_1d(self.kernels[name], n, (*arrays, self.index(n), *geometry.scalars(self.dtype)))
 
     def buffer(self, xp: Any, rows: int) -> Array:
         """A flat work buffer of ``rows`` x (largest chunk · H_out·W_out) elements."""

@@ -7,12 +7,18 @@ scatters into ``grad_input`` and ``grad_trans`` with atomicAdd.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from cudcn.backends import new_output
-from cudcn.backends.cuda.launch import GetKernel, c_type, index_type, launch_1d
+from cudcn.backends.cuda.launch import (
+    GetKernel,
+    KernelParams,
+    c_type,
+    check_plane,
+    index_type,
+    launch_1d,
+)
 
 Array = Any
 
@@ -24,35 +30,36 @@ NAME_EXPRESSIONS = tuple(
 )
 
 
-def _launch_args(
-    input: Array,
-    trans: Array | None,
-    n: int,
-    spatial_scale: float,
-    output_dim: int,
-    group_size: int,
-    pooled_size: int,
-    part_size: int,
-    sample_per_part: int,
-    trans_std: float,
-) -> tuple[str, tuple[Any, ...]]:
-    """The kernel's template arguments and its trailing scalar arguments."""
+@dataclass(frozen=True)
+class PsroiPoolParams(KernelParams):
+    """The parameters both deform_psroi_pool kernels take after ``n``, in their order."""
+
+    channels: int
+    height: int
+    width: int
+    spatial_scale: float
+    output_dim: int
+    group_size: int
+    pooled: int
+    part_size: int
+    sample_per_part: int
+    trans_std: float
+    num_classes: int
+    use_trans: int
+
+
+def _launch_args(input: Array, trans: Array | None, n: int, **params: Any) -> tuple[str, tuple]:
+    """The kernels' template arguments and trailing scalars (``n``, then
+    :class:`PsroiPoolParams`). The index type covers input, output / grad_out and trans."""
     _, channels, height, width = (int(s) for s in input.shape)
-    index_name, index = index_type(n, input.size)
-    scalar = input.dtype.type
-    num_classes = 1 if trans is None else int(trans.shape[1]) // 2
-    scalars = (
-        index(n),
-        np.int32(channels),
-        np.int32(height),
-        np.int32(width),
-        scalar(spatial_scale),
-        *(np.int32(v) for v in (output_dim, group_size, pooled_size, part_size, sample_per_part)),
-        scalar(trans_std),
-        np.int32(num_classes),
-        np.int32(trans is not None),
-    )
-    return f"<{c_type(input.dtype)}, {index_name}>", scalars
+    check_plane(height, width)
+    index_name, index = index_type(n, input.size, 0 if trans is None else trans.size)
+    scalars = PsroiPoolParams(
+        channels=channels, height=height, width=width, pooled=params.pop("pooled_size"),
+        num_classes=1 if trans is None else int(trans.shape[1]) // 2,
+        use_trans=int(trans is not None), **params,
+    ).scalars(input.dtype)  # fmt: skip
+    return f"<{c_type(input.dtype)}, {index_name}>", (index(n), *scalars)
 
 
 def deform_psroi_pool_forward(
@@ -76,17 +83,10 @@ def deform_psroi_pool_forward(
     trans_arg = xp.zeros((1,), input.dtype) if trans is None else xp.ascontiguousarray(trans)
     out = new_output(xp, (rois.shape[0], output_dim, pooled_size, pooled_size), input.dtype)
     templ, scalars = _launch_args(
-        input,
-        trans,
-        out.size,
-        spatial_scale,
-        output_dim,
-        group_size,
-        pooled_size,
-        part_size,
-        sample_per_part,
-        trans_std,
-    )
+        input, trans, out.size, spatial_scale=spatial_scale, output_dim=output_dim,
+        group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+        sample_per_part=sample_per_part, trans_std=trans_std,
+    )  # fmt: skip
     kernel = get_kernel(f"deform_psroi_pool_forward{templ}")
     launch_1d(kernel, out.size, (input, rois, trans_arg, out, *scalars))
     return out
@@ -118,17 +118,10 @@ def deform_psroi_pool_backward(
         trans_arg = xp.ascontiguousarray(trans)
         grad_trans = grad_trans_arg = xp.zeros(trans.shape, dtype=trans.dtype)
     templ, scalars = _launch_args(
-        input,
-        trans,
-        grad_out.size,
-        spatial_scale,
-        output_dim,
-        group_size,
-        pooled_size,
-        part_size,
-        sample_per_part,
-        trans_std,
-    )
+        input, trans, grad_out.size, spatial_scale=spatial_scale, output_dim=output_dim,
+        group_size=group_size, pooled_size=pooled_size, part_size=part_size,
+        sample_per_part=sample_per_part, trans_std=trans_std,
+    )  # fmt: skip
     kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
     launch_1d(
         kernel,

@@ -9,12 +9,18 @@ bits between runs; the CPU backend is the deterministic one).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from cudcn.backends import new_output
-from cudcn.backends.cuda.launch import GetKernel, c_type, index_type, launch_1d
+from cudcn.backends.cuda.launch import (
+    GetKernel,
+    KernelParams,
+    c_type,
+    check_plane,
+    index_type,
+    launch_1d,
+)
 
 Array = Any
 
@@ -26,36 +32,38 @@ NAME_EXPRESSIONS = tuple(
 )
 
 
+@dataclass(frozen=True)
+class RoiPoolParams(KernelParams):
+    """The parameters both deform_roi_pool kernels take after ``n``, in their order."""
+
+    channels: int
+    height: int
+    width: int
+    pooled_h: int
+    pooled_w: int
+    spatial_scale: float
+    sampling_ratio: int
+    gamma: float
+    aligned: int
+    use_offset: int
+
+
 def _placeholder(xp: Any, dtype: Any) -> Array:
     """A one-element array passed for an absent offset (the kernels never touch it: use_offset = 0)."""
     return xp.zeros((1,), dtype=dtype)
 
 
-def _launch_args(
-    input: Array,
-    offset: Array | None,
-    n: int,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
-) -> tuple[str, tuple[Any, ...]]:
-    """The kernel's template arguments and its trailing scalar arguments."""
+def _launch_args(input: Array, offset: Array | None, n: int, **params: Any) -> tuple[str, tuple]:
+    """The kernels' template arguments and trailing scalars (``n``, then :class:`RoiPoolParams`).
+    The index type covers every array the kernels index: input, output / grad_out, offset."""
     _, channels, height, width = (int(s) for s in input.shape)
-    index_name, index = index_type(n, input.size)
-    scalar = input.dtype.type
-    scalars = (
-        index(n),
-        *(np.int32(v) for v in (channels, height, width, pooled_h, pooled_w)),
-        scalar(spatial_scale),
-        np.int32(sampling_ratio),
-        scalar(gamma),
-        np.int32(aligned),
-        np.int32(offset is not None),
-    )
-    return f"<{c_type(input.dtype)}, {index_name}>", scalars
+    check_plane(height, width)
+    index_name, index = index_type(n, input.size, 0 if offset is None else offset.size)
+    scalars = RoiPoolParams(
+        channels=channels, height=height, width=width, use_offset=int(offset is not None),
+        aligned=int(params.pop("aligned")), **params,
+    ).scalars(input.dtype)  # fmt: skip
+    return f"<{c_type(input.dtype)}, {index_name}>", (index(n), *scalars)
 
 
 def deform_roi_pool_forward(
@@ -77,8 +85,9 @@ def deform_roi_pool_forward(
     offset_arg = _placeholder(xp, input.dtype) if offset is None else xp.ascontiguousarray(offset)
     out = new_output(xp, (rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
     templ, scalars = _launch_args(
-        input, offset, out.size, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned
-    )
+        input, offset, out.size, pooled_h=pooled_h, pooled_w=pooled_w,
+        spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma, aligned=aligned,
+    )  # fmt: skip
     kernel = get_kernel(f"deform_roi_pool_forward{templ}")
     launch_1d(kernel, out.size, (input, rois, offset_arg, out, *scalars))
     return out
@@ -109,16 +118,9 @@ def deform_roi_pool_backward(
         offset_arg = xp.ascontiguousarray(offset)
         grad_offset = grad_offset_arg = xp.zeros(offset.shape, dtype=offset.dtype)
     templ, scalars = _launch_args(
-        input,
-        offset,
-        grad_out.size,
-        pooled_h,
-        pooled_w,
-        spatial_scale,
-        sampling_ratio,
-        gamma,
-        aligned,
-    )
+        input, offset, grad_out.size, pooled_h=pooled_h, pooled_w=pooled_w,
+        spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma, aligned=aligned,
+    )  # fmt: skip
     kernel = get_kernel(f"deform_roi_pool_backward{templ}")
     launch_1d(
         kernel,

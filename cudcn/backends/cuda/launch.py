@@ -13,6 +13,7 @@ grid is capped at :data:`MAX_BLOCKS` and any ``n`` is covered.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,31 @@ def index_type(*counts: int) -> tuple[str, type[np.integer]]:
     if max(counts) <= INDEX32_LIMIT:
         return "int", np.int32
     return "long long", np.int64
+
+
+def check_plane(height: int, width: int, what: str = "input") -> None:
+    """Kernels index within one (height, width) plane in int: refuse planes of 2**31 pixels or more."""
+    if height * width > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"{what} planes must have < 2**31 pixels (the kernels index one plane in int), got "
+            f"{height} x {width} = {height * width}"
+        )
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """The trailing scalar parameters of a family of kernels, as named fields in the kernels'
+    parameter order, built by keyword so no two can be swapped silently. ``int`` fields are passed
+    as ``numpy.int32``, ``float`` fields as the kernels' float type; ``tests/test_launch.py``
+    checks every subclass's field names against the ``.cu`` signatures."""
+
+    def scalars(self, dtype: Any) -> tuple[Any, ...]:
+        """The values, in order, as the explicit NumPy scalars a raw launch needs."""
+        scalar = np.dtype(dtype).type
+        return tuple(
+            np.int32(getattr(self, f.name)) if f.type == "int" else scalar(getattr(self, f.name))
+            for f in fields(self)
+        )
 
 
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:

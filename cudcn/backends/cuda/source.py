@@ -3,8 +3,11 @@
 Both loaders compile the same text: the CUDA backend hands it to ``cupy.RawModule`` (whose disk cache
 hashes only the source string, not ``-I`` headers, so the headers must be inside it) and the emulated
 backend hands it to g++ (its cache key is a hash of the text and the flags). Joining inlines every
-``#include "..."`` of a file in ``cudcn/kernels`` once, between ``#line`` directives, so compiler
-messages and debuggers still point at the real files. ``#include <...>`` lines are left alone.
+``#include "..."`` of a file in ``cudcn/kernels`` where it stands, between ``#line`` directives, so
+compiler messages and debuggers still point at the real files; ``#include <...>`` lines are left alone.
+Every occurrence is inlined, not only the first: a header first included under an ``#if`` that one
+compiler skips must still be there for a later unconditional include. The headers' include guards
+keep repeated copies harmless (a test checks every header has one); an include cycle is an error.
 
 Each op's kernel names live in its launch module, ``cudcn.backends.cuda.<stem>``, as the tuple
 ``NAME_EXPRESSIONS`` (e.g. ``"deform_conv2d_im2col<float, int>"``): the one list that NVRTC's
@@ -41,8 +44,8 @@ def kernel_source(stem: str) -> str:
 
 
 def join_source(path: Path) -> str:
-    """The text of the kernel file ``path`` with its local headers inlined (each one once)."""
-    return _join(Path(path).resolve(), set())
+    """The text of the kernel file ``path`` with its local headers inlined where they are included."""
+    return _join(Path(path).resolve(), ())
 
 
 def source_files(stem: str | Path) -> tuple[Path, ...]:
@@ -65,7 +68,10 @@ def _line_directive(line: int, path: Path) -> str:
     return f'#line {line} "{path.as_posix()}"'
 
 
-def _join(path: Path, seen: set[Path]) -> str:
+def _join(path: Path, stack: tuple[Path, ...]) -> str:
+    if path in stack:
+        chain = " -> ".join(p.name for p in (*stack, path))
+        raise ValueError(f"include cycle in the kernel sources: {chain}")
     text = path.read_text(encoding="utf-8")
     pieces = [_line_directive(1, path)]
     position = 0
@@ -76,9 +82,7 @@ def _join(path: Path, seen: set[Path]) -> str:
                 f"{path.name} includes {match.group(1)!r}, not found at {header}"
             )
         pieces.append(text[position : match.start()])
-        if header not in seen:
-            seen.add(header)
-            pieces.append(_join(header, seen))
+        pieces.append(_join(header, (*stack, path)))
         pieces.append(_line_directive(text.count("\n", 0, match.end()) + 2, path))
         position = match.end() + 1  # past the include line's newline
     pieces.append(text[position:])
