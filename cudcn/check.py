@@ -200,8 +200,11 @@ def nvrtc_compiles(arch: str = "compute_75") -> tuple[bool, str]:
         return False, "cuda-bindings not installed (pip install cuda-bindings nvidia-cuda-nvrtc)"
     from cudcn.backends.cuda.loader import NVRTC_OPTIONS
     from cudcn.backends.cuda.source import kernel_source, kernel_stems, name_expressions
+    from cudcn.backends.cuda.toolkit import include_options
 
-    options = [o.encode() for o in (*NVRTC_OPTIONS, f"--gpu-architecture={arch}")]
+    options = [
+        o.encode() for o in (*NVRTC_OPTIONS, *include_options(), f"--gpu-architecture={arch}")
+    ]
     try:
         _, major, minor = nvrtc.nvrtcVersion()
     except RuntimeError as exc:  # cuda.bindings raises when libnvrtc cannot be loaded

@@ -82,7 +82,8 @@ def cmd_info() -> int:
     from cudcn import check
 
     print(f"cudcn {cudcn.__version__}  (python {platform.python_version()}, {platform.platform()})")
-    packages = ("numpy", "numba", "scipy", "cupy-cuda13x", "cupy-cuda12x", "cuda-bindings")
+    packages = ("numpy", "numba", "scipy", "cupy-cuda13x", "cupy-cuda12x", "cuda-bindings",
+                "nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "cuda-pathfinder")  # fmt: skip
     print("packages: " + ", ".join(f"{p} {_version(p)}" for p in packages))
     gxx, gxx_note = check.gxx_works()
     gpu, gpu_note = check.cuda_device()
@@ -91,6 +92,10 @@ def cmd_info() -> int:
     print(f"  emulated  {'yes' if gxx else 'no '} ({gxx_note})")
     print(f"  cuda      {'yes' if gpu else 'no '} ({gpu_note})")
     print(f"GPU: {gpu_note if gpu else 'none'}")
+    from cudcn.backends.cuda.toolkit import describe_headers
+
+    found, where = describe_headers()
+    print(f"CUDA headers: {'yes' if found else 'no'} — {where}")
     ok, note = check.nvrtc_compiles()
     print(f"kernels compile with NVRTC: {'yes' if ok else 'no'} — {note}")
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cudcn import check
+from cudcn.backends.cuda.toolkit import describe_headers
 from cudcn.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,8 @@ def test_info_lists_backends_and_kernel_compilation():
         assert word in out, out
     gpu, _ = check.cuda_device()
     assert ("  cuda      yes" in out) == gpu
+    found, _ = describe_headers()  # the test extra installs the header wheel
+    assert ("CUDA headers: yes — CUDA " in out) == found, out
 
 
 def test_check_cpu_passes(capsys):

@@ -24,8 +24,17 @@ nvrtc = pytest.importorskip(
     "cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install 'cudcn[test]')"
 )
 
+from cooperation_kernels import NAMES as COOPERATION_NAMES  # noqa: E402
+from cooperation_kernels import PATH as COOPERATION_PATH  # noqa: E402
+
 from cudcn.backends.cuda.loader import NVRTC_OPTIONS  # noqa: E402
-from cudcn.backends.cuda.source import kernel_source, kernel_stems, name_expressions  # noqa: E402
+from cudcn.backends.cuda.source import (  # noqa: E402
+    join_source,
+    kernel_source,
+    kernel_stems,
+    name_expressions,
+)
+from cudcn.backends.cuda.toolkit import header_directory, include_options  # noqa: E402
 
 ARCHES = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")  # what RawModule adds
@@ -72,21 +81,27 @@ def _ptxas_stats(log: str) -> dict[str, KernelStats]:
 @functools.cache
 def compile_op(stem: str, arch: str) -> Compiled:
     """NVRTC-compile op ``stem`` to CUBIN for ``arch``; AssertionError with the log on failure."""
-    names = name_expressions(stem)
+    return compile_text(kernel_source(stem), stem, name_expressions(stem), arch)
+
+
+def compile_text(source: str, label: str, names: tuple[str, ...], arch: str) -> Compiled:
+    """NVRTC-compile ``source`` with its kernels ``names`` to CUBIN for ``arch``, with our options,
+    CuPy's and the CUDA headers' include directory (as CuPy finds it)."""
     (program,) = _ok(
-        nvrtc.nvrtcCreateProgram(kernel_source(stem).encode(), f"{stem}.cu".encode(), 0, [], []),
+        nvrtc.nvrtcCreateProgram(source.encode(), f"{label}.cu".encode(), 0, [], []),
         "nvrtcCreateProgram",
     )
     try:
         for name in names:
             _ok(nvrtc.nvrtcAddNameExpression(program, name.encode()), f"adding {name}")
-        options = [*NVRTC_OPTIONS, *CUPY_OPTIONS, f"--gpu-architecture={arch}", "-Xptxas=-v"]
+        options = [*NVRTC_OPTIONS, *CUPY_OPTIONS, *include_options(), f"--gpu-architecture={arch}",
+                   "-Xptxas=-v"]  # fmt: skip
         result = nvrtc.nvrtcCompileProgram(program, len(options), [o.encode() for o in options])
         (size,) = _ok(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
         buffer = b" " * size
         _ok(nvrtc.nvrtcGetProgramLog(program, buffer), "nvrtcGetProgramLog")
         log = buffer.rstrip(b"\0 ").decode(errors="replace")
-        _ok(result, f"NVRTC compile of {stem}.cu for {arch}", log)
+        _ok(result, f"NVRTC compile of {label}.cu for {arch}", log)
         lowered = {
             name: _ok(nvrtc.nvrtcGetLoweredName(program, name.encode()), name)[0].decode()
             for name in names
@@ -149,3 +164,29 @@ def test_lowered_names_equal_host_symbols(stem: str) -> None:
         ).stdout
         pytest.fail(f"NVRTC names absent from the host build {library.name}:\n{demangled}")
     assert not missing, f"NVRTC names absent from the host build {library.name}: {missing}"
+
+
+def test_emulator_test_kernels_are_valid_cuda() -> None:
+    """tests/kernels/cooperation.cu (shared memory, barriers, warp shuffles) compiles for a GPU too."""
+    compiled = compile_text(
+        join_source(COOPERATION_PATH), "cooperation", COOPERATION_NAMES, "sm_80"
+    )
+    assert set(compiled.lowered) == set(COOPERATION_NAMES)
+
+
+def test_the_cuda_headers_are_installed_and_compile() -> None:
+    """The header wheel of the test extra (nvidia-cuda-runtime) is found as CuPy finds it, and its
+    half-precision headers compile under NVRTC (what 16-bit kernels will include)."""
+    directory = header_directory()
+    assert directory is not None, (
+        "cuda-pathfinder found no CUDA headers (pip install 'cudcn[test]')"
+    )
+    assert (directory / "cuda_fp16.h").is_file() and (directory / "cuda_bf16.h").is_file()
+    source = (
+        "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n"
+        "__global__ void halves(__half* h, __nv_bfloat16* b) {\n"
+        "  h[0] = __float2half(__half2float(h[0]) + 1.0f);\n"
+        "  b[0] = __float2bfloat16(__bfloat162float(b[0]) * 2.0f);\n}\n"
+    )
+    compiled = compile_text(source, "halves", ("halves",), "sm_80")
+    assert compiled.cubin_bytes > 0
