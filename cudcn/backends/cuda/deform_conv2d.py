@@ -19,15 +19,16 @@ Algorithm, per chunk of the batch (the column buffer is bounded by :data:`COLUMN
 Adding an op with kernels (e.g. ``deform_roi_pool``):
 
 1. ``cudcn/kernels/<op>.cu``: ``#include "common.cuh"``, templated ``__global__`` kernels written as
-   grid-stride loops (``CUDCN_KERNEL_LOOP``), no ``__shared__`` / ``__syncthreads()`` (the host
-   shim runs a block's threads one after another), nothing CUDA-only outside ``#ifdef __CUDACC__``.
+   grid-stride loops (``CUDCN_KERNEL_LOOP``), float -> int through ``to_int``, shared memory through
+   ``CUDCN_SHARED_ARRAY``, nothing CUDA-only outside ``#ifdef __CUDACC__`` (the emulator runs a file
+   that uses ``__syncthreads`` / shared memory / warp primitives in its concurrent mode).
 2. ``cudcn/backends/cuda/<op>.py`` like this module: a ``NAME_EXPRESSIONS`` tuple listing every
-   instantiation (the single list read by NVRTC, the host build and ``tests/test_nvrtc.py``) and
-   ``<op>_forward(xp, get_kernel, ...)`` / ``<op>_backward(xp, get_kernel, ...)``, which pass
-   C-contiguous arrays and explicit NumPy scalars (``numpy.int32`` for ``int``, ...).
-3. Export lines in ``cudcn/backends/cuda/__init__.py`` and ``cudcn/backends/emulated/__init__.py``:
-   functions with the backend signature that call the launch functions with the backend's ``xp``
-   and ``cuda_kernels("<op>")`` / ``host_kernels("<op>")``.
+   instantiation (the single list read by NVRTC, the host build and ``tests/test_nvrtc.py``), a
+   :class:`~cudcn.backends.cuda.launch.KernelParams` dataclass naming the kernels' trailing scalars
+   in their order, and ``<op>_forward(xp, get_kernel, ...)`` / ``<op>_backward(xp, get_kernel, ...)``,
+   which pass C-contiguous arrays and explicit NumPy scalars.
+3. The op's stem in ``cudcn.backends.cuda.binding.OPS`` (both backends export it from there), and its
+   dataclass in ``tests/test_launch.py``'s ``PARAMS``.
 
 The NVRTC compile test and both loaders find the new file by its stem; nothing else changes.
 """
