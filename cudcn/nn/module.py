@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from cudcn.autograd import Tensor
+from cudcn.autograd.function import current_trace
 from cudcn.backends import array_module, is_cupy_array
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
@@ -81,7 +82,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        trace = current_trace()
+        if trace is None:
+            return self.forward(*args, **kwargs)
+        with trace.module_scope(self):  # export: stamp the recorded nodes with this module's path
+            return self.forward(*args, **kwargs)
 
     # ----------------------------------------------------------------------- registration
     def __setattr__(self, name: str, value: Any) -> None:
