@@ -13,6 +13,9 @@ with c widened until its parameter count is the closest to the deformable net's.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from cudcn import nn
@@ -89,3 +92,20 @@ def offset_parameters(net: nn.Sequential) -> list[nn.Parameter]:
 def batchnorm_parameters(net: nn.Sequential) -> list[nn.Parameter]:
     """Every BatchNorm weight and bias."""
     return [p for m in net if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+
+
+def save_trained(net: nn.Sequential, out: Path, example: Any) -> tuple[list[Path], str]:
+    """Save ``net`` into the folder ``out`` as the checkpoint ``deformable_cnn.npz`` and as the ONNX
+    model ``deformable_cnn.onnx`` (exported on ``example``, a (1, 1, 28, 28) array of the net's
+    library; dynamic batch). Returns the paths written and a note ("" or why ONNX was skipped)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "deformable_cnn.npz"]
+    nn.save_checkpoint(net, paths[0])
+    try:
+        from cudcn import onnx
+
+        paths.append(out / "deformable_cnn.onnx")
+        onnx.export(net, example, paths[-1])
+    except ImportError as exc:
+        return paths[:1], f"skipped deformable_cnn.onnx: {exc}"
+    return paths, ""
