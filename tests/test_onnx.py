@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cudcn import nn
+from cudcn import Tensor, nn
 from cudcn.demo import models
 from cudcn.functional import batch_norm, deform_psroi_pool, log_softmax, roi_align
 from cudcn.testing import assert_allclose_to_reference
@@ -117,6 +117,43 @@ def test_modulated_pack_with_groups_stride_dilation():
     for batch in (2, 3):
         check_against_runtime(net, [rng.standard_normal((batch, 4, 11, 13)).astype(np.float32)],
                               terms)  # fmt: skip
+
+
+class Shapes(nn.Module):
+    """Reshapes that keep or change axis 0, basic indexing (an int, a negative step, negative
+    bounds), transpose, reductions, elementwise math, a matmul with a constant; two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = np.random.default_rng(SEED).standard_normal((3, 2)).astype(np.float32)
+
+    def forward(self, x):  # x (B, 3, 4, 5)
+        rows = x.reshape(-1, 5)  # (B * 12, 5): axis 0 changes, exported as -1
+        y = (rows * 2.0 - 1).relu().reshape(x.shape[0], -1)  # (B, 60): -1 again
+        z = x[:, 1, ::-1, -3:]  # (B, 4, 3)
+        a = y.max(axis=1, keepdims=True) + z.mean(axis=(1, 2)).reshape(-1, 1)  # (B, 1): 0
+        b = (x.transpose(0, 2, 3, 1) @ self.mix).tanh().sum(axis=(1, 2))  # (B, 2)
+        c = (b**2 + 1).log() - (-b).exp() * 0.5 / (1 + a * a)
+        return a + c, z
+
+
+def test_shapes_indexing_and_math_at_other_batch_sizes():
+    rng = np.random.default_rng(SEED + 5)
+    net = Shapes()
+    model = cudcn.onnx.export(net, rng.standard_normal((2, 3, 4, 5)).astype(np.float32), None)
+    shapes = [
+        onnx.numpy_helper.to_array(i).tolist()
+        for i in model.graph.initializer
+        if any(n.op_type == "Reshape" and n.input[1] == i.name for n in model.graph.node)
+    ]
+    assert shapes == [[-1, 5], [-1, 60], [0, 1]]  # fmt: skip
+    sess = session(model)
+    for batch in (1, 4):
+        x = rng.standard_normal((batch, 3, 4, 5)).astype(np.float32)
+        refs = [t.data for t in net(Tensor(x.astype(np.float64)))]
+        for got, ref in zip(sess.run(None, {"input": x}), refs, strict=True):
+            # sums of 3 (matmul), 12 and 20 terms, then elementwise math on them
+            assert_allclose_to_reference(got, ref, np.float32, factor=3 + 12 + 20 + 8)
 
 
 class RoIHead(nn.Module):
