@@ -77,11 +77,7 @@ class GraphBuilder:
         else:
             data, key = x, id(x)
         if key not in self._sources:
-            array = (
-                to_numpy(data) if (isinstance(data, np.ndarray) or is_cupy_array(data)) else None
-            )
-            if array is None:
-                array = np.asarray(data)
+            array = to_numpy(data)  # a host copy of a CuPy array; scalars through numpy.asarray
             self._sources[key] = (self.const(array, self.state_names.get(key)), array.dtype)
         return self._sources[key]
 
