@@ -4,22 +4,23 @@
 (:class:`cudcn.autograd.function.Trace`) and translates each recorded call into standard ONNX nodes
 with the ``onnx`` package's helpers. Supported calls and their nodes:
 
-========================================  =====================================================
-cudcn                                     ONNX
-========================================  =====================================================
-deform_conv2d (DeformConv2d, the Packs)   DeformConv (offset layout as torchvision's), mask, bias
-conv2d (Conv2d)                           Conv
-batch_norm in eval (BatchNorm1d/2d)       BatchNormalization
-linear (Linear)                           Gemm (2-D input), MatMul + Add (N-D input)
-max_pool2d, avg_pool2d                    MaxPool, AveragePool (count_include_pad)
-adaptive_avg_pool2d                       GlobalAveragePool, or AveragePool when the bins are equal
-roi_align, deform_roi_pool without offset RoiAlign (aligned=False: output_half_pixel, else half_pixel)
-log_softmax                               LogSoftmax
-+ - * / neg ** @ exp log relu sigmoid     Add Sub Mul Div Neg Pow MatMul Exp Log Relu Sigmoid Tanh
-tanh
-sum, mean, max over axes                  ReduceSum, ReduceMean, ReduceMax
-reshape / flatten, transpose, x[...]      Reshape, Transpose, Slice (+ Squeeze for int indices)
-========================================  =====================================================
+=======================================  ====================================================
+cudcn                                    ONNX
+=======================================  ====================================================
+deform_conv2d (DeformConv2d, the Packs)  DeformConv (torchvision's offset layout), mask, bias
+conv2d (Conv2d)                          Conv
+batch_norm in eval (BatchNorm1d/2d)      BatchNormalization
+linear (Linear)                          Gemm (2-D input), MatMul + Add (N-D input)
+max_pool2d, avg_pool2d                   MaxPool, AveragePool (count_include_pad)
+adaptive_avg_pool2d                      GlobalAveragePool, or AveragePool for equal bins
+global_avg_pool2d, mean, sum, max        ReduceMean, ReduceSum, ReduceMax
+roi_align                                RoiAlign (aligned=False: output_half_pixel)
+deform_roi_pool without offset           RoiAlign (half_pixel)
+log_softmax                              LogSoftmax
++ - * / neg ** @                         Add Sub Mul Div Neg Pow MatMul
+exp log relu sigmoid tanh                Exp Log Relu Sigmoid Tanh
+reshape / flatten, transpose, x[...]     Reshape, Transpose, Slice (+ Squeeze for ints)
+=======================================  ====================================================
 
 ``deform_roi_pool`` with offsets (DeformRoIPoolPack, ModulatedDeformRoIPoolPack) and
 ``deform_psroi_pool`` have no standard ONNX operator; exporting them raises :class:`ExportError`
