@@ -54,8 +54,6 @@ def run(
 ) -> DemoResult:
     """Run both experiments with ``settings`` (default: ``Settings()``), print the tables to
     ``stream`` (stdout) and write the pictures into the folder ``out``."""
-    import numpy as np
-
     from cudcn.demo import models, plots, report
     from cudcn.demo.train import pick_device
 
@@ -95,8 +93,7 @@ def run(
         say(line)
     pictures = plots.draw_all(ctx, runs_a, runs_b, Path(out))
     lap("pictures")
-    example = device.put(np.zeros((1, 1, 28, 28), np.float32))
-    saved, note = models.save_trained(ctx.keep["deform"], Path(out), example)
+    saved, note = models.save_trained(ctx.keep["deform"], Path(out))
     lap("saving")
     say()
     for path in pictures + saved:

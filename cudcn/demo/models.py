@@ -13,8 +13,8 @@ with c widened until its parameter count is the closest to the deformable net's.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -94,18 +94,17 @@ def batchnorm_parameters(net: nn.Sequential) -> list[nn.Parameter]:
     return [p for m in net if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
 
 
-def save_trained(net: nn.Sequential, out: Path, example: Any) -> tuple[list[Path], str]:
+def save_trained(net: nn.Sequential, out: Path) -> tuple[list[Path], str]:
     """Save ``net`` into the folder ``out`` as the checkpoint ``deformable_cnn.npz`` and as the ONNX
-    model ``deformable_cnn.onnx`` (exported on ``example``, a (1, 1, 28, 28) array of the net's
-    library; dynamic batch). Returns the paths written and a note ("" or why ONNX was skipped)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "deformable_cnn.npz"]
-    nn.save_checkpoint(net, paths[0])
-    try:
-        from cudcn import onnx
+    model ``deformable_cnn.onnx`` (exported from a host copy on one 28 x 28 digit, dynamic batch).
+    Returns the paths written and a note: "" or why the ONNX file was skipped."""
+    from cudcn import onnx
 
-        paths.append(out / "deformable_cnn.onnx")
-        onnx.export(net, example, paths[-1])
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, exported = out / "deformable_cnn.npz", out / "deformable_cnn.onnx"
+    nn.save_checkpoint(net, checkpoint)
+    try:
+        onnx.export(copy.deepcopy(net).to("cpu"), np.zeros((1, 1, 28, 28), np.float32), exported)
     except ImportError as exc:
-        return paths[:1], f"skipped deformable_cnn.onnx: {exc}"
-    return paths, ""
+        return [checkpoint], f"skipped {exported.name}: {exc}"
+    return [checkpoint, exported], ""
