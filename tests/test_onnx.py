@@ -300,3 +300,30 @@ def test_import_cudcn_does_not_import_onnx():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_without_onnx_export_names_the_extra_and_the_demo_skips_its_file(tmp_path):
+    code = f"""
+import sys
+sys.modules["onnx"] = None  # as if onnx were not installed
+import numpy as np
+import cudcn.onnx
+from cudcn.demo import models
+try:
+    cudcn.onnx.export(cudcn.nn.ReLU(), np.ones((1, 2), np.float32), None)
+except ImportError as exc:
+    print("export:", exc)
+net = models.digit_net("deform", np.random.default_rng(0))
+print("demo:", models.save_trained(net, __import__("pathlib").Path({str(tmp_path)!r})))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "export: cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'"
+        in result.stdout
+    )
+    assert "skipped deformable_cnn.onnx: cudcn.onnx.export needs the onnx package" in result.stdout
+    assert (tmp_path / "deformable_cnn.npz").exists() and not (
+        tmp_path / "deformable_cnn.onnx"
+    ).exists()
