@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_positive,
                       help="epochs of training from scratch in (A) and (B) (default 2)")  # fmt: skip
     demo.add_argument("--out", default="cudcn_demo_out",
-                      help="folder for the PNG pictures (default ./cudcn_demo_out)")  # fmt: skip
+                      help="folder for the pictures and the saved deformable net, .npz and .onnx "
+                           "(default ./cudcn_demo_out)")  # fmt: skip
     return parser
 
 

@@ -357,3 +357,32 @@ def test_array_on_the_left_defers_to_tensor():
     assert isinstance(y, Tensor)
     y.sum().backward()
     np.testing.assert_array_equal(x.grad, [3.0, 4.0])
+
+
+def test_export_trace_records_without_grad_and_stamps_module_paths():
+    """In export trace mode every call with a Tensor input is a tape node (inputs by identity,
+    keyword parameters, the innermost module's path), even under no_grad with nothing requiring
+    grad; outside it nothing is recorded, and the tape still works as before."""
+    from cudcn import nn
+    from cudcn.autograd.function import Trace
+
+    net = nn.Sequential(nn.Linear(3, 2), nn.Sequential(nn.ReLU()))
+    names = {id(m): n for n, m in net.named_modules()}
+    x = Tensor(np.ones((4, 3), np.float32))
+    with no_grad(), Trace(names) as trace:
+        out = net(x).reshape(8)
+    assert not out.requires_grad
+    reshape = out.grad_fn
+    relu = reshape._trace_inputs[0].grad_fn
+    linear = relu._trace_inputs[0].grad_fn
+    assert trace.recorded(reshape) and reshape._trace_params == {"shape": (8,)}
+    assert reshape._trace_module == ("", "")  # called outside any module
+    assert relu._trace_module == ("1.0", "ReLU")
+    assert linear._trace_module == ("0", "Linear")
+    assert linear._trace_inputs[0] is x and linear._trace_inputs[1] is net[0].weight
+    assert linear._seq < relu._seq < reshape._seq
+    with no_grad():
+        assert net(x).grad_fn is None  # no trace: nothing recorded
+    loss = net(x).sum()
+    loss.backward()
+    assert net[0].weight.grad.shape == (2, 3)

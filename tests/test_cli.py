@@ -69,8 +69,8 @@ def test_console_entry_error_has_no_traceback():
 
 def test_import_stays_light():
     """Neither ``import cudcn`` nor the command's module pulls in the demo's or the GPU's libraries."""
-    code = ("import sys, cudcn, cudcn.cli; heavy = {'matplotlib', 'mlxtend', 'cupy', 'torch'}; "
-            "print(sorted(heavy & set(sys.modules)))")  # fmt: skip
+    code = ("import sys, cudcn, cudcn.cli; heavy = {'matplotlib', 'mlxtend', 'cupy', 'torch', 'onnx', "
+            "'onnxruntime'}; print(sorted(heavy & set(sys.modules)))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr

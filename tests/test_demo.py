@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cudcn import nn
 from cudcn.demo import data, models, radius, report
 from cudcn.demo.train import Schedule, pick_device, train
 
@@ -161,3 +163,27 @@ def test_demo_quick_writes_every_picture(tmp_path):
         path = out / f"{name}.png"
         assert f"wrote {path}" in result.stdout
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    check_saved_deformable_net(out, result.stdout)
+
+
+def check_saved_deformable_net(out: Path, stdout: str) -> None:
+    """The checkpoint loads into the deformable net; with ONNX Runtime installed, the ONNX model
+    predicts what that net predicts, on a batch size other than the export's."""
+    checkpoint, exported = out / "deformable_cnn.npz", out / "deformable_cnn.onnx"
+    assert f"wrote {checkpoint}" in stdout
+    net = models.digit_net("deform", np.random.default_rng(0))
+    net.load_state_dict(nn.load_checkpoint(checkpoint))
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        assert "skipped deformable_cnn.onnx" in stdout
+        return
+    assert f"wrote {exported}" in stdout
+    import onnxruntime
+
+    images = np.random.default_rng(SEED).uniform(0, 1, (3, 1, 28, 28)).astype(np.float32)
+    sess = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": images})[0]
+    expected = net.eval()(images).data
+    np.testing.assert_array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
+    assert (
+        np.abs(logits - expected).max() <= 1e-3 * np.abs(expected).max()
+    )  # see tests/test_onnx.py

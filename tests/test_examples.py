@@ -21,7 +21,7 @@ def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
 def test_every_example_is_covered():
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
-        "deformable_digits.py",
+        "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py",
     }  # fmt: skip
 
 
@@ -66,3 +66,28 @@ def test_deformable_digits_takes_the_demo_flags(tmp_path):
     bad = run_example("deformable_digits.py", "--nope", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_export_onnx(tmp_path):
+    """Trains a few steps, exports, runs in ONNX Runtime and prints the comparison table; without
+    onnxruntime it skips visibly with exit code 0."""
+    result = run_example("export_onnx.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if importlib.util.find_spec("onnxruntime") is None:
+        assert result.stdout.startswith("skipped: onnxruntime not installed")
+        return
+    assert "onnxruntime predicts the same classes as cudcn on 16 images: True" in result.stdout
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | cudcn ms | onnxruntime ms") and len(table) == 3
+    assert (tmp_path / "deformable_cnn.onnx").stat().st_size > 10_000
+
+
+def test_jax_custom_vjp(tmp_path):
+    """Passes with JAX (check_grads in float64) and without it (skips visibly, exit code 0)."""
+    result = run_example("jax_custom_vjp.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if importlib.util.find_spec("jax") is None:
+        assert result.stdout.startswith("skipped: jax not installed")
+    else:
+        assert "check_grads (reverse mode, float64) passed: True" in result.stdout
+        assert "input gradient equals cudcn's tape: True" in result.stdout

@@ -7,17 +7,25 @@ instance *is* the tape node. Nodes get a global, increasing sequence number when
 always recorded before whatever consumes it, so creation order is a topological order and
 :func:`run_backward` is a loop over the reachable nodes by decreasing sequence number, never a recursion.
 
+Export trace mode (:class:`Trace`, used by :func:`cudcn.onnx.export`) records every call that has a
+Tensor input, whether or not anything requires grad: the node keeps its positional inputs (Tensors by
+identity, arrays and scalars as given) in ``_trace_inputs``, its keyword parameters in
+``_trace_params`` and the dotted path of the innermost calling module (stamped by ``Module.__call__``)
+in ``_trace_module``; its output Tensor links back to it through ``grad_fn`` as on the tape.
+
 Names used by the tape on every instance (do not reuse them in subclasses): ``saved``,
-``needs_input_grad``, ``_seq``, ``_edges``, ``_input_meta``.
+``needs_input_grad``, ``_seq``, ``_edges``, ``_input_meta``, ``_trace_inputs``, ``_trace_params``,
+``_trace_module``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from cudcn.arrays import array_module
@@ -28,6 +36,54 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_grad", default=True)
 _sequence = itertools.count()
+
+
+class Trace:
+    """Export trace mode: ``with Trace(model_names): out = model(x)`` records every ``Function.apply``
+    that has a Tensor input (see the module docstring), each node stamped with the module path.
+
+    Args:
+        module_names: ``id(module) -> dotted path`` (``Module.named_modules``); a module not in it is
+            named after its class inside the enclosing path.
+    """
+
+    def __init__(self, module_names: dict[int, str]) -> None:
+        self.module_names = module_names
+        self.scope: list[tuple[str, str]] = [("", "")]  # (dotted path, class name), innermost last
+        self.first_seq = next(_sequence)
+        self._token: contextvars.Token[Trace | None] | None = None
+
+    def recorded(self, node: Any) -> bool:
+        """True for a node this trace recorded."""
+        return hasattr(node, "_trace_inputs") and node._seq > self.first_seq
+
+    def __enter__(self) -> Trace:
+        self._token = _trace.set(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _trace.reset(self._token)
+
+    @contextlib.contextmanager
+    def module_scope(self, module: Any) -> Iterator[None]:
+        """Stamp the nodes recorded inside the block with ``module``'s path."""
+        name = self.module_names.get(id(module))
+        if name is None:
+            parent = self.scope[-1][0]
+            name = f"{parent}.<{type(module).__name__}>" if parent else f"<{type(module).__name__}>"
+        self.scope.append((name, type(module).__name__))
+        try:
+            yield
+        finally:
+            self.scope.pop()
+
+
+_trace: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("cudcn_trace", default=None)
+
+
+def current_trace() -> Trace | None:
+    """The active export :class:`Trace`, or None outside export."""
+    return _trace.get()
 
 
 def is_grad_enabled() -> bool:
@@ -117,7 +173,8 @@ class Function:
         """Run ``forward`` on ``inputs`` (Tensors, plain arrays, Python scalars or None).
 
         Returns a plain array when no input is a Tensor. Otherwise returns a Tensor, recorded on the
-        tape when grad mode is on and some input requires grad (else a Tensor without history).
+        tape when grad mode is on and some input requires grad (else a Tensor without history), and
+        always recorded in export trace mode (for export only: ``requires_grad`` stays as above).
         """
         fn = cls()
         arrays = []
@@ -144,14 +201,20 @@ class Function:
         else:
             fn.needs_input_grad = (False,) * len(inputs)
         out = fn.forward(*arrays, **params)
+        trace = _trace.get()
         if not any_tensor:
             return out
-        if not record:
+        if not record and trace is None:
             return Tensor(out)
         fn._seq = next(_sequence)
-        fn._edges = tuple(edges)
-        fn._input_meta = tuple(meta)
-        return Tensor._from_node(out, fn)
+        if record:
+            fn._edges = tuple(edges)
+            fn._input_meta = tuple(meta)
+        result = Tensor._from_node(out, fn)
+        if trace is not None:
+            fn._trace_inputs, fn._trace_params, fn._trace_module = inputs, params, trace.scope[-1]
+            result.requires_grad = record
+        return result
 
 
 def _release(node: Function) -> None:

@@ -11,7 +11,8 @@ shifted up to 20%), the demo trains small CNNs with and without ``DeformConv2dPa
     only BatchNorm trainable, with BatchNorm plus offset convolutions, and with all weights.
 
 Every comparison uses the same number of training steps, over several seeds (mean and spread). The
-settings are fixed in :class:`~cudcn.demo.experiments.Settings`. Pictures go to ``out`` as PNG files.
+settings are fixed in :class:`~cudcn.demo.experiments.Settings`. Pictures go to ``out`` as PNG files,
+with the first seed's deformable net of (A) as a checkpoint and an ONNX model.
 Needs the ``examples`` extra (mlxtend, matplotlib); runs on the GPU when CuPy sees one.
 
 Example::
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -35,14 +36,15 @@ __all__ = ["QUICK", "DemoResult", "Settings", "run"]
 
 @dataclass
 class DemoResult:
-    """What :func:`run` produced: the runs of (A) and (B), the printed table lines, the pictures
-    and the seconds spent in each phase."""
+    """What :func:`run` produced: the runs of (A) and (B), the printed table lines, the pictures,
+    the seconds spent in each phase, and the saved deformable net (checkpoint, ONNX model)."""
 
     runs_a: list[Run]
     runs_b: list[Run]
     tables: list[str]
     pictures: list[Path]
     seconds: dict[str, float]
+    saved: list[Path] = field(default_factory=list)
 
 
 def run(
@@ -52,7 +54,7 @@ def run(
 ) -> DemoResult:
     """Run both experiments with ``settings`` (default: ``Settings()``), print the tables to
     ``stream`` (stdout) and write the pictures into the folder ``out``."""
-    from cudcn.demo import plots, report
+    from cudcn.demo import models, plots, report
     from cudcn.demo.train import pick_device
 
     settings = settings if settings is not None else Settings()
@@ -91,9 +93,13 @@ def run(
         say(line)
     pictures = plots.draw_all(ctx, runs_a, runs_b, Path(out))
     lap("pictures")
+    saved, note = models.save_trained(ctx.keep["deform"], Path(out))
+    lap("saving")
     say()
-    for path in pictures:
+    for path in pictures + saved:
         say(f"wrote {path}")
+    if note:
+        say(note)
     seconds["total"] = time.perf_counter() - start
     say("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    return DemoResult(runs_a, runs_b, tables, pictures, seconds)
+    return DemoResult(runs_a, runs_b, tables, pictures, seconds, saved)

@@ -13,6 +13,9 @@ with c widened until its parameter count is the closest to the deformable net's.
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 
 from cudcn import nn
@@ -89,3 +92,19 @@ def offset_parameters(net: nn.Sequential) -> list[nn.Parameter]:
 def batchnorm_parameters(net: nn.Sequential) -> list[nn.Parameter]:
     """Every BatchNorm weight and bias."""
     return [p for m in net if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+
+
+def save_trained(net: nn.Sequential, out: Path) -> tuple[list[Path], str]:
+    """Save ``net`` into the folder ``out`` as the checkpoint ``deformable_cnn.npz`` and as the ONNX
+    model ``deformable_cnn.onnx`` (exported from a host copy on one 28 x 28 digit, dynamic batch).
+    Returns the paths written and a note: "" or why the ONNX file was skipped."""
+    from cudcn import onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint, exported = out / "deformable_cnn.npz", out / "deformable_cnn.onnx"
+    nn.save_checkpoint(net, checkpoint)
+    try:
+        onnx.export(copy.deepcopy(net).to("cpu"), np.zeros((1, 1, 28, 28), np.float32), exported)
+    except ImportError as exc:
+        return [checkpoint], f"skipped {exported.name}: {exc}"
+    return [checkpoint, exported], ""

@@ -18,6 +18,7 @@ import numpy as np
 
 from cudcn.arrays import array_module, is_cupy_array, parse_device
 from cudcn.autograd import Tensor
+from cudcn.autograd.function import current_trace
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -86,7 +87,11 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        trace = current_trace()
+        if trace is None:
+            return self.forward(*args, **kwargs)
+        with trace.module_scope(self):  # export: stamp the recorded nodes with this module's path
+            return self.forward(*args, **kwargs)
 
     # ----------------------------------------------------------------------- registration
     def __setattr__(self, name: str, value: Any) -> None:
