@@ -129,7 +129,7 @@ def uses_cooperation(stem: str | Path) -> bool:
     """Whether the kernel source of op ``stem`` (or the kernel file at a path), the ``.cu`` and its
     headers but the shim, uses ``__syncthreads``, shared memory or a warp primitive."""
     for path in source_files(stem):
-        if path.name == "host_shim.h":
+        if path.name.startswith("host_"):  # the shim itself defines the primitives
             continue
         code = _COMMENT_OR_DIRECTIVE.sub("", path.read_text(encoding="utf-8"))
         if COOPERATION.search(code):
