@@ -44,10 +44,11 @@ def mpiexec() -> str:
 
 
 def run_ranks(script: str, *args: str, n: int = 2, timeout: float = 120, via_mpi4py: bool = True):
-    """Run ``script`` on ``n`` ranks; returns (CompletedProcess, seconds). The whole process group
-    is killed if it outlives ``timeout``."""
+    """Run ``script`` (in tests/mpi, or a path from the repository root) on ``n`` ranks; returns
+    (CompletedProcess, seconds). The whole process group is killed if it outlives ``timeout``."""
     launcher = [sys.executable, "-m", "mpi4py"] if via_mpi4py else [sys.executable]
-    command = [mpiexec(), "-n", str(n), *launcher, str(SCRIPTS / script), *args]
+    path = SCRIPTS / script if (SCRIPTS / script).exists() else ROOT / script
+    command = [mpiexec(), "-n", str(n), *launcher, str(path), *args]
     env = {**os.environ, **RANK_ENV, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -327,6 +328,22 @@ def test_a_failing_rank_ends_every_rank(tmp_path, via_mpi4py):
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
     assert not marker.exists()
+
+
+def test_data_parallel_example_on_two_ranks(tmp_path):
+    """examples/data_parallel.py --quick: 40 steps on 2 ranks (too few for a meaningful accuracy:
+    the running statistics still remember their initial values)."""
+    result, seconds = run_ranks("examples/data_parallel.py", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    print(f"{seconds:.1f} s; {metrics}")
+    assert metrics["ranks"] == 2 and len(metrics["images_per_s"]) == 2
+    assert all(r > 0 for r in metrics["images_per_s"]) and metrics["replicas_identical"]
+    assert metrics["last_loss"] < metrics["first_loss"]  # it learns
+    assert 0 <= metrics["accuracy"] <= 1 and (tmp_path / "data_parallel.npz").exists()
+    for r in range(2):
+        assert f"rank {r}: " in result.stdout and "images/s" in result.stdout
+    assert "zoomed-test accuracy" in result.stdout
 
 
 @pytest.mark.gpu
