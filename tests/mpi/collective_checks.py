@@ -108,6 +108,27 @@ seen["passthrough"] = (
     opt.param_groups is inner.param_groups and opt.state_dict() == inner.state_dict()
 )
 
+# SyncBatchNorm on uneven shards (3 and 5 images) against BatchNorm2d on all 8: the output, the
+# input gradient of the global loss sum(out * c), the weight and bias gradients summed over the
+# ranks, and the running statistics
+rng = np.random.default_rng(11)
+x, c = rng.standard_normal((8, 2, 3, 3)), rng.standard_normal((8, 2, 3, 3))
+mine = slice(0, 3) if rank == 0 else slice(3, 8)
+sync, plain = nn.SyncBatchNorm(2, comm=comm).to(np.float64), nn.BatchNorm2d(2).to(np.float64)
+for bn in (sync, plain):
+    bn.weight.data[...] = [1.5, -0.5]
+xs, xp = Tensor(x[mine], requires_grad=True), Tensor(x, requires_grad=True)
+out_sync, out_plain = sync(xs), plain(xp)
+(out_sync * c[mine]).sum().backward()
+(out_plain * c).sum().backward()
+weight_grad = comm.allreduce(sync.weight.grad.copy())
+seen["uneven_syncbn"] = {
+    "out": float(np.max(np.abs(out_sync.data - out_plain.data[mine]))),
+    "input_grad": float(np.max(np.abs(xs.grad - xp.grad[mine]))),
+    "weight_grad": float(np.max(np.abs(weight_grad - plain.weight.grad))),
+    "running_var": float(np.max(np.abs(sync.running_var - plain.running_var))),
+}
+
 # ShardSampler: each rank's indices, for the test to check the cover
 for n, drop_last in ((11, False), (11, True), (10, False)):
     sampler = dist.ShardSampler(n, comm, shuffle=True, seed=3, drop_last=drop_last)
