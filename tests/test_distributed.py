@@ -320,6 +320,11 @@ def test_two_rank_collectives_checks_buckets_and_sampler(tmp_path):
         for what, diff in seen["uneven_syncbn"].items():
             assert diff <= 72 * np.finfo(np.float64).eps * 10, (what, diff)
     assert ranks[0]["broadcast_checksum"] == ranks[1]["broadcast_checksum"]
+    if importlib.util.find_spec("cupy") is None:
+        for seen in ranks:
+            message = seen["nccl_without_cupy"]
+            assert "cannot start the 'nccl' backend" in message and "cudcn[cuda13]" in message
+            assert "rank 0: ModuleNotFoundError" in message and "rank 1: " in message
     for n, drop_last in ((11, False), (11, True), (10, False)):
         (l0, i0), (l1, i1) = (seen[f"sampler_{n}_{drop_last}"] for seen in ranks)
         assert l0 == l1 == len(i0) == len(i1) == (n // 2 if drop_last else -(-n // 2))

@@ -4,6 +4,7 @@ Every check runs on both ranks; each rank records what it saw, and rank 0 writes
 ranks' records as JSON to the path named on the command line.
 """
 
+import importlib.util
 import json
 import sys
 
@@ -134,6 +135,14 @@ for n, drop_last in ((11, False), (11, True), (10, False)):
     sampler = dist.ShardSampler(n, comm, shuffle=True, seed=3, drop_last=drop_last)
     sampler.set_epoch(2)
     seen[f"sampler_{n}_{drop_last}"] = [len(sampler), list(sampler)]
+
+# the 'nccl' backend without CuPy: the same RuntimeError on every rank, naming each rank's problem
+if importlib.util.find_spec("cupy") is None:
+    try:
+        dist.init("nccl")
+    except RuntimeError as exc:
+        seen["nccl_without_cupy"] = str(exc)
+    assert dist.default_communicator() is comm  # a failed init leaves the default alone
 
 everything = MPI.COMM_WORLD.gather(seen, root=0)
 if rank == 0:
