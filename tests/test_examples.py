@@ -22,6 +22,7 @@ def test_every_example_is_covered():
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
         "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py",
+        "data_parallel.py",  # on 2 ranks in tests/test_distributed.py
     }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from cudcn.nn.layers import (
 )
 from cudcn.nn.module import IncompatibleKeys, Module, Parameter
 from cudcn.nn.roi import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
+from cudcn.nn.sync_batchnorm import SyncBatchNorm
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -60,6 +61,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Sigmoid",
+    "SyncBatchNorm",
     "init",
     "load_checkpoint",
     "save_checkpoint",

@@ -180,10 +180,19 @@ class _BatchNorm(Module):
                 momentum = 1.0 / float(self.num_batches_tracked)
         batch_stats = self.training or not self.track_running_stats
         use_running = not self.training or self.track_running_stats
-        return batch_norm(
+        return self.normalize(
             input, self.running_mean if use_running else None,
-            self.running_var if use_running else None, self.weight, self.bias,
-            training=batch_stats, momentum=momentum, eps=self.eps,
+            self.running_var if use_running else None, batch_stats, momentum,
+        )  # fmt: skip
+
+    def normalize(
+        self, input: Array, running_mean: Array | None, running_var: Array | None,
+        batch_stats: bool, momentum: float,
+    ) -> Array:  # fmt: skip
+        """The functional call behind ``forward`` (``SyncBatchNorm`` overrides it)."""
+        return batch_norm(
+            input, running_mean, running_var, self.weight, self.bias, training=batch_stats,
+            momentum=momentum, eps=self.eps,
         )  # fmt: skip
 
     def extra_repr(self) -> str:

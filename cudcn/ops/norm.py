@@ -51,17 +51,28 @@ def channel_sum(a: Array) -> Array:
 
 class BatchNormFunction(Function):
     """Tape node of batch_norm; inputs ``(input, weight, bias)``; running statistics are keyword
-    parameters (arrays updated in place, not differentiated)."""
+    parameters (arrays updated in place, not differentiated).
+
+    Every sum over the batch that the statistics need goes through :meth:`sum_over_ranks`, the
+    identity here; ``cudcn.distributed``'s synchronised variant overrides it to add the sums of
+    every rank, so both share this one implementation."""
+
+    def sum_over_ranks(self, values: list[Any]) -> list[Any]:
+        """Per-channel sums (C,) arrays and element counts (ints) of this process's batch, returned
+        as the sums over the whole batch (here: this process's batch, unchanged)."""
+        return values
 
     def forward(self, input, weight, bias, *, running_mean, running_var, training, momentum, eps):
         check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         xp = array_module(input)
         shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
         count = input.size // input.shape[1]
-        if training:
-            mean = channel_sum(input) / count
+        if training:  # two passes (mean, then centred squares): no cancellation in E[x²] - E[x]²
+            total, count = self.sum_over_ranks([channel_sum(input), count])
+            mean = total / count
             centred = input - mean.reshape(shape)
-            var = channel_sum(centred * centred) / count
+            (squares,) = self.sum_over_ranks([channel_sum(centred * centred)])
+            var = squares / count
             if running_mean is not None:
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean
@@ -88,8 +99,9 @@ class BatchNormFunction(Function):
         if need_input:
             scale = invstd if weight is None else invstd * weight
             if self.training:  # the batch statistics depend on the input too
-                mean_g = (sum_g / self.count).reshape(shape)
-                mean_gx = (sum_gx / self.count).reshape(shape)
+                total_g, total_gx = self.sum_over_ranks([sum_g, sum_gx])
+                mean_g = (total_g / self.count).reshape(shape)
+                mean_gx = (total_gx / self.count).reshape(shape)
                 g_input = (grad_out - mean_g - xhat * mean_gx) * scale.reshape(shape)
             else:
                 g_input = grad_out * scale.reshape(shape)
