@@ -389,3 +389,14 @@ def test_tensor_inputs_work_and_plain_array_parameters_stay_parameters(rng):
     assert isinstance(out, Tensor) and out.requires_grad
     with pytest.raises(TypeError, match="weight must be a Parameter or None"):
         layer.weight = np.zeros((2, 1, 3, 3))
+
+
+def test_batchnorm_without_running_stats_uses_batch_statistics_in_eval() -> None:
+    """track_running_stats=False keeps no buffers: eval mode normalises with the batch's own
+    statistics, as PyTorch does (it used to look for running_mean and fail)."""
+    x = np.random.default_rng(SEED).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    bn = nn.BatchNorm2d(3, track_running_stats=False)
+    train_out = bn(x)
+    eval_out = bn.eval()(x)
+    np.testing.assert_array_equal(eval_out.data, train_out.data)
+    assert "running_mean" not in bn.state_dict()

@@ -179,7 +179,7 @@ class _BatchNorm(Module):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         batch_stats = self.training or not self.track_running_stats
-        use_running = not self.training or self.track_running_stats
+        use_running = self.track_running_stats  # without the buffers: batch statistics always
         return self.normalize(
             input, self.running_mean if use_running else None,
             self.running_var if use_running else None, batch_stats, momentum,
