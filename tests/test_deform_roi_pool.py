@@ -402,3 +402,16 @@ def test_roi_align_array_level_matches_the_tape():
     tape_out.backward(grad)
     (g_input,) = roi_align_backward(grad, x, rois, (2, 3), 0.5, 2, aligned=False)
     np.testing.assert_array_equal(g_input, xt.grad)
+
+
+def test_adaptive_grid_of_a_huge_roi_is_refused_not_run():
+    """A RoI of a million pixels with sampling_ratio=0 would take ~2e10 samples per bin (a kernel
+    that never ends on a GPU, a failed allocation on the CPU): a clear error instead."""
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    huge = np.array([[0, 0, 0, 1e6, 1e6]], np.float32)
+    with pytest.raises(ValueError, match=r"samples per bin with sampling_ratio=0"):
+        roi_align(x, huge, 7, 1.0, 0)
+    with pytest.raises(ValueError, match=r"pass sampling_ratio > 0"):
+        deform_roi_pool(x, huge, None, 7, 1.0, 0)
+    assert roi_align(x, huge, 7, 1.0, 2).shape == (1, 1, 7, 7)  # a fixed grid is fine
+    assert roi_align(x, huge, 7, 1e-3, 0).shape == (1, 1, 7, 7)  # 1000 pixels after the scale

@@ -64,6 +64,28 @@ def check_rois(rois: Array, batch: int) -> None:
     )
 
 
+MAX_ADAPTIVE_SAMPLES = 2**20  # per bin: a RoI of ~7000 feature-map pixels at 7 x 7 bins
+
+
+def check_adaptive_grid(rois: Array, pooled_h: int, pooled_w: int, scale: float) -> None:
+    """With ``sampling_ratio`` 0 a bin takes ``ceil(roi size / pooled)`` samples per axis: refuse
+    RoIs so large that one bin would loop over more than :data:`MAX_ADAPTIVE_SAMPLES` samples (a
+    kernel that never finishes, or an allocation that fails)."""
+    if rois.shape[0] == 0:
+        return
+    xp = array_module(rois)
+    extent = xp.abs(rois[:, 3:5] - rois[:, 1:3]).max(axis=0) * scale
+    width, height = (float(v) for v in (extent.get() if is_cupy_array(extent) else extent))
+    samples = np.ceil(height / pooled_h + 1) * np.ceil(width / pooled_w + 1)
+    if samples > MAX_ADAPTIVE_SAMPLES:
+        raise ValueError(
+            f"rois up to {width:.3g} x {height:.3g} feature-map pixels would take about "
+            f"{samples:.3g} samples per bin with sampling_ratio=0 (adaptive; the limit is "
+            f"{MAX_ADAPTIVE_SAMPLES}): check the rois' units and spatial_scale, or pass "
+            "sampling_ratio > 0"
+        )
+
+
 def check_deform_roi_pool(
     input: Array,
     rois: Array,
@@ -85,6 +107,8 @@ def check_deform_roi_pool(
     if scale <= 0:
         raise ValueError(f"spatial_scale must be > 0, got {scale}")
     ratio = positive_int("sampling_ratio", sampling_ratio, minimum=0)
+    if ratio == 0:
+        check_adaptive_grid(rois, pooled_h, pooled_w, scale)
     if offset is not None:
         check_ndim("offset", offset, 4, "(R, 2, pooled_h, pooled_w)")
         check_shape("offset", offset, (rois.shape[0], 2, pooled_h, pooled_w), "(R, 2, ph, pw)")
