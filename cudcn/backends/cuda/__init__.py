@@ -12,13 +12,6 @@ from __future__ import annotations
 from cudcn.backends.cuda.binding import bind
 from cudcn.backends.cuda.loader import cuda_kernels, cupy
 
-globals().update(bind(cupy, cuda_kernels, lambda first: first.device))
-
-__all__ = [  # bound above by bind()
-    "deform_conv2d_backward",
-    "deform_conv2d_forward",
-    "deform_psroi_pool_backward",
-    "deform_psroi_pool_forward",
-    "deform_roi_pool_backward",
-    "deform_roi_pool_forward",
-]
+_BOUND = bind(cupy, cuda_kernels, lambda first: first.device)
+globals().update(_BOUND)  # deform_conv2d_forward, ..., deform_psroi_pool_backward
+__all__ = sorted(_BOUND)

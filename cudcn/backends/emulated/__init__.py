@@ -17,13 +17,6 @@ import numpy as np
 from cudcn.backends.cuda.binding import bind
 from cudcn.backends.emulated.loader import host_kernels
 
-globals().update(bind(lambda: np, host_kernels))
-
-__all__ = [  # bound above by bind()
-    "deform_conv2d_backward",
-    "deform_conv2d_forward",
-    "deform_psroi_pool_backward",
-    "deform_psroi_pool_forward",
-    "deform_roi_pool_backward",
-    "deform_roi_pool_forward",
-]
+_BOUND = bind(lambda: np, host_kernels)
+globals().update(_BOUND)  # deform_conv2d_forward, ..., deform_psroi_pool_backward
+__all__ = sorted(_BOUND)
