@@ -5,7 +5,7 @@ Importing cudcn imports neither CuPy nor Numba and compiles nothing; backends lo
 
 from cudcn import functional, nn, ops, optim
 from cudcn.autograd import Tensor, no_grad
-from cudcn.backends import use_backend
+from cudcn.backends import deterministic, use_backend
 from cudcn.testing import gradcheck
 
 __version__ = "0.1.0"
@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Tensor",
     "__version__",
+    "deterministic",
     "functional",
     "gradcheck",
     "nn",

@@ -1,7 +1,8 @@
-"""Every kernel of every op, forward and backward, float32 and float64, 32- and 64-bit indices, on
-small launches compared with the reference: the workload test_sanitizers.py runs in a subprocess
-under AddressSanitizer and ThreadSanitizer (and, for the mutation test, on a copy of the package
-whose atomicAdd calls became plain additions).
+"""Every kernel of every op, forward and backward, float32 and float64, 32- and 64-bit indices,
+atomic and deterministic (fixed-point) scatters, on small launches compared with the reference:
+the workload test_sanitizers.py runs in a subprocess under AddressSanitizer and ThreadSanitizer
+(and, for the mutation test, on a copy of the package whose atomicAdd calls became plain
+additions).
 
 Blocks of 32 threads, at most 2 blocks per launch, so every grid-stride loop wraps; the emulated
 backend's mode and worker count come from the environment (the tests ask for concurrent, 3 workers).
@@ -15,13 +16,14 @@ first configuration of each, float32 with 32-bit indices)
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
 
 import cudcn.backends.emulated as emulated
 from cudcn import reference
-from cudcn.backends import poisoning
+from cudcn.backends import deterministic, poisoning
 from cudcn.backends.cuda import deform_conv2d as dc_launch
 from cudcn.backends.cuda import launch
 
@@ -117,25 +119,33 @@ OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 
 
 def run_op(op: str, one: bool) -> int:
-    """Run op's configurations with 32-bit, then 64-bit indices; returns how many ran."""
+    """Run op's configurations with 32-bit, then 64-bit indices, with atomic and then deterministic
+    (fixed-point) scatters; returns how many ran."""
     runs = 0
-    for limit in INDEX_LIMITS[:1] if one else INDEX_LIMITS:
+    for limit, exact in itertools.product(INDEX_LIMITS, (False, True)):
+        if one and (limit != INDEX_LIMITS[0] or exact):
+            continue
         launch.INDEX32_LIMIT = limit
-        for dtype in (np.float32,) if one else (np.float32, np.float64):
-            if op == "deform_conv2d":
-                conv(1, dtype, 2, 6, (5, 6), 4, (2, 3), (2, 1), (1, 0), (2, 1), 2, 3, True, 4.0)
-                conv(2, dtype, 2, 4, (4, 4), 4, (3, 3), (1, 1), (2, 2), (1, 1), 1, 2, False, 6.0)
-                runs += 2
-            elif op == "deform_roi_pool":
-                roi(3, dtype, True, 2, True)
-                roi(4, dtype, False, 0, True)
-                roi(5, dtype, True, 0, False)
-                runs += 3
-            else:
-                psroi(6, dtype, True)
-                psroi(7, dtype, False)
-                runs += 2
+        with deterministic(exact):
+            for dtype in (np.float32,) if one else (np.float32, np.float64):
+                runs += run_configurations(op, dtype)
     return runs
+
+
+def run_configurations(op: str, dtype) -> int:
+    """op's configurations in ``dtype``; returns how many ran."""
+    if op == "deform_conv2d":
+        conv(1, dtype, 2, 6, (5, 6), 4, (2, 3), (2, 1), (1, 0), (2, 1), 2, 3, True, 4.0)
+        conv(2, dtype, 2, 4, (4, 4), 4, (3, 3), (1, 1), (2, 2), (1, 1), 1, 2, False, 6.0)
+        return 2
+    if op == "deform_roi_pool":
+        roi(3, dtype, True, 2, True)
+        roi(4, dtype, False, 0, True)
+        roi(5, dtype, True, 0, False)
+        return 3
+    psroi(6, dtype, True)
+    psroi(7, dtype, False)
+    return 2
 
 
 def main(args: list[str]) -> int:

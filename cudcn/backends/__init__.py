@@ -27,6 +27,8 @@ __all__ = [
     "HOST_BACKENDS",
     "array_module",
     "backend_name_for",
+    "deterministic",
+    "deterministic_enabled",
     "get_backend",
     "host_backend",
     "is_cupy_array",
@@ -43,6 +45,9 @@ _MODULES = {
 }
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("cudcn_backend", default=None)
 _poison: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_poison", default=False)
+_deterministic: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "cudcn_deterministic", default=None
+)
 
 
 def host_backend() -> str:
@@ -94,6 +99,38 @@ def poisoning(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _poison.reset(token)
+
+
+def deterministic_enabled() -> bool:
+    """Whether gradients must be bitwise reproducible now: ``deterministic``'s choice, else
+    ``CUDCN_DETERMINISTIC`` (``1`` / ``0``, read at each call), else off."""
+    enabled = _deterministic.get()
+    if enabled is not None:
+        return enabled
+    text = os.environ.get("CUDCN_DETERMINISTIC", "").strip()
+    if text not in ("", "0", "1"):
+        raise ValueError(f"CUDCN_DETERMINISTIC must be 0 or 1, got {text!r}")
+    return text == "1"
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool = True) -> Iterator[None]:
+    """Inside the block every backend computes bitwise reproducible results, run to run and for any
+    schedule: the GPU path (``cuda``, ``emulated``) scatters its gradients into exact fixed-point
+    integers instead of float atomics (see ``Scatter`` in ``cudcn/kernels/common.cuh``); the ``cpu``
+    backend is deterministic always. The default outside a block comes from
+    ``CUDCN_DETERMINISTIC=1``.
+
+    Example::
+
+        with cudcn.deterministic():
+            grads = cudcn.ops.deform_conv2d_backward(grad_out, x, offset, weight)
+    """
+    token = _deterministic.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _deterministic.reset(token)
 
 
 def new_output(xp: ModuleType, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -1,6 +1,6 @@
 // Shared device helpers of the cudcn kernels: bilinear sampling with one pixel of zero padding, its
-// derivatives with respect to the sampling point, its transpose (a scatter with atomicAdd), and the
-// grid-stride loop every kernel is written as.
+// derivatives with respect to the sampling point, its transpose (a scatter, atomic or fixed-point
+// deterministic), and the grid-stride loop every kernel is written as.
 //
 // Names and formulas mirror the Numba CPU backend (sample_in_range, bilinear_weights,
 // bilinear_sample) and cudcn/reference.py (bilinear_corners), to be read side by side. The CPU's
@@ -111,21 +111,45 @@ __device__ __forceinline__ void bilinear_sample_grad(const T* plane, int height,
   grad_x = hy * (c.v01 - c.v00) + c.ly * (c.v11 - c.v10);
 }
 
-// Transpose of bilinear_sample: adds weight * value to each neighbour inside the image, with
-// atomicAdd since the neighbours of different sampling points coincide. Nothing out of range.
+// Where a backward kernel's scatter goes. With scale == 0: atomicAdd on T, fast, but the order of
+// the additions, and so the last bits of the sums, varies from run to run. With scale > 0 (the
+// deterministic mode): value * scale rounded to an int64, added with an integer atomicAdd (two's
+// complement on unsigned long long), exact, so no order changes the sum; the launcher chose the
+// power-of-two scale so every sum stays below 2**62 and converts the integers back. A non-finite
+// value still goes to target with atomicAdd: a sum of NaNs and infinities is the same in any order.
 template <typename T>
-__device__ __forceinline__ void bilinear_scatter(T* plane, int height, int width, T y, T x,
-                                                 T value) {
+struct Scatter {
+  T* target;
+  unsigned long long* fixed;
+  double scale;
+
+  template <typename I>
+  __device__ __forceinline__ void add(I index, T value) const {
+    if (scale > 0.0 && isfinite(value)) {
+      const long long units = __double2ll_rn(static_cast<double>(value) * scale);
+      atomicAdd(fixed + index, static_cast<unsigned long long>(units));
+    } else {
+      atomicAdd(target + index, value);
+    }
+  }
+};
+
+// Transpose of bilinear_sample: adds weight * value to each neighbour of (y, x) inside the
+// (height, width) plane that starts at element `plane` of the scatter's target, through `scatter`
+// since the neighbours of different sampling points coincide. Nothing out of range.
+template <typename T, typename I>
+__device__ __forceinline__ void bilinear_scatter(const Scatter<T>& scatter, I plane, int height,
+                                                 int width, T y, T x, T value) {
   if (!sample_in_range(y, x, height, width)) return;
   const BilinearWeights<T> w = bilinear_weights(y, x);
   const T hy = T(1) - w.ly, hx = T(1) - w.lx;
   const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
   const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
-  const int i00 = w.y0 * width + w.x0;
-  if (top && left) atomicAdd(plane + i00, hy * hx * value);
-  if (top && right) atomicAdd(plane + i00 + 1, hy * w.lx * value);
-  if (bottom && left) atomicAdd(plane + i00 + width, w.ly * hx * value);
-  if (bottom && right) atomicAdd(plane + i00 + width + 1, w.ly * w.lx * value);
+  const I i00 = plane + w.y0 * width + w.x0;
+  if (top && left) scatter.add(i00, hy * hx * value);
+  if (top && right) scatter.add(i00 + 1, hy * w.lx * value);
+  if (bottom && left) scatter.add(i00 + width, w.ly * hx * value);
+  if (bottom && right) scatter.add(i00 + width + 1, w.ly * w.lx * value);
 }
 
 #endif  // CUDCN_COMMON_CUH

@@ -64,12 +64,15 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
 }
 
 // grad_input[b, c] += bilinear_scatter of mask * columns[c * kh * kw + k, b, p] for every tap k,
-// where columns holds the gradient of the column buffer. grad_input must be zeroed; atomicAdd
-// resolves the collisions of neighbouring sampling points. One thread per (c, b, p);
+// where columns holds the gradient of the column buffer. grad_input (and fixed_input) must be
+// zeroed; the Scatter (common.cuh) resolves the collisions of neighbouring sampling points, atomic
+// or, with fixed_scale > 0, deterministic. One thread per (c, b, p);
 // n = C * batch * Ho * Wo.
 template <typename T, typename I>
 __global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __restrict__ offset,
-                                     const T* __restrict__ mask, T* __restrict__ grad_input, I n,
+                                     const T* __restrict__ mask, T* __restrict__ grad_input,
+                                     unsigned long long* __restrict__ fixed_input,
+                                     double fixed_scale, I n,
                                      int batch, int channels, int height, int width, int out_h,
                                      int out_w, int kernel_h, int kernel_w, int stride_h,
                                      int stride_w, int pad_h, int pad_w, int dilation_h,
@@ -84,7 +87,8 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __r
     const int ox = p % out_w;
     const int g = c / (channels / offset_groups);
 
-    T* grad_plane = grad_input + (static_cast<I>(b) * channels + c) * height * width;
+    const Scatter<T> scatter{grad_input, fixed_input, fixed_scale};
+    const I plane = (static_cast<I>(b) * channels + c) * height * width;
     const T* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
     const I mask_base = static_cast<I>(b * offset_groups + g) * taps * out_plane;  // if use_mask
     const T* column = columns + (static_cast<I>(c) * taps * batch + b) * out_plane + p;
@@ -97,7 +101,7 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __r
         const T x = tap_position(ox, stride_w, pad_w, j, dilation_w, dx);
         T value = column[static_cast<I>(k) * batch * out_plane];
         if (use_mask) value *= mask[mask_base + static_cast<I>(k) * out_plane + p];
-        bilinear_scatter(grad_plane, height, width, y, x, value);
+        bilinear_scatter(scatter, plane, height, width, y, x, value);
       }
     }
   }

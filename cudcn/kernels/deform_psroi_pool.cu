@@ -152,12 +152,17 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input, const T* 
 
 // grad_input += the samples' bilinear weights times grad_out / count, and, when use_trans,
 // grad_trans[r, 2 * cls (+ 1), part_i, part_j] += the derivative along x (y) times trans_std *
-// roi_size; both with atomicAdd, both targets zeroed. One thread per grad_out element.
+// roi_size; both through a Scatter (common.cuh: atomic, or deterministic fixed-point when the
+// scale is > 0), the targets and fixed buffers zeroed. One thread per grad_out element.
 template <typename T, typename I>
 __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
                                            const T* __restrict__ input, const T* __restrict__ rois,
                                            const T* __restrict__ trans, T* __restrict__ grad_input,
-                                           T* __restrict__ grad_trans, I n, int channels,
+                                           T* __restrict__ grad_trans,
+                                           unsigned long long* __restrict__ fixed_input,
+                                           unsigned long long* __restrict__ fixed_trans,
+                                           double input_scale, double trans_scale, I n,
+                                           int channels,
                                            int height, int width, T spatial_scale, int output_dim,
                                            int group_size, int pooled, int part_size,
                                            int sample_per_part, T trans_std, int num_classes,
@@ -174,7 +179,7 @@ __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
     if (count == 0) continue;
     const I plane_start = (static_cast<I>(bin.b) * channels + bin.c) * height * width;
     const T* plane = input + plane_start;
-    T* grad_plane = grad_input + plane_start;
+    const Scatter<T> to_input{grad_input, fixed_input, input_scale};
     const T g = grad_out[index] / static_cast<T>(count);
     T sum_x = T(0), sum_y = T(0);
     for (int ih = 0; ih < sample_per_part; ++ih) {
@@ -186,10 +191,10 @@ __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
         const T dy = t.dist_y, dx = t.dist_x;
         const int p00 = t.y0 * width + t.x0, p01 = t.y1 * width + t.x0;
         const int p10 = t.y0 * width + t.x1, p11 = t.y1 * width + t.x1;
-        atomicAdd(grad_plane + p00, (T(1) - dx) * (T(1) - dy) * g);
-        atomicAdd(grad_plane + p01, (T(1) - dx) * dy * g);
-        atomicAdd(grad_plane + p10, dx * (T(1) - dy) * g);
-        atomicAdd(grad_plane + p11, dx * dy * g);
+        to_input.add(plane_start + p00, (T(1) - dx) * (T(1) - dy) * g);
+        to_input.add(plane_start + p01, (T(1) - dx) * dy * g);
+        to_input.add(plane_start + p10, dx * (T(1) - dy) * g);
+        to_input.add(plane_start + p11, dx * dy * g);
         if (!use_trans) continue;
         const T u00 = plane[p00], u01 = plane[p01], u10 = plane[p10], u11 = plane[p11];
         sum_x += u11 * dy + u10 * (T(1) - dy) - u01 * dy - u00 * (T(1) - dy);
@@ -197,8 +202,9 @@ __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
       }
     }
     if (use_trans) {
-      atomicAdd(grad_trans + bin.trans_x, sum_x * trans_std * bin.roi_w * g);
-      atomicAdd(grad_trans + bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h * g);
+      const Scatter<T> to_trans{grad_trans, fixed_trans, trans_scale};
+      to_trans.add(bin.trans_x, sum_x * trans_std * bin.roi_w * g);
+      to_trans.add(bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h * g);
     }
   }
 }

@@ -167,15 +167,18 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __
   }
 }
 
-// grad_input += the bin's bilinear weights times grad_out / count (atomicAdd: bins of one plane
-// overlap), and, when use_offset, grad_offset[r, :, i, j] += the derivative of the bin along x and y
-// (atomicAdd: the C channels of one bin share it). Both targets must be zeroed. One thread per
+// grad_input += the bin's bilinear weights times grad_out / count (bins of one plane overlap), and,
+// when use_offset, grad_offset[r, :, i, j] += the derivative of the bin along x and y (the C
+// channels of one bin share it), both through a Scatter (common.cuh): atomic, or deterministic
+// fixed-point when the scale is > 0. The targets and the fixed buffers must be zeroed. One thread per
 // grad_out element; n = R * C * ph * pw.
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T* __restrict__ input,
                                          const T* __restrict__ rois, const T* __restrict__ offset,
                                          T* __restrict__ grad_input, T* __restrict__ grad_offset,
-                                         I n, int channels, int height, int width, int pooled_h,
+                                         unsigned long long* __restrict__ fixed_input,
+                                         unsigned long long* __restrict__ fixed_offset,
+                                         double input_scale, double offset_scale, I n, int channels, int height, int width, int pooled_h,
                                          int pooled_w, T spatial_scale, int sampling_ratio, T gamma,
                                          int aligned, int use_offset) {
   CUDCN_KERNEL_LOOP(index, n, I) {
@@ -188,7 +191,7 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T
                                              use_offset);
     const I plane_start = (static_cast<I>(bin.roi.b) * channels + c) * height * width;
     const T* plane = input + plane_start;
-    T* grad_plane = grad_input + plane_start;
+    const Scatter<T> to_input{grad_input, fixed_input, input_scale};
     const T g = grad_out[index] / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
     T sum_x = T(0), sum_y = T(0);
     for (int iy = 0; iy < bin.grid_h; ++iy) {
@@ -200,10 +203,10 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T
         const T hy = T(1) - t.ly, hx = T(1) - t.lx;
         const int p1 = t.y_low * width + t.x_low, p2 = t.y_low * width + t.x_high;
         const int p3 = t.y_high * width + t.x_low, p4 = t.y_high * width + t.x_high;
-        atomicAdd(grad_plane + p1, hy * hx * g);
-        atomicAdd(grad_plane + p2, hy * t.lx * g);
-        atomicAdd(grad_plane + p3, t.ly * hx * g);
-        atomicAdd(grad_plane + p4, t.ly * t.lx * g);
+        to_input.add(plane_start + p1, hy * hx * g);
+        to_input.add(plane_start + p2, hy * t.lx * g);
+        to_input.add(plane_start + p3, t.ly * hx * g);
+        to_input.add(plane_start + p4, t.ly * t.lx * g);
         if (!use_offset) continue;
         const T v1 = plane[p1], v2 = plane[p2], v3 = plane[p3], v4 = plane[p4];
         if (t.x_moves) sum_x += hy * (v2 - v1) + t.ly * (v4 - v3);
@@ -211,9 +214,10 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T
       }
     }
     if (use_offset) {
-      T* grad_off = grad_offset + (2 * static_cast<I>(r) * pooled_h + i) * pooled_w + j;
-      atomicAdd(grad_off, gamma * bin.roi.roi_w * g * sum_x);
-      atomicAdd(grad_off + pooled_h * pooled_w, gamma * bin.roi.roi_h * g * sum_y);
+      const Scatter<T> to_offset{grad_offset, fixed_offset, offset_scale};
+      const I off = (2 * static_cast<I>(r) * pooled_h + i) * pooled_w + j;
+      to_offset.add(off, gamma * bin.roi.roi_w * g * sum_x);
+      to_offset.add(off + pooled_h * pooled_w, gamma * bin.roi.roi_h * g * sum_y);
     }
   }
 }

@@ -57,6 +57,7 @@ using std::ceil;
 using std::floor;
 using std::fmax;
 using std::fmin;
+using std::isfinite;
 using std::round;
 
 // CUDA's min / max: fmin / fmax for floating values (a NaN operand yields the other operand).
@@ -81,6 +82,9 @@ inline int __double2int_rz(double v) {
 }
 
 inline int __float2int_rz(float v) { return __double2int_rz(static_cast<double>(v)); }
+
+// Round to nearest even, to a 64-bit integer (callers keep |v| < 2**62).
+inline long long __double2ll_rn(double v) { return std::llrint(v); }
 
 // CUDA's atomics: update *address atomically and return the old value.
 template <typename T>

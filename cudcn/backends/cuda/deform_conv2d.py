@@ -14,7 +14,8 @@ Algorithm, per chunk of the batch (the column buffer is bounded by :data:`COLUMN
 * backward: ``grad_out`` is transposed once to (C_out, chunk·P); ``columns`` is recomputed and
   ``grad_weight_g += grad_out_g @ columns_g^T``; the same buffer then receives the column gradient
   ``weight_g^T @ grad_out_g``, which ``deform_conv2d_col2im`` scatters onto ``grad_input``
-  (atomicAdd) and ``deform_conv2d_col2im_coord`` reduces into ``grad_offset`` and ``grad_mask``.
+  (atomicAdd, or exact fixed-point sums under ``cudcn.deterministic()``) and
+  ``deform_conv2d_col2im_coord`` reduces into ``grad_offset`` and ``grad_mask``.
 
 Adding an op with kernels (e.g. ``deform_roi_pool``):
 
@@ -38,13 +39,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cudcn.backends import new_output
+from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.cuda.launch import (
     GetKernel,
     KernelParams,
+    ScatterTarget,
     batch_chunks,
     c_type,
     check_plane,
+    finite_abs_max,
+    finite_abs_sum,
     index_type,
     launch_1d,
 )
@@ -133,11 +137,11 @@ class _Plan:
         )
         return cols.reshape(self.groups, self.rows // self.groups, chunk * self.plane)
 
-    def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: Array) -> None:
-        """Scatter the column gradient onto ``g_input`` (zeroed; atomicAdd)."""
-        chunk = g_input.shape[0]
+    def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: ScatterTarget) -> None:
+        """Scatter the column gradient onto ``g_input`` (zeroed; atomic or fixed-point)."""
+        chunk = g_input.target.shape[0]
         self._launch("col2im", self.channels * chunk * self.plane, chunk,
-                     (g_cols, offset, mask, g_input))  # fmt: skip
+                     (g_cols, offset, mask, *g_input.args()))  # fmt: skip
 
     def col2im_coord(self, g_cols: Array, input: Array, offset: Array, mask: Array,
                      g_offset: Array, g_mask: Array) -> None:  # fmt: skip
@@ -188,6 +192,7 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
     mask = None if mask is None else xp.ascontiguousarray(mask)
     plan = _Plan(get_kernel, input, offset, weight, mask, **params)
     g_input = xp.zeros(input.shape, dtype=plan.dtype)  # scatter target
+    deterministic = deterministic_enabled()
     g_offset = new_output(xp, offset.shape, plan.dtype)
     g_mask = None if mask is None else new_output(xp, mask.shape, plan.dtype)
     g_weight = xp.zeros(weight.shape, dtype=plan.dtype)
@@ -210,7 +215,11 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
         for g in range(plan.groups):
             gw[g] += xp.matmul(go[g], cols[g].T)
             xp.matmul(w[g].T, go[g], out=cols[g])  # cols now holds the column gradient
-        plan.col2im(cols, offset[batch], masks, g_input[batch])
+        # Each contribution is a column-gradient entry times the mask, spread with weights <= 1.
+        bound = finite_abs_sum(xp, cols) * (1.0 if mask is None else finite_abs_max(xp, masks))
+        target = ScatterTarget(xp, g_input[batch], bound if deterministic else None)
+        plan.col2im(cols, offset[batch], masks, target)
+        target.finish()
         plan.col2im_coord(cols, input[batch], offset[batch], masks, g_offset[batch],
                           no_mask if g_mask is None else g_mask[batch])  # fmt: skip
     return g_input, g_offset, g_weight, g_bias, g_mask

@@ -2,7 +2,8 @@
 
 ``xp`` is ``cupy`` or ``numpy`` and ``get_kernel`` the backend's kernel lookup (see
 :mod:`cudcn.backends.cuda.launch`). One thread per output element in both directions; the backward
-scatters into ``grad_input`` and ``grad_trans`` with atomicAdd.
+scatters into ``grad_input`` and ``grad_trans`` with atomicAdd, or, under ``cudcn.deterministic()``, as
+exact fixed-point sums (:class:`~cudcn.backends.cuda.launch.ScatterTarget`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cudcn.backends import new_output
+import numpy as np
+
+from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.cuda.launch import (
     GetKernel,
     KernelParams,
+    ScatterTarget,
     c_type,
     check_plane,
+    finite_abs_max,
+    finite_abs_sum,
     index_type,
     launch_1d,
 )
@@ -117,15 +123,25 @@ def deform_psroi_pool_backward(
     else:
         trans_arg = xp.ascontiguousarray(trans)
         grad_trans = grad_trans_arg = xp.zeros(trans.shape, dtype=trans.dtype)
+    # Bounds of the contributions' magnitudes (deterministic mode): grad_out / count spread with
+    # weights summing to <= 1; a trans derivative <= trans_std * roi size * |grad| * 2 max|input|.
+    bounds = [None, None]
+    if deterministic_enabled():
+        bounds[0] = finite_abs_sum(xp, grad_out)
+        extent = max((float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) + 2.0) * spatial_scale, 0.1)
+        bounds[1] = bounds[0] * abs(trans_std) * extent * 2.0 * finite_abs_max(xp, input)
+    to_input = ScatterTarget(xp, grad_input, bounds[0])
+    to_trans = ScatterTarget(xp, grad_trans_arg, bounds[1] if trans is not None else None)
     templ, scalars = _launch_args(
         input, trans, grad_out.size, spatial_scale=spatial_scale, output_dim=output_dim,
         group_size=group_size, pooled_size=pooled_size, part_size=part_size,
         sample_per_part=sample_per_part, trans_std=trans_std,
     )  # fmt: skip
     kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
-    launch_1d(
-        kernel,
-        grad_out.size,
-        (grad_out, input, rois, trans_arg, grad_input, grad_trans_arg, *scalars),
-    )
+    launch_1d(kernel, grad_out.size, (
+        grad_out, input, rois, trans_arg, grad_input, grad_trans_arg, to_input.fixed,
+        to_trans.fixed, np.float64(to_input.scale), np.float64(to_trans.scale), *scalars,
+    ))  # fmt: skip
+    to_input.finish()
+    to_trans.finish()
     return grad_input, grad_trans

@@ -4,7 +4,8 @@
 :mod:`cudcn.backends.cuda.launch`). One thread per output element in both directions: the forward
 averages the bin's samples; the backward scatters into ``grad_input`` and, with an offset, adds the
 bin's derivatives into ``grad_offset``, both with atomicAdd (so GPU gradients may differ in the last
-bits between runs; the CPU backend is the deterministic one).
+bits between runs), or, under ``cudcn.deterministic()``, as exact fixed-point sums
+(:class:`~cudcn.backends.cuda.launch.ScatterTarget`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cudcn.backends import new_output
+import numpy as np
+
+from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.cuda.launch import (
     GetKernel,
     KernelParams,
+    ScatterTarget,
     c_type,
     check_plane,
+    finite_abs_max,
+    finite_abs_sum,
     index_type,
     launch_1d,
 )
@@ -117,14 +123,24 @@ def deform_roi_pool_backward(
     else:
         offset_arg = xp.ascontiguousarray(offset)
         grad_offset = grad_offset_arg = xp.zeros(offset.shape, dtype=offset.dtype)
+    # Bounds of the contributions' magnitudes (deterministic mode): grad_out / count spread with
+    # weights summing to <= 1; an offset derivative <= gamma * roi size * |grad| * 2 max|input|.
+    bounds = [None, None]
+    if deterministic_enabled():
+        bounds[0] = finite_abs_sum(xp, grad_out)
+        extent = float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) * spatial_scale + 1.0
+        bounds[1] = bounds[0] * abs(gamma) * extent * 2.0 * finite_abs_max(xp, input)
+    to_input = ScatterTarget(xp, grad_input, bounds[0])
+    to_offset = ScatterTarget(xp, grad_offset_arg, bounds[1] if offset is not None else None)
     templ, scalars = _launch_args(
         input, offset, grad_out.size, pooled_h=pooled_h, pooled_w=pooled_w,
         spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma, aligned=aligned,
     )  # fmt: skip
     kernel = get_kernel(f"deform_roi_pool_backward{templ}")
-    launch_1d(
-        kernel,
-        grad_out.size,
-        (grad_out, input, rois, offset_arg, grad_input, grad_offset_arg, *scalars),
-    )
+    launch_1d(kernel, grad_out.size, (
+        grad_out, input, rois, offset_arg, grad_input, grad_offset_arg, to_input.fixed,
+        to_offset.fixed, np.float64(to_input.scale), np.float64(to_offset.scale), *scalars,
+    ))  # fmt: skip
+    to_input.finish()
+    to_offset.finish()
     return grad_input, grad_offset

@@ -71,6 +71,64 @@ class KernelParams:
         )
 
 
+class ScatterTarget:
+    """A zeroed gradient that kernels scatter into through ``Scatter`` (``cudcn/kernels/common.cuh``).
+
+    Atomic mode (``bound`` None): the kernels add floats to ``target`` with atomicAdd; the
+    fixed-point arguments are a one-element placeholder and scale 0. Deterministic mode: an int64
+    buffer of the target's size and the power-of-two scale that keeps every sum below 2**62 when the
+    contributions' magnitudes add up to at most ``bound``; :meth:`finish` adds the exact integer
+    sums, converted back, to ``target`` (which holds the sum of any non-finite contributions).
+
+    Error of the deterministic result: each contribution is rounded to a multiple of 1 / scale, at
+    most ``bound * 2**-63`` off, so an element summing ``m`` contributions is within
+    ``m * bound * 2**-63`` of the exact sum before its one rounding to the dtype.
+    """
+
+    def __init__(self, xp: Any, target: Any, bound: float | None):
+        self.xp, self.target = xp, target
+        if bound is None:
+            self.fixed, self.scale = xp.zeros((1,), dtype=np.uint64), 0.0
+            return
+        if not np.isfinite(bound):
+            raise OverflowError(
+                "deterministic mode: the gradient contributions' magnitudes add up to more than "
+                "float64 holds; their fixed-point sums cannot be formed"
+            )
+        exponent = 0 if bound == 0 else int(np.ceil(np.log2(bound)))
+        self.fixed = xp.zeros(target.size, dtype=np.uint64)
+        self.scale = float(2.0 ** min(62 - exponent, 1000))
+
+    def args(self) -> tuple[Any, ...]:
+        """The kernel arguments ``(target, fixed, scale)``."""
+        return self.target, self.fixed, np.float64(self.scale)
+
+    def finish(self) -> None:
+        """Deterministic mode: target += the fixed-point sums, converted back (in place)."""
+        if self.scale == 0.0:
+            return
+        sums = self.fixed.view(np.int64).astype(np.float64) / self.scale
+        self.target += sums.reshape(self.target.shape).astype(self.target.dtype)
+
+
+def finite_abs_sum(xp: Any, a: Any) -> float:
+    """sum |a| over the finite elements of ``a`` (float64)."""
+    total = float(xp.abs(a).sum(dtype=np.float64))
+    if np.isfinite(total):
+        return total
+    return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).sum(dtype=np.float64))
+
+
+def finite_abs_max(xp: Any, a: Any) -> float:
+    """max |a| over the finite elements of ``a`` (0 for none)."""
+    if a.size == 0:
+        return 0.0
+    largest = float(xp.abs(a).max())
+    if np.isfinite(largest):
+        return largest
+    return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).max())
+
+
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:
     """Launch a grid-stride kernel over ``n`` elements (nothing when ``n`` is 0)."""
     if n <= 0:
