@@ -89,7 +89,10 @@ struct Warp {
 
 // The state the threads of one running block share.
 struct Block {
-  Barrier gate;  // all threads of the block, between blocks
+  // All threads of the block, before and after each grid block. Two barriers, not one: a thread
+  // that finished its kernel must not lock the mutex that a slower thread locks to start it, or
+  // ThreadSanitizer would see that as ordering their accesses and miss races between them.
+  Barrier gate_in, gate_out;
   Barrier sync;  // __syncthreads over the live threads
   std::vector<Warp> warps;
   std::mutex shared_mutex;

@@ -126,7 +126,9 @@ class BlockQueue {
   }
   // The next block's linear index, or `none`.
   unsigned long long next() {
-    const unsigned long long i = next_.fetch_add(1);
+    // Relaxed: the order is fixed before any worker starts, and a stronger order would make
+    // ThreadSanitizer see blocks fetched one after another as ordered, hiding races between them.
+    const unsigned long long i = next_.fetch_add(1, std::memory_order_relaxed);
     return i < order_.size() ? order_[i] : none;
   }
   static constexpr unsigned long long none = ~0ull;
@@ -209,7 +211,8 @@ int run_concurrent(Kernel kernel, const Values& values, const unsigned int* grid
   std::vector<std::unique_ptr<Block>> blocks;
   for (unsigned long long g = 0; g < groups; ++g) {
     blocks.push_back(std::make_unique<Block>());
-    blocks.back()->gate.reset(threads);
+    blocks.back()->gate_in.reset(threads);
+    blocks.back()->gate_out.reset(threads);
     blocks.back()->warps = std::vector<Warp>((threads + 31) / 32);
   }
   // Prepares a block for its next grid block; run by its thread 0 while the others wait.
@@ -233,14 +236,14 @@ int run_concurrent(Kernel kernel, const Values& values, const unsigned int* grid
     current_block = &b;
     for (;;) {
       if (t == 0) assign(b);
-      b.gate.wait();  // the block is assigned
+      b.gate_in.wait();  // the block is assigned
       if (b.block == BlockQueue::none) break;
       blockIdx = block_index(b.block, grid);
       shared_cursor = 0;
       std::apply(kernel, values);
       b.sync.drop();
       b.warps[t / 32].leave(t % 32);
-      b.gate.wait();  // every thread of the block has returned
+      b.gate_out.wait();  // every thread of the block has returned
     }
   };
   std::vector<std::thread> pool;
