@@ -18,16 +18,19 @@ Shared helpers carry the names of the CUDA kernels' ``__device__`` functions: ``
 over channels are unsigned (no negative-index wraparound checks), which lets LLVM vectorise those
 loops; hot loops index the arrays directly (array views cost reference counting); float32 data stays
 float32 (constants are built with the array dtype's own type).
+
+No fast-math flags: with ``reassoc``/``contract`` the rounding depends on how LLVM optimised the code,
+and Numba optimises a callee (such as the parallel loop body) once on its own and again inside the
+caller whose object code goes to the cache; a process that compiled the kernels runs the first copy,
+a process that loaded them the second, so the two gave different bits. The channel
+sums of the backward are instead written pairwise in an order fixed by the channel count
+(``channel_sums``), which vectorises without reordering.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-# Reassociation lets the channel reductions vectorise; no "nnan"/"ninf", so NaN range checks still hold.
-FASTMATH = {"reassoc", "contract", "nsz"}
-
 
 @njit(cache=True)
 def sample_in_range(y, x, height, width):
@@ -47,7 +50,7 @@ def bilinear_weights(y, x):
     return np.uint64(np.int64(fy) + 1), np.uint64(np.int64(fx) + 1), y - fy, x - fx
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True)
 def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
     """``col[g, pos, k, d0 + t] = scale · bilinear(xpad[b], channel c0 + t)`` for ``t < n``."""
     one = xpad.dtype.type(1)
@@ -67,14 +70,14 @@ def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
         )
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g, pos, k, d0):
+@njit(cache=True)
+def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g, pos, k, d0, acc):
     """Backward of ``bilinear_sample`` for the channels ``c0 .. c0 + n`` with column gradient
     ``gcol[g, pos, k, d0 + t]``: adds ``scale · gcol · weight`` to the four neighbours in
     ``gin[s, b]`` and returns ``(Σ gcol·value, Σ gcol·∂value/∂y, Σ gcol·∂value/∂x)`` (unscaled).
-    On the way it does ``bilinear_sample``'s job too, writing ``col[g, pos, k, d0 + t]``."""
+    On the way it does ``bilinear_sample``'s job too, writing ``col[g, pos, k, d0 + t]``.
+    ``acc`` (3, >= n) is scratch for the three channel sums (see ``channel_sums``)."""
     one = xpad.dtype.type(1)
-    acc_v = acc_y = acc_x = xpad.dtype.type(0)
     hy = one - ly
     hx = one - lx
     for t in range(n):
@@ -86,10 +89,10 @@ def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g,
         a11 = xpad[b, r + 1, q + 1, c]
         value = hy * (hx * a00 + lx * a01) + ly * (hx * a10 + lx * a11)
         col[g, pos, k, d0 + t] = scale * value
-        acc_v += v * value
-        acc_y += v * (hx * (a10 - a00) + lx * (a11 - a01))
-        acc_x += v * (hy * (a01 - a00) + ly * (a11 - a10))
-    # A separate loop: with the reductions in it, LLVM would not vectorise the four scatters (the four
+        acc[0, t] = v * value
+        acc[1, t] = v * (hx * (a10 - a00) + lx * (a11 - a01))
+        acc[2, t] = v * (hy * (a01 - a00) + ly * (a11 - a10))
+    # A separate loop: with the products in it, LLVM would not vectorise the four scatters (the four
     # neighbours are C channels apart, so no two of them meet within one run of at most C channels).
     w00 = scale * hy * hx
     w01 = scale * hy * lx
@@ -101,7 +104,30 @@ def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g,
         gin[s, b, r, q + 1, c0 + t] += w01 * v
         gin[s, b, r + 1, q, c0 + t] += w10 * v
         gin[s, b, r + 1, q + 1, c0 + t] += w11 * v
-    return acc_v, acc_y, acc_x
+    return channel_sums(acc, n)
+
+
+@njit(cache=True)
+def channel_sums(acc, n):
+    """``(Σ_t acc[0, t], Σ_t acc[1, t], Σ_t acc[2, t])`` over ``t < n``, summed pairwise in an order
+    fixed by n alone: each pass adds the top half of the remaining terms onto the bottom half (a loop
+    of independent additions, which LLVM vectorises without being allowed to reorder anything).
+    Destroys ``acc``."""
+    m = np.uint64(n)
+    while m > 8:
+        half = m // np.uint64(2)
+        top = m - half
+        for row in range(3):
+            for t in range(half):
+                acc[row, t] += acc[row, top + t]
+        m = top
+    zero = acc.dtype.type(0)
+    sv = sy = sx = zero
+    for t in range(m):
+        sv += acc[0, t]
+        sy += acc[1, t]
+        sx += acc[2, t]
+    return sv, sy, sx
 
 
 @njit(cache=True)
@@ -124,7 +150,7 @@ def _unsigned_run(runs, index, c_per_group):
     return np.uint64(g), np.uint64(c0), np.uint64(c1 - c0), np.uint64(c0 - g * c_per_group)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=True, parallel=True)
 def deform_conv2d_im2col(
     xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col
 ):
@@ -159,7 +185,7 @@ def deform_conv2d_im2col(
                                 col[g, pos, k, d0 + c] = 0
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=True, parallel=True)
 def deform_conv2d_col2im(
     xpad,
     offset,
@@ -196,6 +222,7 @@ def deform_conv2d_col2im(
         b = task // (slices * nruns)
         og, part = runs[index, 0], runs[index, 4]
         g, c0, n, d0 = _unsigned_run(runs, index, gcol.shape[3])
+        acc = np.empty((3, gcol.shape[3]), dtype=xpad.dtype)
         for oy in range(s * out_h // slices, (s + 1) * out_h // slices):
             for ox in range(out_w):
                 pos = np.uint64((b * out_h + oy) * out_w + ox)
@@ -209,7 +236,7 @@ def deform_conv2d_col2im(
                         if sample_in_range(y, x, height, width):
                             r, q, ly, lx = bilinear_weights(y, x)
                             gv, gy, gx = bilinear_backward(
-                                xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0
+                                xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0, acc
                             )
                         else:
                             for c in range(n):

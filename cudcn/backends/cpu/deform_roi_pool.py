@@ -162,7 +162,7 @@ def roi_align_bin_taps(rois, offset, r, geometry, like):
     return b, roi_h, roi_w, count, bin_end, pixel, weight, weight_dx, weight_dy
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@numba.njit(cache=True, nogil=True)
 def _accumulate(acc, rows, pixel, weight, begin, end):
     """``acc[c] += weight[e] * rows[pixel[e], c]`` for the entries begin:end; rows: one
     channels-last image (H * W, C). Vectorised over c."""
@@ -173,7 +173,7 @@ def _accumulate(acc, rows, pixel, weight, begin, end):
             acc[c] += w * rows[p, c]
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@numba.njit(cache=True, nogil=True)
 def _accumulate_xy(acc_x, acc_y, rows, pixel, weight_x, weight_y, begin, end):
     """``_accumulate`` of two weight sets in one pass over the rows."""
     for e in range(begin, end):
@@ -203,7 +203,7 @@ def deform_roi_pool_forward_kernel(input_cl, rois, offset, out, geometry):
             begin = bin_end[k]
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+@numba.njit(parallel=True, cache=True)
 def deform_roi_pool_grad_input_kernel(grad_out, rois, offset, grad_cl, geometry, n_blocks):
     """grad_cl (B, H * W, C), zeroed, += the transposed forward; parallel over channel blocks, each
     visiting RoIs, bins and pixels in order (the same order for every block count)."""
