@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+
 @njit(cache=True)
 def sample_in_range(y, x, height, width):
     """True when bilinear sampling at (y, x) can be non-zero: ``-1 <= y < height``, same for x.
@@ -236,7 +237,24 @@ def deform_conv2d_col2im(
                         if sample_in_range(y, x, height, width):
                             r, q, ly, lx = bilinear_weights(y, x)
                             gv, gy, gx = bilinear_backward(
-                                xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0, acc
+                                xpad,
+                                gin,
+                                s,
+                                b,
+                                r,
+                                q,
+                                ly,
+                                lx,
+                                m,
+                                c0,
+                                n,
+                                gcol,
+                                col,
+                                g,
+                                pos,
+                                k,
+                                d0,
+                                acc,
                             )
                         else:
                             for c in range(n):
