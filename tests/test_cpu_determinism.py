@@ -26,10 +26,10 @@ import hashlib, json, sys
 import numba
 import numpy as np
 import cudcn
-from cudcn.backends.cpu import deform_conv2d as cpu_module
+from cudcn.backends.cpu import threads
 from cudcn.functional import deform_conv2d
 
-cpu_module.SERIAL_WORK = 0  # even tiny shapes on all of Numba's threads
+threads.SERIAL_WORK = 0  # even tiny shapes on all of Numba's threads
 seed = int(sys.argv[1])
 cases = [
     dict(b=2, c=8, o=6, hw=(9, 7), mask=True, stride=1, dilation=1, groups=1, og=1),

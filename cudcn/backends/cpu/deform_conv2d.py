@@ -10,7 +10,7 @@ Per batch chunk (columns bounded by ``COLUMN_BYTES``):
   ``g_weight += grad_out_g @ col_g``.
 
 Weights are used tap-major, ``(C_out, kh, kw, C_in/groups)``, to match the channels-last columns.
-Threads: the GEMMs use BLAS's own threads, the kernels Numba's; see ``_kernel_threads``.
+Threads: the GEMMs use BLAS's own threads, the kernels Numba's (``cudcn.backends.cpu.threads``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-import numba
 import numpy as np
 
 from cudcn.backends import new_output
@@ -30,13 +29,12 @@ from cudcn.backends.cpu.deform_conv2d_kernels import (
     pad_channels_last,
     sum_channels_first,
 )
+from cudcn.backends.cpu.threads import kernel_threads
 
 Pair = tuple[int, int]
 
 COLUMN_BYTES = 256 * 2**20  # upper bound of the column buffers of one batch chunk
 BACKWARD_TASKS = 4  # the backward splits output rows into slices until it has this many tasks
-SERIAL_WORK = 1 << 16  # below this many sampled channel values, Numba kernels run on one thread
-SERIAL_BELOW_THREADS = 2  # ... and also when Numba has this many threads or fewer
 
 
 _phase_log: list[tuple[str, float]] | None = None
@@ -82,21 +80,6 @@ def _chunk(batch: int, channels: int, taps: int, positions: int, itemsize: int) 
     return max(1, min(batch, COLUMN_BYTES // max(1, positions * channels * taps * itemsize)))
 
 
-@contextlib.contextmanager
-def _kernel_threads(work: int) -> Iterator[None]:
-    """Run the Numba kernels of the block, which sample ``work`` channel values, on one thread when
-    the work is small (waking the other threads costs more than it saves) or when Numba has at most
-    ``SERIAL_BELOW_THREADS`` threads: on two cores, handing them back and forth between Numba's pool
-    and the BLAS pool of the GEMMs costs more than the kernels gain (benchmarks/RESULTS.md)."""
-    threads = numba.get_num_threads()
-    if work < SERIAL_WORK or threads <= SERIAL_BELOW_THREADS:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
-
-
 def _tap_major(weight: np.ndarray, groups: int) -> np.ndarray:
     """(C_out, C_in/groups, kh, kw) -> (groups, C_out/groups, kh·kw·C_in/groups), tap-major rows."""
     c_out, cg, kh, kw = weight.shape
@@ -109,7 +92,7 @@ def _padded(x: np.ndarray, work: int) -> np.ndarray:
     """The chunk input channels-last with a zero border: (Bc, H+2, W+2, C)."""
     bc, c, h, w = x.shape
     xpad = np.empty((bc, h + 2, w + 2, c), dtype=x.dtype)
-    with _kernel_threads(work):
+    with kernel_threads(work):
         pad_channels_last(x, xpad)
     _mark("copy/pad")
     return xpad
@@ -123,7 +106,7 @@ def _columns(x, offset, mask, runs, weight_shape, groups, params) -> np.ndarray:
     xpad = _padded(x, col.size)
     has_mask = mask is not None
     m = mask if has_mask else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    with _kernel_threads(col.size):
+    with kernel_threads(col.size):
         deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col)
     _mark("sampling")
     return col
@@ -171,7 +154,7 @@ def deform_conv2d_forward(
         for g in range(groups):
             np.matmul(col_mat[g], w_mat[g].T, out=rows[:, g * og_out : (g + 1) * og_out])
         _mark("GEMM output")
-        with _kernel_threads(col.size):
+        with kernel_threads(col.size):
             chunk = out[b0:b1].reshape(b1 - b0, c_out, ho * wo)
             channels_first(rows, bias_arr, bias is not None, chunk)
         _mark("transpose+bias")
@@ -273,7 +256,7 @@ def _backward_chunk(
     if mask is not None:
         g_m = g_mask[None] if parts == 1 else np.zeros((parts, *mask.shape), input.dtype)
     m = np.empty((1, 1, 1, 1), dtype=input.dtype) if mask is None else mask
-    with _kernel_threads(col.size):
+    with kernel_threads(col.size):
         deform_conv2d_col2im(
             xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off, g_m
         )

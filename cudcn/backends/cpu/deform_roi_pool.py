@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from cudcn.backends import new_output
+from cudcn.backends.cpu.threads import kernel_threads
 
 
 @numba.njit(cache=True, nogil=True)
@@ -316,7 +317,8 @@ def deform_roi_pool_forward(
     rois, offset = _geometry_inputs(rois, offset, pooled_h, pooled_w)
     geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
     out = new_output(np, (rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
-    deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
+    with kernel_threads():
+        deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
     return out
 
 
@@ -339,13 +341,15 @@ def deform_roi_pool_backward(
     batch, channels, height, width = input.shape
     grad_cl = np.zeros((batch, height * width, channels), input.dtype)
     n_blocks = min(numba.get_num_threads(), channels)
-    deform_roi_pool_grad_input_kernel(grad_out, rois, offset64, grad_cl, geometry, n_blocks)
     grad_input = new_output(np, input.shape, input.dtype)
-    from_channels_last(grad_cl, grad_input)
+    with kernel_threads():
+        deform_roi_pool_grad_input_kernel(grad_out, rois, offset64, grad_cl, geometry, n_blocks)
+        from_channels_last(grad_cl, grad_input)
     if offset is None:
         return grad_input, None
     grad_offset = new_output(np, offset.shape, np.float64)
-    deform_roi_pool_grad_offset_kernel(
-        grad_out, to_channels_last(input), rois, offset64, grad_offset, geometry
-    )
+    with kernel_threads():
+        deform_roi_pool_grad_offset_kernel(
+            grad_out, to_channels_last(input), rois, offset64, grad_offset, geometry
+        )
     return grad_input, grad_offset.astype(offset.dtype)
