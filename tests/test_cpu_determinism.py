@@ -19,10 +19,11 @@ import pytest
 
 SEED = 1100
 
-# Two cases per process (each process pays for the import; the cold one for the compile too):
+# Two cases per process (each process pays for the import; the cold one for the compile too),
+# then the first from three Python threads at once:
 # mask and bias, batch 2; no mask, weight and offset groups crossing, stride 2 and dilation 2.
 SCRIPT = """
-import hashlib, json, sys
+import hashlib, json, sys, threading
 import numba
 import numpy as np
 import cudcn
@@ -35,8 +36,7 @@ cases = [
     dict(b=2, c=8, o=6, hw=(9, 7), mask=True, stride=1, dilation=1, groups=1, og=1),
     dict(b=1, c=12, o=6, hw=(10, 11), mask=False, stride=2, dilation=2, groups=2, og=3),
 ]
-digests = {"threads": numba.get_num_threads()}
-for n, case in enumerate(cases):
+def run_case(n, case):
     rng = np.random.default_rng(seed + n)
     b, c, o, (h, w), og = case["b"], case["c"], case["o"], case["hw"], case["og"]
     s, d = case["stride"], case["dilation"]
@@ -56,9 +56,25 @@ for n, case in enumerate(cases):
     named = {"out": y, "input": x.grad, "offset": off.grad, "weight": wt.grad, "bias": bias.grad}
     if mask is not None:
         named["mask"] = mask.grad
-    for name, a in named.items():
-        a = np.ascontiguousarray(a.data if isinstance(a, cudcn.Tensor) else a)
-        digests[f"{n}/{name}"] = hashlib.sha256(a.tobytes()).hexdigest()
+    return {f"{n}/{name}": hashlib.sha256(np.ascontiguousarray(
+        a.data if isinstance(a, cudcn.Tensor) else a).tobytes()).hexdigest()
+        for name, a in named.items()}
+
+digests = {}
+for n, case in enumerate(cases):
+    digests |= run_case(n, case)
+# Three Python threads calling at once (the workqueue layer would abort without the launch lock).
+again = [None] * 3
+def worker(i):
+    again[i] = run_case(0, cases[0])
+pool = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+for t in pool:
+    t.start()
+for t in pool:
+    t.join()
+digests["concurrent calls agree"] = all(a == run_case(0, cases[0]) for a in again)
+digests["threads"] = numba.get_num_threads()
+digests["layer"] = numba.threading_layer()
 print(json.dumps(digests))
 """
 
@@ -66,6 +82,7 @@ print(json.dumps(digests))
 def run(cache_dir: str, threads: int) -> dict:
     """Digests from a fresh process with this Numba cache folder and thread count."""
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, NUMBA_NUM_THREADS=str(threads))
+    env.pop("NUMBA_THREADING_LAYER", None)  # the backend's own choice
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(SEED)],
         env=env,
@@ -76,6 +93,8 @@ def run(cache_dir: str, threads: int) -> dict:
     assert done.returncode == 0, done.stderr
     digests = json.loads(done.stdout.strip().splitlines()[-1])
     assert digests.pop("threads") == threads
+    assert digests.pop("layer") == "workqueue"  # the backend's choice in a default environment
+    assert digests.pop("concurrent calls agree") is True
     return digests
 
 
