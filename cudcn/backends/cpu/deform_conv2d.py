@@ -92,8 +92,8 @@ def _padded(x: np.ndarray, work: int) -> np.ndarray:
     """The chunk input channels-last with a zero border: (Bc, H+2, W+2, C)."""
     bc, c, h, w = x.shape
     xpad = np.empty((bc, h + 2, w + 2, c), dtype=x.dtype)
-    with kernel_threads(work):
-        pad_channels_last(x, xpad)
+    with kernel_threads(work) as serial:
+        pad_channels_last(x, xpad, serial)
     _mark("copy/pad")
     return xpad
 
@@ -106,8 +106,8 @@ def _columns(x, offset, mask, runs, weight_shape, groups, params) -> np.ndarray:
     xpad = _padded(x, col.size)
     has_mask = mask is not None
     m = mask if has_mask else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    with kernel_threads(col.size):
-        deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col)
+    with kernel_threads(col.size) as serial:
+        deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col, serial)
     _mark("sampling")
     return col
 
@@ -154,9 +154,9 @@ def deform_conv2d_forward(
         for g in range(groups):
             np.matmul(col_mat[g], w_mat[g].T, out=rows[:, g * og_out : (g + 1) * og_out])
         _mark("GEMM output")
-        with kernel_threads(col.size):
+        with kernel_threads(col.size) as serial:
             chunk = out[b0:b1].reshape(b1 - b0, c_out, ho * wo)
-            channels_first(rows, bias_arr, bias is not None, chunk)
+            channels_first(rows, bias_arr, bias is not None, chunk, serial)
         _mark("transpose+bias")
     return out
 
@@ -256,12 +256,11 @@ def _backward_chunk(
     if mask is not None:
         g_m = g_mask[None] if parts == 1 else np.zeros((parts, *mask.shape), input.dtype)
     m = np.empty((1, 1, 1, 1), dtype=input.dtype) if mask is None else mask
-    with kernel_threads(col.size):
-        deform_conv2d_col2im(
-            xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off, g_m
-        )
+    with kernel_threads(col.size) as serial:
+        args = (xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off)
+        deform_conv2d_col2im(*args, g_m, serial)
         _mark("backward kernel")
-        sum_channels_first(gin, g_input)
+        sum_channels_first(gin, g_input, serial)
         _mark("input-gradient reduction")
     for g in range(groups):
         go_g = go[g * og_out : (g + 1) * og_out]

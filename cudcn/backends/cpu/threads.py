@@ -37,20 +37,12 @@ def prefer_workqueue() -> None:
 
 
 @contextlib.contextmanager
-def kernel_threads(work: int | None = None) -> Iterator[None]:
-    """Hold the launch lock for the Numba kernels of the block, which write ``work`` elements, and
-    run them on one thread when the work is small (waking the pool costs more than it saves); all
-    of Numba's threads when ``work`` is None."""
+def kernel_threads(work: int | None = None) -> Iterator[bool]:
+    """Hold the launch lock for the Numba kernels of the block, which write ``work`` elements; yields
+    ``serial``: True when the work is small (waking the pool costs more than it saves: the kernels
+    take a ``serial`` argument and then run on the calling thread alone). All threads for None."""
     with _launch_lock:
-        if work is None or work >= SERIAL_WORK:
-            yield
-            return
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(threads)
+        yield work is not None and work < SERIAL_WORK
 
 
 prefer_workqueue()  # on import, before any of the backend's kernels can run
