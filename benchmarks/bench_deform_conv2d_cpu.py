@@ -12,7 +12,8 @@ every gradient; torch's ``conv2d`` and ``torchvision.ops.deform_conv2d`` the sam
 and without mask. Medians (ms) over ``--repeats`` turns; the contenders take turns within each repeat,
 each after a short pause, so that a busy machine slows them alike (torchvision's slow backward gets
 ``--tv-repeats``). Ratios: ``f+b/conv`` and ``fwd/conv`` (cudcn over the plain convolution) and
-``tv/f+b`` (torchvision over cudcn).
+``tv/f+b`` (torchvision over cudcn). A second row per shape gives the fastest repeat of each (on a
+machine shared with other jobs, the least disturbed).
 
 Then, per shape, where cudcn's forward+backward time goes (with mask; medians over the repeats):
 the phases the CPU backend marks (``record_phases``), ``array-level`` (the backend's forward and
@@ -60,9 +61,11 @@ print(f"{(t1 - t0) * 1e3:.0f} {(t2 - t1) * 1e3:.0f}")
 """
 
 
-def medians_ms(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> dict[str, float]:
-    """Median ms of each function over its repeats, taking turns, each after a pause (idle thread
-    pools still polling from the previous contender would slow whoever runs next)."""
+def medians_ms(
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, fastest) ms of each function over its repeats, taking turns, each after a pause (idle
+    thread pools still polling from the previous contender would slow whoever runs next)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
@@ -73,7 +76,8 @@ def medians_ms(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) ->
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
 def inputs(b: int, c: int, h: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -217,7 +221,7 @@ def main() -> None:
     if have_torch:
         cols += ["conv fwd", "conv f+b", "tv fwd", "tv f+b", "tv f+b nomask"]
         cols += ["fwd/conv", "f+b/conv", "nomask/conv", "tv/f+b"]
-    print(f"{'B,C,H=W':<10}" + "".join(f"{c:>14}" for c in cols))
+    print(f"{'B,C,H=W':<18}" + "".join(f"{c:>14}" for c in cols))
     breakdowns = {}
     for b, c, h in SHAPES[: args.shapes]:
         a = inputs(b, c, h)
@@ -226,13 +230,16 @@ def main() -> None:
         fns["array f+b"] = array_level(a)
         fns |= torch_fns(a) if have_torch else {}
         reps = {k: args.tv_repeats if k.startswith("tv f+b") else args.repeats for k in fns}
-        r = medians_ms(fns, reps)
-        if have_torch:
-            r["fwd/conv"] = r["fwd"] / r["conv fwd"]
-            r["f+b/conv"] = r["f+b"] / r["conv f+b"]
-            r["nomask/conv"] = r["f+b nomask"] / r["conv f+b"]
-            r["tv/f+b"] = r["tv f+b"] / r["f+b"]
-        print(f"{f'{b},{c},{h}':<10}" + "".join(f"{r[c]:14.2f}" for c in cols), flush=True)
+        medians, fastest = medians_ms(fns, reps)
+        for label, r in (("", medians), (" fastest", fastest)):
+            if have_torch:
+                r["fwd/conv"] = r["fwd"] / r["conv fwd"]
+                r["f+b/conv"] = r["f+b"] / r["conv f+b"]
+                r["nomask/conv"] = r["f+b nomask"] / r["conv f+b"]
+                r["tv/f+b"] = r["tv f+b"] / r["f+b"]
+            row = f"{f'{b},{c},{h}{label}':<18}" + "".join(f"{r[c]:14.2f}" for c in cols)
+            print(row, flush=True)
+        r = medians
         breakdowns[(b, c, h)] = phase_breakdown(a, args.repeats) | {
             "array-level total": r["array f+b"],
             "tape (public f+b - array-level)": r["f+b"] - r["array f+b"],
