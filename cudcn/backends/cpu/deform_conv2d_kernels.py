@@ -22,9 +22,12 @@ float32 (constants are built with the array dtype's own type).
 No fast-math flags: with ``reassoc``/``contract`` the rounding depends on how LLVM optimised the code,
 and Numba optimises a callee (such as the parallel loop body) once on its own and again inside the
 caller whose object code goes to the cache; a process that compiled the kernels runs the first copy,
-a process that loaded them the second, so the two gave different bits. The channel
-sums of the backward are instead written pairwise in an order fixed by the channel count
-(``channel_sums``), which vectorises without reordering.
+a process that loaded them the second, so the two gave different bits. The channel sums of the
+backward are instead pairwise in an order fixed by the channel count (``channel_sums``).
+
+Each parallel kernel runs a per-task body (``_im2col_row``, ``_col2im_task``, ...) under ``prange``,
+or under a plain loop when its ``serial`` argument says the work is too small to wake Numba's pool
+(``cudcn.backends.cpu.threads``). Tasks depend on the shape only, never on the thread count.
 """
 
 from __future__ import annotations
