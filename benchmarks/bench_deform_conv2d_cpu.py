@@ -1,14 +1,25 @@
-"""CPU benchmark of deform_conv2d: cudcn's Numba backend against torchvision and a plain torch conv2d.
+"""CPU benchmark of deform_conv2d as users call it, against a plain torch conv2d and torchvision.
 
-Run in a default environment (no thread or BLAS variables set by hand), e.g.::
+Run in a default environment (no thread or BLAS variables set by hand), with torch in its own virtual
+environment (it is never a test dependency), e.g.::
 
-    PYTHONPATH=. /work/torchenv/bin/python benchmarks/bench_deform_conv2d_cpu.py
+    .venv-torch/bin/python benchmarks/bench_deform_conv2d_cpu.py
 
-Times are medians (ms) over ``--repeats`` runs after warm-up, float32, 3x3 kernel, padding 1, with mask
-and bias; the contenders take turns within each repeat, so that a busy machine slows them alike.
-``fwd+bwd`` is one forward plus one backward giving every gradient. The torch columns (torchvision's
-deform_conv2d, a plain conv2d) appear when torch and torchvision are importable. The last lines give
-the first call (forward + backward) in a fresh process whose Numba cache is warm, and the load.
+cudcn is called through ``cudcn.functional.deform_conv2d`` on ``cudcn.Tensor`` inputs that require
+gradients, ``fwd`` under ``cudcn.no_grad()``, ``f+b`` as the forward plus ``.backward(grad)`` giving
+every gradient; torch's ``conv2d`` and ``torchvision.ops.deform_conv2d`` the same way, on
+``torch.set_num_threads(os.cpu_count())``. float32, 3x3, padding 1, bias; cudcn and torchvision with
+and without mask. Medians (ms) over ``--repeats`` turns; the contenders take turns within each repeat,
+each after a short pause, so that a busy machine slows them alike (torchvision's slow backward gets
+``--tv-repeats``). Ratios: ``f+b/conv`` and ``fwd/conv`` (cudcn over the plain convolution) and
+``tv/f+b`` (torchvision over cudcn). A second row per shape gives the fastest repeat of each (on a
+machine shared with other jobs, the least disturbed).
+
+Then, per shape, where cudcn's forward+backward time goes (with mask; medians over the repeats):
+the phases the CPU backend marks (``record_phases``), ``array-level`` (the backend's forward and
+backward called directly) and ``tape`` (the public call minus the array-level one: argument checks,
+Tensor wrapping, the tape). The last lines give the fixed cost of a call (forward+backward on a
+1x1x1x1 input, in µs), the first call in a fresh process with a warm Numba cache, and the load.
 """
 
 from __future__ import annotations
@@ -24,99 +35,169 @@ from collections.abc import Callable
 
 import numpy as np
 
+import cudcn
 from cudcn.backends import cpu
+from cudcn.backends.cpu.deform_conv2d import record_phases
+from cudcn.functional import deform_conv2d
 
-SHAPES = [(2, 64, 64, 56, 56), (1, 256, 256, 32, 32)]  # (B, C_in, C_out, H, W)
-SETTLE_S = 0.3
+SHAPES = [(2, 64, 56), (1, 256, 32), (8, 128, 28), (64, 32, 7)]  # (B, C_in = C_out, H = W)
+SETTLE_S = 0.2
 PARAMS = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1, "offset_groups": 1}
 
 FIRST_CALL = """
 import time
 t0 = time.perf_counter()
 import numpy as np
-from cudcn.backends import cpu
+import cudcn
+from cudcn.functional import deform_conv2d
 t1 = time.perf_counter()
-rng = np.random.default_rng(0)
-x = rng.standard_normal((2, 8, 10, 10), dtype=np.float32)
-off = rng.uniform(-2, 2, (2, 18, 10, 10)).astype(np.float32)
-w = rng.standard_normal((8, 8, 3, 3), dtype=np.float32)
-m = rng.uniform(0, 1, (2, 9, 10, 10)).astype(np.float32)
-kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
-out = cpu.deform_conv2d_forward(x, off, w, None, m, **kw)
-cpu.deform_conv2d_backward(out, x, off, w, None, m, **kw)
+x = cudcn.Tensor(np.ones((2, 8, 10, 10), np.float32), requires_grad=True)
+off = cudcn.Tensor(np.full((2, 18, 10, 10), 0.3, np.float32), requires_grad=True)
+w = cudcn.Tensor(np.ones((8, 8, 3, 3), np.float32), requires_grad=True)
+m = cudcn.Tensor(np.full((2, 9, 10, 10), 0.5, np.float32), requires_grad=True)
+deform_conv2d(x, off, w, padding=1, mask=m).sum().backward()
 t2 = time.perf_counter()
 print(f"{(t1 - t0) * 1e3:.0f} {(t2 - t1) * 1e3:.0f}")
 """
 
 
-def medians_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median times in ms. The functions take turns, so that they share the machine's conditions, and
-    each starts after a short pause, so that no thread pool still spins from the previous one."""
+def medians_ms(
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(median, fastest) ms of each function over its repeats, taking turns, each after a pause (idle
+    thread pools still polling from the previous contender would slow whoever runs next)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for turn in range(max(repeats.values())):
         for name, fn in fns.items():
-            time.sleep(SETTLE_S)
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+            if turn < repeats[name]:
+                time.sleep(SETTLE_S)
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+    return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
-def inputs(shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
-    b, c_in, c_out, h, w = shape
+def inputs(b: int, c: int, h: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        "input": rng.standard_normal((b, c_in, h, w), dtype=np.float32),
-        "offset": rng.uniform(-3, 3, (b, 18, h, w)).astype(np.float32),
-        "weight": (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32),
-        "bias": rng.standard_normal(c_out).astype(np.float32),
-        "mask": rng.uniform(0, 1, (b, 9, h, w)).astype(np.float32),
-        "grad_out": rng.standard_normal((b, c_out, h, w), dtype=np.float32),
+        "input": rng.standard_normal((b, c, h, h), dtype=np.float32),
+        "offset": rng.uniform(-3, 3, (b, 18, h, h)).astype(np.float32),
+        "weight": (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
+        "bias": rng.standard_normal(c).astype(np.float32),
+        "mask": rng.uniform(0, 1, (b, 9, h, h)).astype(np.float32),
+        "grad_out": rng.standard_normal((b, c, h, h), dtype=np.float32),
     }
 
 
-def cudcn_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
-    args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"])
+def cudcn_fns(a: dict[str, np.ndarray], masked: bool) -> dict[str, Callable[[], object]]:
+    """The public API on Tensors: forward without the tape, forward + backward with it."""
+    names = ("input", "offset", "weight", "bias") + (("mask",) if masked else ())
+    leaves = {k: cudcn.Tensor(a[k], requires_grad=True) for k in names}
+
+    def call():
+        t = leaves
+        return deform_conv2d(
+            t["input"], t["offset"], t["weight"], t["bias"], 1, 1, 1, t.get("mask")
+        )
+
+    def fwd():
+        with cudcn.no_grad():
+            call()
 
     def fwd_bwd():
+        for leaf in leaves.values():
+            leaf.grad = None
+        call().backward(a["grad_out"])
+
+    return {"fwd": fwd, "f+b": fwd_bwd}
+
+
+def array_level(a: dict[str, np.ndarray]) -> Callable[[], object]:
+    """The backend's forward and backward with mask, called directly (no checks, no tape)."""
+    args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"])
+
+    def run():
         cpu.deform_conv2d_forward(*args, **PARAMS)
         cpu.deform_conv2d_backward(a["grad_out"], *args, **PARAMS)
 
-    return {"fwd": lambda: cpu.deform_conv2d_forward(*args, **PARAMS), "fwd+bwd": fwd_bwd}
+    return run
 
 
 def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     import torch
     import torchvision
 
+    torch.set_num_threads(os.cpu_count() or 1)
     t = {k: torch.from_numpy(v) for k, v in a.items()}
-    names = ("input", "offset", "weight", "bias", "mask")
-    leaves = {k: t[k].clone().requires_grad_() for k in names}
+    leaves = {
+        k: t[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")
+    }
 
-    def tv(x, off, w, b, m):
-        return torchvision.ops.deform_conv2d(x, off, w, b, padding=(1, 1), mask=m)
+    def tv(masked: bool, grad: bool):
+        x, off, w, b, m = leaves.values() if grad else (t[k] for k in leaves)
+        return torchvision.ops.deform_conv2d(
+            x, off, w, b, padding=(1, 1), mask=m if masked else None
+        )
 
-    def conv(x, w, b):
-        return torch.nn.functional.conv2d(x, w, b, padding=1)
+    def conv(grad: bool):
+        x, w, b = (leaves if grad else t)["input"], (leaves if grad else t)["weight"], t["bias"]
+        return torch.nn.functional.conv2d(x, w, leaves["bias"] if grad else b, padding=1)
 
-    def no_grad(fn):
+    def forward_only(fn):
         def run():
             with torch.no_grad():
                 fn()
 
         return run
 
+    def with_backward(fn):
+        def run():
+            for leaf in leaves.values():
+                leaf.grad = None
+            fn().backward(t["grad_out"])
+
+        return run
+
     return {
-        "tv fwd": no_grad(lambda: tv(*(t[k] for k in names))),
-        "tv f+b": lambda: tv(*leaves.values()).backward(t["grad_out"]),
-        "conv fwd": no_grad(lambda: conv(t["input"], t["weight"], t["bias"])),
-        "conv f+b": lambda: conv(leaves["input"], leaves["weight"], leaves["bias"]).backward(
-            t["grad_out"]
-        ),
+        "conv fwd": forward_only(lambda: conv(False)),
+        "conv f+b": with_backward(lambda: conv(True)),
+        "tv fwd": forward_only(lambda: tv(True, False)),
+        "tv f+b": with_backward(lambda: tv(True, True)),
+        "tv f+b nomask": with_backward(lambda: tv(False, True)),
     }
+
+
+def phase_breakdown(a: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    """Median ms per phase of the public forward+backward with mask (phases summed within a call)."""
+    run = cudcn_fns(a, True)["f+b"]
+    per_call: list[dict[str, float]] = []
+    for _ in range(repeats):
+        time.sleep(SETTLE_S)
+        with record_phases() as log:
+            run()
+        phases: dict[str, float] = {}
+        last = log[0][1]
+        for name, t in log:
+            if name != "start":
+                phases[name] = phases.get(name, 0.0) + (t - last) * 1e3
+            last = t
+        per_call.append(phases)
+    return {name: statistics.median(p[name] for p in per_call) for name in per_call[0]}
+
+
+def fixed_cost_us(repeats: int = 200) -> float:
+    """Median µs of a public forward+backward on a 1x1x1x1 input (nearly all of it per-call cost)."""
+    run = cudcn_fns(inputs(1, 1, 1), True)["f+b"]
+    run()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        run()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e6
 
 
 def first_call_ms() -> tuple[float, float]:
@@ -129,32 +210,51 @@ def first_call_ms() -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--tv-repeats", type=int, default=3)
+    parser.add_argument("--shapes", type=int, default=len(SHAPES), help="the first N shapes only")
     args = parser.parse_args()
     have_torch = all(importlib.util.find_spec(m) for m in ("torch", "torchvision"))
     first_call_ms()  # fills the Numba cache if it is cold
-    head = f"{'B,C_in,C_out,H,W':<18} {'fwd':>7} {'fwd+bwd':>8}"
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    cols = ["fwd", "f+b", "f+b nomask", "array f+b"]
     if have_torch:
-        head += f" {'tv fwd':>7} {'tv f+b':>7} {'conv fwd':>8} {'conv f+b':>8}"
-        head += f" {'tv/us fwd':>9} {'tv/us f+b':>9} {'us/conv f+b':>11}"
-    print(head)
-    for shape in SHAPES:
-        a = inputs(shape)
-        fns = cudcn_fns(a) | (torch_fns(a) if have_torch else {})
-        r = medians_ms(fns, args.repeats)
-        row = f"{','.join(map(str, shape)):<18} {r['fwd']:7.2f} {r['fwd+bwd']:8.2f}"
-        if have_torch:
-            row += (
-                f" {r['tv fwd']:7.2f} {r['tv f+b']:7.1f} {r['conv fwd']:8.2f} {r['conv f+b']:8.2f}"
-            )
-            row += f" {r['tv fwd'] / r['fwd']:9.1f} {r['tv f+b'] / r['fwd+bwd']:9.1f}"
-            row += f" {r['fwd+bwd'] / r['conv f+b']:11.2f}"
-        print(row, flush=True)
+        cols += ["conv fwd", "conv f+b", "tv fwd", "tv f+b", "tv f+b nomask"]
+        cols += ["fwd/conv", "f+b/conv", "nomask/conv", "tv/f+b"]
+    print(f"{'B,C,H=W':<18}" + "".join(f"{c:>14}" for c in cols))
+    breakdowns = {}
+    for b, c, h in SHAPES[: args.shapes]:
+        a = inputs(b, c, h)
+        masked, plain = cudcn_fns(a, True), cudcn_fns(a, False)
+        fns = {"fwd": masked["fwd"], "f+b": masked["f+b"], "f+b nomask": plain["f+b"]}
+        fns["array f+b"] = array_level(a)
+        fns |= torch_fns(a) if have_torch else {}
+        reps = {k: args.tv_repeats if k.startswith("tv f+b") else args.repeats for k in fns}
+        medians, fastest = medians_ms(fns, reps)
+        for label, r in (("", medians), (" fastest", fastest)):
+            if have_torch:
+                r["fwd/conv"] = r["fwd"] / r["conv fwd"]
+                r["f+b/conv"] = r["f+b"] / r["conv f+b"]
+                r["nomask/conv"] = r["f+b nomask"] / r["conv f+b"]
+                r["tv/f+b"] = r["tv f+b"] / r["f+b"]
+            row = f"{f'{b},{c},{h}{label}':<18}" + "".join(f"{r[c]:14.2f}" for c in cols)
+            print(row, flush=True)
+        r = medians
+        breakdowns[(b, c, h)] = phase_breakdown(a, args.repeats) | {
+            "array-level total": r["array f+b"],
+            "tape (public f+b - array-level)": r["f+b"] - r["array f+b"],
+        }
+    print("\nphases of the public fwd+bwd with mask, ms (medians):")
+    shapes = list(breakdowns)
+    print(f"{'phase':<34}" + "".join(f"{','.join(map(str, s)):>12}" for s in shapes))
+    for name in breakdowns[shapes[0]]:
+        print(f"{name:<34}" + "".join(f"{breakdowns[s].get(name, 0.0):12.2f}" for s in shapes))
+    print(f"\nfixed cost of a call (public fwd+bwd, 1x1x1x1 input): {fixed_cost_us():.0f} µs")
     imp, call = first_call_ms()
     print(
         f"fresh process (warm Numba cache): import {imp:.0f} ms, first fwd+bwd call {call:.0f} ms"
     )
-    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

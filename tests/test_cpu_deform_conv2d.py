@@ -16,6 +16,7 @@ from deform_conv2d_cases import CASES, Case, make_inputs
 from cudcn import reference
 from cudcn.backends import cpu, poisoning
 from cudcn.backends.cpu import deform_conv2d as cpu_module
+from cudcn.backends.cpu import threads
 from cudcn.testing import assert_allclose_to_reference
 
 NAMES = ("input", "offset", "weight", "bias", "mask")
@@ -156,14 +157,13 @@ def test_two_runs_are_bit_identical(dtype):
 def test_thread_count_does_not_change_bits(monkeypatch):
     """Writes are partitioned by a fixed task split, not by thread: kernels forced onto all of Numba's
     threads give the same bits as one thread."""
-    monkeypatch.setattr(cpu_module, "SERIAL_WORK", 0)
-    monkeypatch.setattr(cpu_module, "SERIAL_BELOW_THREADS", 0)
+    monkeypatch.setattr(threads, "SERIAL_WORK", 0)
     case, inputs, grad_out = determinism_inputs(np.float32)
     everyone = run_cpu(case, inputs, grad_out)
-    threads = numba.get_num_threads()
+    count = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
         alone = run_cpu(case, inputs, grad_out)
     finally:
-        numba.set_num_threads(threads)
+        numba.set_num_threads(count)
     assert_bit_identical(everyone, alone)

@@ -1,4 +1,6 @@
-"""CPU backend: Numba kernels, GEMMs through NumPy's BLAS. Deterministic (no atomics)."""
+"""CPU backend: Numba kernels, GEMMs through NumPy's BLAS. Deterministic (no atomics).
+
+Importing it selects Numba's ``workqueue`` threading layer unless one was chosen (see ``threads``)."""
 
 from cudcn.backends.cpu.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.backends.cpu.deform_psroi_pool import (

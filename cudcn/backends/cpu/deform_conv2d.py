@@ -10,15 +10,15 @@ Per batch chunk (columns bounded by ``COLUMN_BYTES``):
   ``g_weight += grad_out_g @ col_g``.
 
 Weights are used tap-major, ``(C_out, kh, kw, C_in/groups)``, to match the channels-last columns.
-Threads: the GEMMs use BLAS's own threads, the kernels Numba's; see ``_kernel_threads``.
+Threads: the GEMMs use BLAS's own threads, the kernels Numba's (``cudcn.backends.cpu.threads``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
-import numba
 import numpy as np
 
 from cudcn.backends import new_output
@@ -29,13 +29,34 @@ from cudcn.backends.cpu.deform_conv2d_kernels import (
     pad_channels_last,
     sum_channels_first,
 )
+from cudcn.backends.cpu.threads import kernel_threads
 
 Pair = tuple[int, int]
 
 COLUMN_BYTES = 256 * 2**20  # upper bound of the column buffers of one batch chunk
 BACKWARD_TASKS = 4  # the backward splits output rows into slices until it has this many tasks
-SERIAL_WORK = 1 << 16  # below this many sampled channel values, Numba kernels run on one thread
-SERIAL_BELOW_THREADS = 2  # ... and also when Numba has this many threads or fewer
+
+
+_phase_log: list[tuple[str, float]] | None = None
+
+
+def _mark(phase: str) -> None:
+    """End of ``phase``: logged with the time when ``record_phases`` is active, else nothing."""
+    if _phase_log is not None:
+        _phase_log.append((phase, time.perf_counter()))
+
+
+@contextlib.contextmanager
+def record_phases() -> Iterator[list[tuple[str, float]]]:
+    """Within the block, the CPU deform_conv2d logs ``(phase, end time)`` into the list it yields,
+    with a ``"start"`` entry at the start of each call (benchmarks/bench_deform_conv2d_cpu.py)."""
+    global _phase_log
+    log: list[tuple[str, float]] = []
+    _phase_log = log
+    try:
+        yield log
+    finally:
+        _phase_log = None
 
 
 def _runs(channels: int, groups: int, offset_groups: int) -> np.ndarray:
@@ -59,21 +80,6 @@ def _chunk(batch: int, channels: int, taps: int, positions: int, itemsize: int) 
     return max(1, min(batch, COLUMN_BYTES // max(1, positions * channels * taps * itemsize)))
 
 
-@contextlib.contextmanager
-def _kernel_threads(work: int) -> Iterator[None]:
-    """Run the Numba kernels of the block, which sample ``work`` channel values, on one thread when
-    the work is small (waking the other threads costs more than it saves) or when Numba has at most
-    ``SERIAL_BELOW_THREADS`` threads: on two cores, handing them back and forth between Numba's pool
-    and the BLAS pool of the GEMMs costs more than the kernels gain (benchmarks/RESULTS.md)."""
-    threads = numba.get_num_threads()
-    if work < SERIAL_WORK or threads <= SERIAL_BELOW_THREADS:
-        numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(threads)
-
-
 def _tap_major(weight: np.ndarray, groups: int) -> np.ndarray:
     """(C_out, C_in/groups, kh, kw) -> (groups, C_out/groups, kh·kw·C_in/groups), tap-major rows."""
     c_out, cg, kh, kw = weight.shape
@@ -86,8 +92,9 @@ def _padded(x: np.ndarray, work: int) -> np.ndarray:
     """The chunk input channels-last with a zero border: (Bc, H+2, W+2, C)."""
     bc, c, h, w = x.shape
     xpad = np.empty((bc, h + 2, w + 2, c), dtype=x.dtype)
-    with _kernel_threads(work):
-        pad_channels_last(x, xpad)
+    with kernel_threads(work) as serial:
+        pad_channels_last(x, xpad, serial)
+    _mark("copy/pad")
     return xpad
 
 
@@ -99,8 +106,9 @@ def _columns(x, offset, mask, runs, weight_shape, groups, params) -> np.ndarray:
     xpad = _padded(x, col.size)
     has_mask = mask is not None
     m = mask if has_mask else np.empty((1, 1, 1, 1), dtype=x.dtype)
-    with _kernel_threads(col.size):
-        deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col)
+    with kernel_threads(col.size) as serial:
+        deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col, serial)
+    _mark("sampling")
     return col
 
 
@@ -126,6 +134,7 @@ def deform_conv2d_forward(
 
     input (B, C_in, H, W), offset (B, 2·og·K, H_out, W_out), weight (C_out, C_in/groups, kh, kw),
     bias (C_out,) or None, mask (B, og·K, H_out, W_out) or None -> (B, C_out, H_out, W_out)."""
+    _mark("start")
     b, c = input.shape[:2]
     c_out, _, kh, kw = weight.shape
     ho, wo = offset.shape[2:]
@@ -144,9 +153,11 @@ def deform_conv2d_forward(
         rows = np.empty((col.shape[1], c_out), dtype=input.dtype)
         for g in range(groups):
             np.matmul(col_mat[g], w_mat[g].T, out=rows[:, g * og_out : (g + 1) * og_out])
-        with _kernel_threads(col.size):
+        _mark("GEMM output")
+        with kernel_threads(col.size) as serial:
             chunk = out[b0:b1].reshape(b1 - b0, c_out, ho * wo)
-            channels_first(rows, bias_arr, bias is not None, chunk)
+            channels_first(rows, bias_arr, bias is not None, chunk, serial)
+        _mark("transpose+bias")
     return out
 
 
@@ -166,6 +177,7 @@ def deform_conv2d_backward(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients ``(g_input, g_offset, g_weight, g_bias, g_mask)`` on the CPU, shaped like their
     arguments (``g_bias``/``g_mask`` None when bias/mask are None); semantics as ``cudcn.reference``."""
+    _mark("start")
     b, c = input.shape[:2]
     c_out, cg, kh, kw = weight.shape
     ho, wo = offset.shape[2:]
@@ -196,6 +208,7 @@ def deform_conv2d_backward(
     g_weight = g_w.reshape(groups, c_out // groups, kh * kw, cg).transpose(0, 1, 3, 2)
     g_weight = np.ascontiguousarray(g_weight).reshape(c_out, cg, kh, kw)
     g_bias = None if bias is None else grad_out.sum(axis=(0, 2, 3), dtype=dtype)
+    _mark("weight/bias reduction")
     return grads[0], grads[1], g_weight, g_bias, grads[2]
 
 
@@ -233,6 +246,7 @@ def _backward_chunk(
     for g in range(groups):
         go_g = go[g * og_out : (g + 1) * og_out]
         np.matmul(go_g.T, w_mat[g], out=gcol[g].reshape(gcol.shape[1], -1))
+    _mark("GEMM column gradient")
     xpad = _padded(input, gcol.size)
     col = np.empty_like(gcol)
     slices = max(1, min(ho, -(-BACKWARD_TASKS // (bc * len(runs)))))
@@ -242,18 +256,21 @@ def _backward_chunk(
     if mask is not None:
         g_m = g_mask[None] if parts == 1 else np.zeros((parts, *mask.shape), input.dtype)
     m = np.empty((1, 1, 1, 1), dtype=input.dtype) if mask is None else mask
-    with _kernel_threads(col.size):
-        deform_conv2d_col2im(
-            xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off, g_m
-        )
-        sum_channels_first(gin, g_input)
+    with kernel_threads(col.size) as serial:
+        args = (xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off)
+        deform_conv2d_col2im(*args, g_m, serial)
+        _mark("backward kernel")
+        sum_channels_first(gin, g_input, serial)
+        _mark("input-gradient reduction")
     for g in range(groups):
         go_g = go[g * og_out : (g + 1) * og_out]
         gw = np.empty_like(g_w[g]) if accumulate else g_w[g]
         np.matmul(go_g, col[g].reshape(col.shape[1], -1), out=gw)
         if accumulate:
             g_w[g] += gw
+    _mark("GEMM weight gradient")
     if parts > 1:
         g_off.sum(axis=0, out=g_offset)
         if mask is not None:
             g_m.sum(axis=0, out=g_mask)
+        _mark("offset/mask reduction")

@@ -18,15 +18,22 @@ Shared helpers carry the names of the CUDA kernels' ``__device__`` functions: ``
 over channels are unsigned (no negative-index wraparound checks), which lets LLVM vectorise those
 loops; hot loops index the arrays directly (array views cost reference counting); float32 data stays
 float32 (constants are built with the array dtype's own type).
+
+No fast-math flags: with ``reassoc``/``contract`` the rounding depends on how LLVM optimised the code,
+and Numba optimises a callee (such as the parallel loop body) once on its own and again inside the
+caller whose object code goes to the cache; a process that compiled the kernels runs the first copy,
+a process that loaded them the second, so the two gave different bits. The channel sums of the
+backward are instead pairwise in an order fixed by the channel count (``channel_sums``).
+
+Each parallel kernel runs a per-task body (``_im2col_row``, ``_col2im_task``, ...) under ``prange``,
+or under a plain loop when its ``serial`` argument says the work is too small to wake Numba's pool
+(``cudcn.backends.cpu.threads``). Tasks depend on the shape only, never on the thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
-
-# Reassociation lets the channel reductions vectorise; no "nnan"/"ninf", so NaN range checks still hold.
-FASTMATH = {"reassoc", "contract", "nsz"}
 
 
 @njit(cache=True)
@@ -47,7 +54,7 @@ def bilinear_weights(y, x):
     return np.uint64(np.int64(fy) + 1), np.uint64(np.int64(fx) + 1), y - fy, x - fx
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True)
 def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
     """``col[g, pos, k, d0 + t] = scale · bilinear(xpad[b], channel c0 + t)`` for ``t < n``."""
     one = xpad.dtype.type(1)
@@ -67,14 +74,14 @@ def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
         )
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g, pos, k, d0):
+@njit(cache=True)
+def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g, pos, k, d0, acc):
     """Backward of ``bilinear_sample`` for the channels ``c0 .. c0 + n`` with column gradient
     ``gcol[g, pos, k, d0 + t]``: adds ``scale · gcol · weight`` to the four neighbours in
     ``gin[s, b]`` and returns ``(Σ gcol·value, Σ gcol·∂value/∂y, Σ gcol·∂value/∂x)`` (unscaled).
-    On the way it does ``bilinear_sample``'s job too, writing ``col[g, pos, k, d0 + t]``."""
+    On the way it does ``bilinear_sample``'s job too, writing ``col[g, pos, k, d0 + t]``.
+    ``acc`` (3, >= n) is scratch for the three channel sums (see ``channel_sums``)."""
     one = xpad.dtype.type(1)
-    acc_v = acc_y = acc_x = xpad.dtype.type(0)
     hy = one - ly
     hx = one - lx
     for t in range(n):
@@ -86,10 +93,10 @@ def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g,
         a11 = xpad[b, r + 1, q + 1, c]
         value = hy * (hx * a00 + lx * a01) + ly * (hx * a10 + lx * a11)
         col[g, pos, k, d0 + t] = scale * value
-        acc_v += v * value
-        acc_y += v * (hx * (a10 - a00) + lx * (a11 - a01))
-        acc_x += v * (hy * (a01 - a00) + ly * (a11 - a10))
-    # A separate loop: with the reductions in it, LLVM would not vectorise the four scatters (the four
+        acc[0, t] = v * value
+        acc[1, t] = v * (hx * (a10 - a00) + lx * (a11 - a01))
+        acc[2, t] = v * (hy * (a01 - a00) + ly * (a11 - a10))
+    # A separate loop: with the products in it, LLVM would not vectorise the four scatters (the four
     # neighbours are C channels apart, so no two of them meet within one run of at most C channels).
     w00 = scale * hy * hx
     w01 = scale * hy * lx
@@ -101,7 +108,30 @@ def bilinear_backward(xpad, gin, s, b, r, q, ly, lx, scale, c0, n, gcol, col, g,
         gin[s, b, r, q + 1, c0 + t] += w01 * v
         gin[s, b, r + 1, q, c0 + t] += w10 * v
         gin[s, b, r + 1, q + 1, c0 + t] += w11 * v
-    return acc_v, acc_y, acc_x
+    return channel_sums(acc, n)
+
+
+@njit(cache=True)
+def channel_sums(acc, n):
+    """``(Σ_t acc[0, t], Σ_t acc[1, t], Σ_t acc[2, t])`` over ``t < n``, summed pairwise in an order
+    fixed by n alone: each pass adds the top half of the remaining terms onto the bottom half (a loop
+    of independent additions, which LLVM vectorises without being allowed to reorder anything).
+    Destroys ``acc``."""
+    m = np.uint64(n)
+    while m > 8:
+        half = m // np.uint64(2)
+        top = m - half
+        for row in range(3):
+            for t in range(half):
+                acc[row, t] += acc[row, top + t]
+        m = top
+    zero = acc.dtype.type(0)
+    sv = sy = sx = zero
+    for t in range(m):
+        sv += acc[0, t]
+        sy += acc[1, t]
+        sx += acc[2, t]
+    return sv, sy, sx
 
 
 @njit(cache=True)
@@ -124,42 +154,113 @@ def _unsigned_run(runs, index, c_per_group):
     return np.uint64(g), np.uint64(c0), np.uint64(c1 - c0), np.uint64(c0 - g * c_per_group)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
-def deform_conv2d_im2col(
-    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col
-):
-    """Modulated columns ``col[g, n, k, c - g·C_in/groups]`` for every output position n of the chunk.
-
-    xpad (Bc, H+2, W+2, C); offset (Bc, 2·og·K, H_out, W_out); mask (Bc, og·K, H_out, W_out) when
-    ``has_mask`` (else any 4-d array); runs (R, 5) int64; kernel/stride/padding/dilation (h, w) ints."""
+@njit(cache=True)
+def _im2col_row(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row):
+    """Columns of output row ``row = b·H_out + oy`` (see ``deform_conv2d_im2col``)."""
     t = xpad.dtype.type
     height = t(xpad.shape[1] - 2)
     width = t(xpad.shape[2] - 2)
     out_h, out_w = offset.shape[2], offset.shape[3]
     kh, kw = kernel
-    for row in prange(xpad.shape[0] * out_h):
-        b = row // out_h
-        oy = row - b * out_h
+    b = row // out_h
+    oy = row - b * out_h
+    for ox in range(out_w):
+        pos = np.uint64(row * out_w + ox)
+        for index in range(runs.shape[0]):
+            og = runs[index, 0]
+            g, c0, n, d0 = _unsigned_run(runs, index, col.shape[3])
+            for i in range(kh):
+                for j in range(kw):
+                    k, _, y, x = sampling_point(
+                        offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
+                    )
+                    if sample_in_range(y, x, height, width):
+                        m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
+                        r, q, ly, lx = bilinear_weights(y, x)
+                        bilinear_sample(xpad, b, r, q, ly, lx, m, c0, n, col, g, pos, k, d0)
+                    else:
+                        for c in range(n):
+                            col[g, pos, k, d0 + c] = 0
+
+
+@njit(cache=True, parallel=True)
+def deform_conv2d_im2col(
+    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, serial
+):
+    """Modulated columns ``col[g, n, k, c - g·C_in/groups]`` for every output position n of the chunk.
+
+    xpad (Bc, H+2, W+2, C); offset (Bc, 2·og·K, H_out, W_out); mask (Bc, og·K, H_out, W_out) when
+    ``has_mask`` (else any 4-d array); runs (R, 5) int64; kernel/stride/padding/dilation (h, w) ints.
+    One task per output row; on the calling thread alone when ``serial`` (as every kernel here)."""
+    if serial:
+        for row in range(xpad.shape[0] * offset.shape[2]):
+            _im2col_row(
+                xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row
+            )
+    else:
+        for row in prange(xpad.shape[0] * offset.shape[2]):
+            _im2col_row(
+                xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row
+            )
+
+
+@njit(cache=True)
+def _col2im_task(
+    xpad,
+    offset,
+    mask,
+    has_mask,
+    runs,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    gcol,
+    col,
+    gin,
+    g_off,
+    g_mask,
+    task,
+):
+    """Task ``task = (b·runs + run)·slices + s`` of ``deform_conv2d_col2im``."""
+    t = xpad.dtype.type
+    height = t(xpad.shape[1] - 2)
+    width = t(xpad.shape[2] - 2)
+    out_h, out_w = offset.shape[2], offset.shape[3]
+    kh, kw = kernel
+    slices = gin.shape[0]
+    nruns = runs.shape[0]
+    s = task % slices
+    index = (task // slices) % nruns
+    b = task // (slices * nruns)
+    og, part = runs[index, 0], runs[index, 4]
+    g, c0, n, d0 = _unsigned_run(runs, index, gcol.shape[3])
+    acc = np.empty((3, gcol.shape[3]), dtype=xpad.dtype)
+    for oy in range(s * out_h // slices, (s + 1) * out_h // slices):
         for ox in range(out_w):
-            pos = np.uint64(row * out_w + ox)
-            for index in range(runs.shape[0]):
-                og = runs[index, 0]
-                g, c0, n, d0 = _unsigned_run(runs, index, col.shape[3])
-                for i in range(kh):
-                    for j in range(kw):
-                        k, _, y, x = sampling_point(
-                            offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
+            pos = np.uint64((b * out_h + oy) * out_w + ox)
+            for i in range(kh):
+                for j in range(kw):
+                    k, ch, y, x = sampling_point(
+                        offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
+                    )
+                    m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
+                    gv = gy = gx = t(0)
+                    if sample_in_range(y, x, height, width):
+                        r, q, ly, lx = bilinear_weights(y, x)
+                        gv, gy, gx = bilinear_backward(
+                            xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0, acc
                         )
-                        if sample_in_range(y, x, height, width):
-                            m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
-                            r, q, ly, lx = bilinear_weights(y, x)
-                            bilinear_sample(xpad, b, r, q, ly, lx, m, c0, n, col, g, pos, k, d0)
-                        else:
-                            for c in range(n):
-                                col[g, pos, k, d0 + c] = 0
+                    else:
+                        for c in range(n):
+                            col[g, pos, k, d0 + c] = 0
+                    g_off[part, b, ch, oy, ox] = gy * m
+                    g_off[part, b, ch + 1, oy, ox] = gx * m
+                    if has_mask:
+                        g_mask[part, b, og * kh * kw + k, oy, ox] = gv
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(cache=True, parallel=True)
 def deform_conv2d_col2im(
     xpad,
     offset,
@@ -175,6 +276,7 @@ def deform_conv2d_col2im(
     gin,
     g_off,
     g_mask,
+    serial,
 ):
     """Fused backward of ``deform_conv2d_im2col`` given the column gradient ``gcol``; it also writes
     the columns themselves into ``col`` (same shape), for the weight gradient.
@@ -182,90 +284,125 @@ def deform_conv2d_col2im(
     Scatters into ``gin`` (slices, Bc, H+2, W+2, C), zero on entry: slice s takes output rows
     ``[s·H_out/slices, (s+1)·H_out/slices)``. Writes ``g_off[part]`` (parts, Bc, 2·og·K, H_out, W_out)
     and, when ``has_mask``, ``g_mask[part]`` (parts, Bc, og·K, H_out, W_out) for every element its
-    runs cover."""
-    t = xpad.dtype.type
-    height = t(xpad.shape[1] - 2)
-    width = t(xpad.shape[2] - 2)
-    out_h, out_w = offset.shape[2], offset.shape[3]
-    kh, kw = kernel
-    slices = gin.shape[0]
-    nruns = runs.shape[0]
-    for task in prange(xpad.shape[0] * nruns * slices):
-        s = task % slices
-        index = (task // slices) % nruns
-        b = task // (slices * nruns)
-        og, part = runs[index, 0], runs[index, 4]
-        g, c0, n, d0 = _unsigned_run(runs, index, gcol.shape[3])
-        for oy in range(s * out_h // slices, (s + 1) * out_h // slices):
-            for ox in range(out_w):
-                pos = np.uint64((b * out_h + oy) * out_w + ox)
-                for i in range(kh):
-                    for j in range(kw):
-                        k, ch, y, x = sampling_point(
-                            offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
-                        )
-                        m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
-                        gv = gy = gx = t(0)
-                        if sample_in_range(y, x, height, width):
-                            r, q, ly, lx = bilinear_weights(y, x)
-                            gv, gy, gx = bilinear_backward(
-                                xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0
-                            )
-                        else:
-                            for c in range(n):
-                                col[g, pos, k, d0 + c] = 0
-                        g_off[part, b, ch, oy, ox] = gy * m
-                        g_off[part, b, ch + 1, oy, ox] = gx * m
-                        if has_mask:
-                            g_mask[part, b, og * kh * kw + k, oy, ox] = gv
+    runs cover. One task per (batch item, run, slice)."""
+    tasks = xpad.shape[0] * runs.shape[0] * gin.shape[0]
+    if serial:
+        for task in range(tasks):
+            _col2im_task(
+                xpad,
+                offset,
+                mask,
+                has_mask,
+                runs,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                gcol,
+                col,
+                gin,
+                g_off,
+                g_mask,
+                task,
+            )
+    else:
+        for task in prange(tasks):
+            _col2im_task(
+                xpad,
+                offset,
+                mask,
+                has_mask,
+                runs,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                gcol,
+                col,
+                gin,
+                g_off,
+                g_mask,
+                task,
+            )
 
 
-@njit(cache=True, parallel=True)
-def pad_channels_last(x, xpad):
-    """``xpad[b, h+1, w+1, c] = x[b, c, h, w]`` with a zero border; x (B, C, H, W)."""
-    batch, channels, height, width = x.shape
+@njit(cache=True)
+def _pad_row(x, xpad, row):
+    """Row ``row = b·(H+2) + h`` of ``pad_channels_last``."""
+    height, width = x.shape[2], x.shape[3]
     zero = x.dtype.type(0)
-    for row in prange(batch * (height + 2)):
-        b = row // (height + 2)
-        h = row - b * (height + 2)
-        if h == 0 or h == height + 1:
-            xpad[b, h] = zero
-            continue
-        xpad[b, h, 0] = zero
-        xpad[b, h, width + 1] = zero
-        for c in range(channels):
-            for w in range(width):
-                xpad[b, h, w + 1, c] = x[b, c, h - 1, w]
+    b = row // (height + 2)
+    h = row - b * (height + 2)
+    if h == 0 or h == height + 1:
+        xpad[b, h] = zero
+        return
+    xpad[b, h, 0] = zero
+    xpad[b, h, width + 1] = zero
+    for c in range(x.shape[1]):
+        for w in range(width):
+            xpad[b, h, w + 1, c] = x[b, c, h - 1, w]
 
 
 @njit(cache=True, parallel=True)
-def channels_first(rows, bias, has_bias, out):
+def pad_channels_last(x, xpad, serial):
+    """``xpad[b, h+1, w+1, c] = x[b, c, h, w]`` with a zero border; x (B, C, H, W)."""
+    if serial:
+        for row in range(x.shape[0] * (x.shape[2] + 2)):
+            _pad_row(x, xpad, row)
+    else:
+        for row in prange(x.shape[0] * (x.shape[2] + 2)):
+            _pad_row(x, xpad, row)
+
+
+@njit(cache=True)
+def _channels_first_tile(rows, bias, has_bias, out, tile):
+    """Tile ``tile = b·tiles + i`` (positions ``64·i ..``) of ``channels_first``."""
+    c_out, npos = out.shape[1], out.shape[2]
+    tiles = (npos + 63) // 64
+    zero = rows.dtype.type(0)
+    b = tile // tiles
+    p0 = (tile - b * tiles) * 64
+    p1 = min(p0 + 64, npos)
+    for o in range(c_out):
+        add = bias[o] if has_bias else zero
+        for p in range(p0, p1):
+            out[b, o, p] = rows[b * npos + p, o] + add
+
+
+@njit(cache=True, parallel=True)
+def channels_first(rows, bias, has_bias, out, serial):
     """``out[b, o, p] = rows[b·P + p, o] (+ bias[o])``: GEMM rows (B·P, C_out) to (B, C_out, P).
 
     Tiles of 64 positions keep the rows being transposed in L1."""
-    batch, c_out, npos = out.shape
-    tiles = (npos + 63) // 64
-    zero = rows.dtype.type(0)
-    for tile in prange(batch * tiles):
-        b = tile // tiles
-        p0 = (tile - b * tiles) * 64
-        p1 = min(p0 + 64, npos)
-        for o in range(c_out):
-            add = bias[o] if has_bias else zero
-            for p in range(p0, p1):
-                out[b, o, p] = rows[b * npos + p, o] + add
+    tiles = out.shape[0] * ((out.shape[2] + 63) // 64)
+    if serial:
+        for tile in range(tiles):
+            _channels_first_tile(rows, bias, has_bias, out, tile)
+    else:
+        for tile in prange(tiles):
+            _channels_first_tile(rows, bias, has_bias, out, tile)
+
+
+@njit(cache=True)
+def _sum_row(gin, out, row):
+    """Row ``row = b·H + h`` of ``sum_channels_first``."""
+    height, width = out.shape[2], out.shape[3]
+    b = row // height
+    h = row - b * height
+    for c in range(out.shape[1]):
+        for w in range(width):
+            acc = gin[0, b, h + 1, w + 1, c]
+            for s in range(1, gin.shape[0]):
+                acc += gin[s, b, h + 1, w + 1, c]
+            out[b, c, h, w] = acc
 
 
 @njit(cache=True, parallel=True)
-def sum_channels_first(gin, out):
+def sum_channels_first(gin, out, serial):
     """``out[b, c, h, w] = Σ_s gin[s, b, h+1, w+1, c]``, summed in slice order; out (B, C, H, W)."""
-    batch, channels, height, width = out.shape
-    for row in prange(batch * height):
-        b = row // height
-        h = row - b * height
-        for c in range(channels):
-            for w in range(width):
-                acc = gin[0, b, h + 1, w + 1, c]
-                for s in range(1, gin.shape[0]):
-                    acc += gin[s, b, h + 1, w + 1, c]
-                out[b, c, h, w] = acc
+    if serial:
+        for row in range(out.shape[0] * out.shape[2]):
+            _sum_row(gin, out, row)
+    else:
+        for row in prange(out.shape[0] * out.shape[2]):
+            _sum_row(gin, out, row)

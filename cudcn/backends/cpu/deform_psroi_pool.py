@@ -23,6 +23,7 @@ import numpy as np
 
 from cudcn.backends import new_output
 from cudcn.backends.cpu.deform_roi_pool import add_tap
+from cudcn.backends.cpu.threads import kernel_threads
 
 
 @numba.njit(cache=True, nogil=True)
@@ -238,7 +239,8 @@ def deform_psroi_pool_forward(
         input, spatial_scale, group_size, pooled_size, part_size, sample_per_part, trans_std
     )
     out = new_output(np, (rois.shape[0], output_dim, pooled_size, pooled_size), input.dtype)
-    deform_psroi_pool_forward_kernel(input, rois, trans, out, geometry)
+    with kernel_threads():
+        deform_psroi_pool_forward_kernel(input, rois, trans, out, geometry)
     return out
 
 
@@ -263,9 +265,11 @@ def deform_psroi_pool_backward(
     )
     grad_input = np.zeros_like(input)
     n_blocks = min(numba.get_num_threads(), output_dim)
-    deform_psroi_pool_grad_input_kernel(grad_out, rois, trans64, grad_input, geometry, n_blocks)
+    with kernel_threads():
+        deform_psroi_pool_grad_input_kernel(grad_out, rois, trans64, grad_input, geometry, n_blocks)
     if trans is None:
         return grad_input, None
     grad_trans = new_output(np, trans.shape, np.float64)
-    deform_psroi_pool_grad_trans_kernel(grad_out, input, rois, trans64, grad_trans, geometry)
+    with kernel_threads():
+        deform_psroi_pool_grad_trans_kernel(grad_out, input, rois, trans64, grad_trans, geometry)
     return grad_input, grad_trans.astype(trans.dtype)

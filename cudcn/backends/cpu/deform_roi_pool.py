@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from cudcn.backends import new_output
+from cudcn.backends.cpu.threads import kernel_threads
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,7 +163,7 @@ def roi_align_bin_taps(rois, offset, r, geometry, like):
     return b, roi_h, roi_w, count, bin_end, pixel, weight, weight_dx, weight_dy
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@numba.njit(cache=True, nogil=True)
 def _accumulate(acc, rows, pixel, weight, begin, end):
     """``acc[c] += weight[e] * rows[pixel[e], c]`` for the entries begin:end; rows: one
     channels-last image (H * W, C). Vectorised over c."""
@@ -173,7 +174,7 @@ def _accumulate(acc, rows, pixel, weight, begin, end):
             acc[c] += w * rows[p, c]
 
 
-@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+@numba.njit(cache=True, nogil=True)
 def _accumulate_xy(acc_x, acc_y, rows, pixel, weight_x, weight_y, begin, end):
     """``_accumulate`` of two weight sets in one pass over the rows."""
     for e in range(begin, end):
@@ -203,7 +204,7 @@ def deform_roi_pool_forward_kernel(input_cl, rois, offset, out, geometry):
             begin = bin_end[k]
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
+@numba.njit(parallel=True, cache=True)
 def deform_roi_pool_grad_input_kernel(grad_out, rois, offset, grad_cl, geometry, n_blocks):
     """grad_cl (B, H * W, C), zeroed, += the transposed forward; parallel over channel blocks, each
     visiting RoIs, bins and pixels in order (the same order for every block count)."""
@@ -316,7 +317,8 @@ def deform_roi_pool_forward(
     rois, offset = _geometry_inputs(rois, offset, pooled_h, pooled_w)
     geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
     out = new_output(np, (rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
-    deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
+    with kernel_threads():
+        deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
     return out
 
 
@@ -339,13 +341,15 @@ def deform_roi_pool_backward(
     batch, channels, height, width = input.shape
     grad_cl = np.zeros((batch, height * width, channels), input.dtype)
     n_blocks = min(numba.get_num_threads(), channels)
-    deform_roi_pool_grad_input_kernel(grad_out, rois, offset64, grad_cl, geometry, n_blocks)
     grad_input = new_output(np, input.shape, input.dtype)
-    from_channels_last(grad_cl, grad_input)
+    with kernel_threads():
+        deform_roi_pool_grad_input_kernel(grad_out, rois, offset64, grad_cl, geometry, n_blocks)
+        from_channels_last(grad_cl, grad_input)
     if offset is None:
         return grad_input, None
     grad_offset = new_output(np, offset.shape, np.float64)
-    deform_roi_pool_grad_offset_kernel(
-        grad_out, to_channels_last(input), rois, offset64, grad_offset, geometry
-    )
+    with kernel_threads():
+        deform_roi_pool_grad_offset_kernel(
+            grad_out, to_channels_last(input), rois, offset64, grad_offset, geometry
+        )
     return grad_input, grad_offset.astype(offset.dtype)
