@@ -19,13 +19,22 @@ come from the optimiser's defaults::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cudcn.autograd import Tensor, enable_grad
 from cudcn.backends import array_module
 
-__all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "CosineAnnealingLR",
+    "LRScheduler",
+    "OneCycleLR",
+    "Optimizer",
+    "StepLR",
+]
 
 
 class Optimizer:
@@ -329,3 +338,120 @@ class CosineAnnealingLR(LRScheduler):
     def lr_at(self, base_lr: float, epoch: int) -> float:
         cos = math.cos(math.pi * epoch / self.T_max)
         return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
+
+
+class OneCycleLR(LRScheduler):
+    """The one-cycle policy (Smith & Topin), ``torch.optim.lr_scheduler.OneCycleLR``'s rule, stepped
+    once per batch. The rate rises from ``max_lr / div_factor`` to ``max_lr`` over the first
+    ``pct_start * total_steps - 1`` steps, then falls to ``max_lr / div_factor / final_div_factor`` at
+    step ``total_steps - 1`` (``three_phase``: back to the initial rate at ``2 * pct_start *
+    total_steps - 2``, then down to the minimum). Each phase interpolates with
+    ``end + (start - end) * (1 + cos(pi * pct)) / 2`` (``anneal_strategy="cos"``) or linearly, ``pct``
+    the fraction of the phase done. With ``cycle_momentum`` the momentum (SGD's ``momentum``, Adam's
+    ``beta1``) moves the opposite way between ``max_momentum`` and ``base_momentum``.
+
+    Args:
+        optimizer: the optimiser; its groups' own ``lr`` are replaced.
+        max_lr: the peak rate, one float or one per group.
+        total_steps: the number of steps (or give ``epochs`` and ``steps_per_epoch``).
+        pct_start: the fraction of the cycle spent rising (0 < pct_start < 1).
+        div_factor, final_div_factor: initial rate ``max_lr / div_factor``, final
+            ``initial / final_div_factor``.
+
+    Stepping more than ``total_steps`` times raises ``ValueError``, as in PyTorch.
+    """
+
+    def __init__(
+        self, optimizer: Optimizer, max_lr: float | Sequence[float], total_steps: int | None = None,
+        epochs: int | None = None, steps_per_epoch: int | None = None, pct_start: float = 0.3,
+        anneal_strategy: str = "cos", cycle_momentum: bool = True, base_momentum: float = 0.85,
+        max_momentum: float = 0.95, div_factor: float = 25.0, final_div_factor: float = 1e4,
+        three_phase: bool = False,
+    ) -> None:  # fmt: skip
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a cudcn.optim.Optimizer, got {optimizer!r}")
+        if total_steps is None:
+            if epochs is None or steps_per_epoch is None:
+                raise ValueError("give total_steps, or both epochs and steps_per_epoch")
+            total_steps = _positive_int("epochs", epochs) * _positive_int(
+                "steps_per_epoch", steps_per_epoch
+            )
+        self.total_steps = _positive_int("total_steps", total_steps)
+        if not 0 < pct_start < 1:
+            raise ValueError(f"pct_start must lie in (0, 1), got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        if not (div_factor > 0 and final_div_factor > 0):
+            raise ValueError(
+                f"div_factor and final_div_factor must be > 0, got {div_factor}, {final_div_factor}"
+            )
+        groups = optimizer.param_groups
+        max_lrs = list(max_lr) if isinstance(max_lr, Sequence) else [max_lr] * len(groups)
+        if len(max_lrs) != len(groups):
+            raise ValueError(f"max_lr has {len(max_lrs)} values for {len(groups)} groups")
+        self.anneal_strategy = anneal_strategy
+        rise = float(pct_start * self.total_steps) - 1
+        ends = (
+            [rise, 2 * rise, self.total_steps - 1] if three_phase else [rise, self.total_steps - 1]
+        )
+        # (end step, which rate it starts from, which it ends at); momentum runs the other way
+        names = ["initial", "max", "initial", "min"] if three_phase else ["initial", "max", "min"]
+        self.phases = list(zip(ends, names[:-1], names[1:], strict=True))
+        momentum_key = "betas" if groups and "betas" in groups[0] else "momentum"
+        if cycle_momentum and momentum_key not in groups[0]:
+            raise ValueError("cycle_momentum needs an optimiser with momentum or betas")
+        self.cycle_momentum, self.momentum_key = cycle_momentum, momentum_key
+        for group, peak in zip(groups, max_lrs, strict=True):
+            initial = peak / div_factor
+            group.update(initial_lr=initial, max_lr=peak, min_lr=initial / final_div_factor)
+            if cycle_momentum:
+                group.update(base_momentum=base_momentum, max_momentum=max_momentum)
+        self.optimizer = optimizer
+        self.base_lrs = [g["initial_lr"] for g in groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def _anneal(self, start: float, end: float, pct: float) -> float:
+        if self.anneal_strategy == "linear":
+            return start + (end - start) * pct
+        return end + (start - end) * (1 + math.cos(math.pi * pct)) / 2
+
+    def _at(self, values: dict[str, float], step: int) -> float:
+        start_step = 0.0
+        for i, (end_step, start, end) in enumerate(self.phases):
+            if step <= end_step or i == len(self.phases) - 1:
+                pct = (step - start_step) / (end_step - start_step)
+                return self._anneal(values[start], values[end], pct)
+            start_step = end_step
+        raise AssertionError("unreachable")
+
+    def _apply(self) -> None:
+        step = self.last_epoch
+        if step > self.total_steps:
+            raise ValueError(
+                f"tried to step {step} times; the schedule has total_steps = {self.total_steps}"
+            )
+        for group in self.optimizer.param_groups:
+            rates = {"initial": group["initial_lr"], "max": group["max_lr"], "min": group["min_lr"]}
+            group["lr"] = self._at(rates, step)
+            if self.cycle_momentum:
+                low, high = group["base_momentum"], group["max_momentum"]
+                m = self._at({"initial": high, "max": low, "min": high}, step)
+                if self.momentum_key == "betas":
+                    group["betas"] = (m, group["betas"][1])
+                else:
+                    group["momentum"] = m
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"last_epoch": ...}`` (the rates live in the optimiser's groups)."""
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self._apply()
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
