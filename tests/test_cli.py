@@ -31,7 +31,8 @@ def test_help(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: cudcn")
-    for flag in {"demo": ("--quick", "--seeds", "--epochs", "--out"), "check": ("--backend",),
+    for flag in {"demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,roi}"),
+                 "check": ("--backend",),
                  "bench": ("--quick",)}.get(command[0] if command else "", ()):  # fmt: skip
         assert flag in out
 
@@ -44,6 +45,8 @@ def test_help(command, capsys):
         (["demo", "--bogus"], "cudcn demo: unrecognized arguments: --bogus"),
         (["demo", "--seeds", "0"], "expected a positive integer, got '0'"),
         (["demo", "--epochs", "two"], "expected a positive integer, got 'two'"),
+        (["demo", "detect"], "invalid choice: 'detect'"),
+        (["demo", "roi", "--epochs", "2"], "--epochs applies to the conv demo, not to roi"),
         (["check", "--backend", "gpu"], "invalid choice: 'gpu'"),
         (["bench", "--repeats", "3"], "cudcn bench: unrecognized arguments: --repeats 3"),
     ],
