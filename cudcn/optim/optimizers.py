@@ -1,0 +1,241 @@
+"""Optimisers with PyTorch's update rules: SGD, Adam, AdamW (see :mod:`cudcn.optim`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cudcn.autograd import Tensor, enable_grad
+from cudcn.backends import array_module
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+
+
+class Optimizer:
+    """Base class: parameter groups, per-parameter state, ``zero_grad`` and ``state_dict``.
+
+    Args:
+        params: an iterable of Tensors, or of dicts ``{"params": [...], <hyperparameter>: value}``.
+        defaults: the hyperparameters a group takes when it does not set them.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}  # keyed by id(parameter)
+        params = list(params)
+        if not params:
+            raise ValueError("params must hold at least one parameter, got an empty list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, group: dict[str, Any]) -> None:
+        """Add a group ``{"params": [...], ...}``; unset hyperparameters come from the defaults."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"a parameter group must be a dict with a 'params' key, got {group!r}")
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params[{i}] must be a cudcn.Tensor, got {type(p).__name__}")
+            if id(p) in seen:
+                raise ValueError(f"params[{i}] appears in more than one parameter group")
+            seen.add(id(p))
+        unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(
+                f"unknown hyperparameters {sorted(unknown)} in a parameter group; "
+                f"{type(self).__name__} takes {sorted(self.defaults)}"
+            )
+        full = {**self.defaults, **group, "params": params}
+        self._check_group(full)
+        self.param_groups.append(full)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Validate a group's hyperparameters (overridden by each optimiser)."""
+        if not group["lr"] >= 0:
+            raise ValueError(f"lr must be >= 0, got {group['lr']}")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients of all parameters: to ``None`` (default) or to zeros."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter that has a gradient; returns ``closure()`` when one is given
+        (the closure re-evaluates the loss and calls ``backward``)."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
+        return loss
+
+    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}`` as in PyTorch;
+        parameters are numbered in group order. The state's arrays are not copied."""
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            ids = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": ids})
+        state = {index[key]: dict(s) for key, s in self.state.items() if key in index and s}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore hyperparameters and state saved by :meth:`state_dict` from an optimiser with the
+        same group sizes; state arrays are copied into each parameter's array library."""
+        groups = state_dict["param_groups"]
+        sizes = [len(g["params"]) for g in self.param_groups]
+        saved = [len(g["params"]) for g in groups]
+        if sizes != saved:
+            raise ValueError(f"state_dict has group sizes {saved}, this optimiser has {sizes}")
+        by_index = {}
+        for group, saved_group in zip(self.param_groups, groups, strict=True):
+            for p, i in zip(group["params"], saved_group["params"], strict=True):
+                by_index[i] = p
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
+        self.state = {}
+        for i, s in state_dict["state"].items():
+            p = by_index[int(i)]
+            xp = array_module(p.data)
+            self.state[id(p)] = {
+                k: xp.array(v, copy=True) if hasattr(v, "shape") else v for k, v in s.items()
+            }
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with PyTorch's rule (``g`` the gradient, ``b`` the momentum buffer)::
+
+    g = g + weight_decay * p
+    b = g (first step), else momentum * b + (1 - dampening) * g      (when momentum != 0)
+    g = g + momentum * b if nesterov else b                           (when momentum != 0)
+    p = p - lr * g
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        if not group["momentum"] >= 0:
+            raise ValueError(f"momentum must be >= 0, got {group['momentum']}")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "nesterov=True needs momentum > 0 and dampening = 0, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}"
+            )
+
+    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        if group["weight_decay"]:
+            grad = grad + group["weight_decay"] * p.data
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = grad.copy()
+            else:
+                buf *= momentum
+                buf += (1 - group["dampening"]) * grad
+            grad = grad + momentum * buf if group["nesterov"] else buf
+        p.data -= group["lr"] * grad
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with PyTorch's rule, bias-corrected; weight decay is added to the gradient
+    (L2), as ``torch.optim.Adam`` does. At step t::
+
+        g = g + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g²
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    """
+
+    decoupled = False
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        )
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        super()._check_group(group)
+        beta1, beta2 = group["betas"]
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {group['betas']}")
+        if not group["eps"] >= 0:
+            raise ValueError(f"eps must be >= 0, got {group['eps']}")
+        if not group["weight_decay"] >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
+
+    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        xp = array_module(p.data)
+        lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+        state["step"] += 1
+        t = state["step"]
+        if decay and self.decoupled:
+            p.data *= 1 - lr * decay
+        elif decay:
+            grad = grad + decay * p.data
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= beta1
+        m += (1 - beta1) * grad
+        v *= beta2
+        v += (1 - beta2) * grad * grad
+        denom = xp.sqrt(v) / math.sqrt(1 - beta2**t) + group["eps"]
+        p.data -= (lr / (1 - beta1**t)) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's rule: first
+    ``p = p * (1 - lr * weight_decay)``, then the Adam step without decay in the gradient.
+    The default ``weight_decay`` is 0.01, as in ``torch.optim.AdamW``."""
+
+    decoupled = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
