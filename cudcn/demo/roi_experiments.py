@@ -170,7 +170,8 @@ def evaluate(ctx: Context, net: Detector, variant: str, seed: int, losses: list[
             if variant in DEFORMABLE:
                 off = device.get(net.bin_offsets(images, rois_d)).astype(np.float64)
                 size = rois[:, 3:5] - rois[:, 1:3]  # (w, h): the offsets are in gamma * size
-                shifts.append(off.reshape(-1, 2, POOLED * POOLED).mean(axis=2) * 0.1 * size)
+                mean = off.reshape(-1, 2, POOLED * POOLED).mean(axis=2)
+                shifts.append(mean * net.pool.gamma * size)
     prob = np.concatenate(probs)
     boxes = p.rois[:, 1:].astype(np.float64)
     refined = np.clip(metrics.decode(boxes, np.concatenate(deltas)), 0, data.CANVAS)
