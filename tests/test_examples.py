@@ -21,7 +21,7 @@ def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess
 def test_every_example_is_covered():
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
-        "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py",
+        "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py", "deformable_roi_digits.py",
         "data_parallel.py",  # on 2 ranks in tests/test_distributed.py
     }  # fmt: skip
 
@@ -67,6 +67,16 @@ def test_deformable_digits_takes_the_demo_flags(tmp_path):
     bad = run_example("deformable_digits.py", "--nope", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_deformable_roi_digits_forwards_to_demo_roi(tmp_path, monkeypatch):
+    """The script runs ``cudcn demo roi`` with its flags; the full ``--quick`` run is
+    tests/test_roi_demo.py's smoke test, so here the wiring: a bad flag, and --epochs (conv only)."""
+    bad = run_example("deformable_roi_digits.py", "--nope", cwd=tmp_path)
+    assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
+    conv_only = run_example("deformable_roi_digits.py", "--epochs", "2", cwd=tmp_path)
+    assert conv_only.returncode == 2 and "--epochs applies to the conv demo" in conv_only.stderr
+    assert "Traceback" not in bad.stderr + conv_only.stderr
 
 
 def test_export_onnx(tmp_path):

@@ -352,3 +352,31 @@ def test_mse_loss(rng, reduction):
     expected = {"mean": sq.mean(), "sum": sq.sum(), "none": sq}[reduction]
     np.testing.assert_allclose(F.mse_loss(x, y, reduction), expected, rtol=1e-13)
     assert gradcheck(lambda a, b: F.mse_loss(a, b, reduction), [x, y], seed=SEED)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_smooth_l1_loss(rng, reduction, beta):
+    x, y = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    d = x - y
+    # keep every |d| at least 0.01 from the kink at beta, where finite differences straddle it
+    d = np.where(np.abs(np.abs(d) - beta) < 0.01, d + 0.05, d)
+    d = np.where(np.abs(d) < 0.01, 0.05, d)  # and from 0 (the kink of L1 when beta = 0)
+    x = y + d
+    a = np.abs(d)
+    values = np.where(a < beta, 0.5 * d**2 / max(beta, 1e-300), a - 0.5 * beta)
+    expected = {"mean": values.mean(), "sum": values.sum(), "none": values}[reduction]
+    np.testing.assert_allclose(F.smooth_l1_loss(x, y, reduction, beta), expected, rtol=1e-13)
+    assert gradcheck(lambda a, b: F.smooth_l1_loss(a, b, reduction, beta), [x, y], seed=SEED)
+
+
+def test_smooth_l1_loss_hand_values_and_errors():
+    x = Tensor(np.array([0.5, -3.0, 1.0], np.float32), requires_grad=True)
+    loss = F.smooth_l1_loss(x, np.zeros(3, np.float32), "sum")
+    assert loss.dtype == np.float32 and float(loss.data) == 0.125 + 2.5 + 0.5
+    loss.backward()
+    np.testing.assert_array_equal(x.grad, [0.5, -1.0, 1.0])  # d / beta inside, sign(d) outside
+    with pytest.raises(ValueError, match="beta must be a number >= 0"):
+        F.smooth_l1_loss(x, np.zeros(3, np.float32), beta=-1.0)
+    with pytest.raises(ValueError, match="target"):
+        F.smooth_l1_loss(x, np.zeros(2, np.float32))

@@ -10,7 +10,7 @@ import pytest
 
 from cudcn.autograd import Tensor
 from cudcn.nn import Parameter
-from cudcn.optim import SGD, Adam, AdamW, CosineAnnealingLR, StepLR
+from cudcn.optim import SGD, Adam, AdamW, CosineAnnealingLR, OneCycleLR, StepLR
 
 SEED = 777
 
@@ -221,3 +221,76 @@ def test_plain_tensor_parameters_are_accepted():
     t.grad = np.ones(2)
     SGD([t], lr=1.0).step()
     np.testing.assert_array_equal(t.data, 0.0)
+
+
+def one_cycle_rates(steps, **kwargs):
+    """(lr, beta1) after construction and after each of ``steps`` steps of OneCycleLR on Adam."""
+    opt = Adam([Parameter(np.ones(1))], lr=123.0)  # OneCycleLR replaces the rate
+    sched = OneCycleLR(opt, **kwargs)
+    seen = [(opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0])]
+    for _ in range(steps):
+        sched.step()
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+    return np.array(seen)
+
+
+def test_one_cycle_hand_computed():
+    # total 10, pct_start 0.3: the rise ends at step 0.3 * 10 - 1 = 2, the fall at step 9.
+    # initial 1 / 25 = 0.04, minimum 0.04 / 1e4 = 4e-6.
+    seen = one_cycle_rates(9, max_lr=1.0, total_steps=10)
+    half = (1 + math.cos(math.pi / 2)) / 2  # 0.5
+    np.testing.assert_allclose(seen[:3, 0], [0.04, 1 - 0.96 * half, 1.0], rtol=1e-12)
+    # step 5 of the fall (steps 2..9): pct = 3 / 7
+    fall = 4e-6 + (1 - 4e-6) * (1 + math.cos(math.pi * 3 / 7)) / 2
+    assert seen[5, 0] == pytest.approx(fall, rel=1e-12)
+    assert seen[9, 0] == pytest.approx(4e-6, rel=1e-12)
+    assert np.all(np.diff(seen[2:, 0]) < 0)
+    # beta1 runs the other way: 0.95 -> 0.85 at the peak -> 0.95
+    np.testing.assert_allclose(seen[[0, 1, 2, 9], 1], [0.95, 0.9, 0.85, 0.95], rtol=1e-12)
+
+
+def test_one_cycle_linear_three_phase_and_sgd_momentum():
+    opt = SGD([Parameter(np.ones(1))], lr=0.0, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=2.0, epochs=2, steps_per_epoch=5, pct_start=0.3,
+                       anneal_strategy="linear", three_phase=True, div_factor=4.0,
+                       final_div_factor=5.0)  # fmt: skip
+    seen = [(opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"])]
+    for _ in range(9):
+        sched.step()
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+    seen = np.array(seen)
+    # phases end at steps 2, 4, 9: 0.5 -> 2 -> 0.5 -> 0.1, linearly
+    np.testing.assert_allclose(seen[:, 0], [0.5, 1.25, 2, 1.25, 0.5, 0.42, 0.34, 0.26, 0.18, 0.1])
+    np.testing.assert_allclose(seen[[0, 2, 4, 9], 1], [0.95, 0.85, 0.95, 0.95])
+
+
+def test_one_cycle_errors_and_overrun():
+    opt = Adam([Parameter(np.ones(1))])
+    sched = OneCycleLR(opt, max_lr=1.0, total_steps=3)
+    for _ in range(3):
+        sched.step()
+    with pytest.raises(ValueError, match="total_steps = 3"):
+        sched.step()
+    with pytest.raises(ValueError, match="pct_start"):
+        OneCycleLR(opt, max_lr=1.0, total_steps=3, pct_start=1.0)
+    with pytest.raises(ValueError, match="total_steps"):
+        OneCycleLR(opt, max_lr=1.0)
+    with pytest.raises(ValueError, match="max_lr has 2 values for 1 groups"):
+        OneCycleLR(opt, max_lr=[1.0, 2.0], total_steps=3)
+    with pytest.raises(ValueError, match="anneal_strategy"):
+        OneCycleLR(opt, max_lr=1.0, total_steps=3, anneal_strategy="exp")
+
+
+def test_one_cycle_against_torch():
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    for kwargs in (dict(pct_start=0.25), dict(three_phase=True, anneal_strategy="linear")):
+        mine = AdamW([Parameter(np.ones(1))])
+        theirs = torch.optim.AdamW([torch.ones(1, requires_grad=True)])
+        a = OneCycleLR(mine, max_lr=0.1, total_steps=20, **kwargs)
+        b = torch.optim.lr_scheduler.OneCycleLR(theirs, max_lr=0.1, total_steps=20, **kwargs)
+        for _ in range(19):
+            theirs.step()  # torch warns when the schedule steps before the optimiser
+            a.step()
+            b.step()
+            assert a.get_last_lr() == pytest.approx(b.get_last_lr(), rel=1e-12)
+            assert mine.param_groups[0]["betas"] == pytest.approx(theirs.param_groups[0]["betas"])

@@ -14,6 +14,8 @@ Every comparison uses the same number of training steps, over several seeds (mea
 settings are fixed in :class:`~cudcn.demo.experiments.Settings`. Pictures go to ``out`` as PNG files,
 with the first seed's deformable net of (A) as a checkpoint and an ONNX model.
 Needs the ``examples`` extra (mlxtend, matplotlib); runs on the GPU when CuPy sees one.
+``cudcn demo roi`` (deformable RoI pooling against RoIAlign in a small detector) is
+:func:`cudcn.demo.roi.run`.
 
 Example::
 

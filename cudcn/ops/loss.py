@@ -1,4 +1,4 @@
-"""Losses: cross_entropy (from logits and integer labels) and mse_loss."""
+"""Losses: cross_entropy (from logits and integer labels), mse_loss and smooth_l1_loss."""
 
 from __future__ import annotations
 
@@ -111,3 +111,54 @@ def mse_loss(input: Array, target: Array, reduction: str = "mean") -> Array:
     (then it receives a gradient too)."""
     _check_reduction(reduction)
     return MseLossFunction.apply(input, target, reduction=reduction)
+
+
+class SmoothL1LossFunction(Function):
+    """Tape node of smooth_l1_loss; inputs ``(input, target)``."""
+
+    def forward(self, input, target, *, reduction, beta):
+        check_arrays({"input": input, "target": target})
+        check_shape("target", target, input.shape, "the input's shape")
+        xp = array_module(input)
+        diff = input - target
+        size = xp.abs(diff)
+        quadratic = size < beta
+        self.reduction, self.beta = reduction, beta
+        self.save_for_backward(diff, quadratic)
+        half_beta = input.dtype.type(0.5 * beta)
+        values = xp.where(quadratic, 0.5 * diff * diff / (beta if beta else 1), size - half_beta)
+        return _reduce(values, reduction)
+
+    def backward(self, grad_out):
+        diff, quadratic = self.saved
+        xp = array_module(diff)
+        slope = xp.where(quadratic, diff / (self.beta if self.beta else 1), xp.sign(diff))
+        g = slope * _reduced_grad(grad_out, diff.size, self.reduction)
+        need_input, need_target = self.needs_input_grad
+        return (g if need_input else None, -g if need_target else None)
+
+
+def smooth_l1_loss(
+    input: Array, target: Array, reduction: str = "mean", beta: float = 1.0
+) -> Array:
+    """Smooth L1 (Huber-like) loss, as ``torch.nn.functional.smooth_l1_loss``: with
+    ``d = input - target``, ``0.5 * d ** 2 / beta`` where ``|d| < beta`` and ``|d| - 0.5 * beta``
+    elsewhere (``beta = 0`` is the L1 loss), reduced (``"mean"``, ``"sum"`` or ``"none"``).
+
+    Args:
+        input: any shape.
+        target: the input's shape; may be a Tensor (then it receives a gradient too).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (the input's shape).
+        beta: the threshold between the quadratic and the linear part, >= 0.
+
+    The gradient is ``d / beta`` inside, ``sign(d)`` outside (0 at ``d = 0`` when ``beta = 0``).
+
+    Example:
+        >>> import numpy as np, cudcn
+        >>> float(cudcn.functional.smooth_l1_loss(np.array([0.5, 3.0]), np.zeros(2), "sum"))
+        2.625
+    """
+    _check_reduction(reduction)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        raise ValueError(f"beta must be a number >= 0, got {beta!r}")
+    return SmoothL1LossFunction.apply(input, target, reduction=reduction, beta=float(beta))

@@ -1,20 +1,4 @@
-"""Optimisers and learning-rate schedules with PyTorch's update rules.
-
-Parameters are :class:`cudcn.Tensor` objects (usually :class:`cudcn.nn.Parameter`); an optimiser reads
-``p.grad`` and updates ``p.data`` in place, so it keeps working after ``Module.to`` only if the module
-is moved *before* the optimiser is built (as in PyTorch). Parameters whose ``grad`` is ``None`` are
-skipped. Parameter groups are dicts with a ``"params"`` list and their own hyperparameters; missing ones
-come from the optimiser's defaults::
-
-    opt = cudcn.optim.SGD(
-        [{"params": net.body.parameters()}, {"params": offset_params, "lr": 0.01}],
-        lr=0.1, momentum=0.9,
-    )
-    sched = cudcn.optim.StepLR(opt, step_size=10, gamma=0.1)
-    for epoch in range(30):
-        ...  # loss.backward(); opt.step(); opt.zero_grad()
-        sched.step()
-"""
+"""Optimisers with PyTorch's update rules: SGD, Adam, AdamW (see :mod:`cudcn.optim`)."""
 
 from __future__ import annotations
 
@@ -22,10 +6,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cudcn.arrays import array_module
 from cudcn.autograd import Tensor, enable_grad
-from cudcn.backends import array_module
 
-__all__ = ["SGD", "Adam", "AdamW", "CosineAnnealingLR", "LRScheduler", "Optimizer", "StepLR"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
 
 
 class Optimizer:
@@ -255,77 +239,3 @@ class AdamW(Adam):
         weight_decay: float = 1e-2,
     ) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-
-
-class LRScheduler:
-    """Base of the schedules: stores each group's ``initial_lr`` and sets ``group["lr"]`` from the
-    epoch counter. Construction sets epoch 0 (the initial learning rates); each :meth:`step`
-    advances one epoch, as PyTorch's schedulers do."""
-
-    def __init__(self, optimizer: Optimizer) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a cudcn.optim.Optimizer, got {optimizer!r}")
-        self.optimizer = optimizer
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_epoch = 0
-        self._apply()
-
-    def lr_at(self, base_lr: float, epoch: int) -> float:
-        """The learning rate of a group with initial rate ``base_lr`` at ``epoch``."""
-        raise NotImplementedError
-
-    def step(self) -> None:
-        """Advance one epoch and set every group's learning rate."""
-        self.last_epoch += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        """The learning rates set by the last step, one per group."""
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"last_epoch": ..., "base_lrs": [...]}``."""
-        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch counter and base rates, and set the learning rates accordingly."""
-        self.last_epoch = int(state["last_epoch"])
-        self.base_lrs = list(state["base_lrs"])
-        self._apply()
-
-    def _apply(self) -> None:
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = self.lr_at(base, self.last_epoch)
-
-
-class StepLR(LRScheduler):
-    """``lr = initial_lr * gamma ** (epoch // step_size)``."""
-
-    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"step_size must be an int >= 1, got {step_size!r}")
-        self.step_size = step_size
-        self.gamma = float(gamma)
-        super().__init__(optimizer)
-
-    def lr_at(self, base_lr: float, epoch: int) -> float:
-        return base_lr * self.gamma ** (epoch // self.step_size)
-
-
-class CosineAnnealingLR(LRScheduler):
-    """``lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2``: from the initial
-    rate at epoch 0 down to ``eta_min`` at ``T_max`` (and back up after, periodically, as PyTorch's
-    schedule does without restarts)."""
-
-    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
-        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
-            raise ValueError(f"T_max must be an int >= 1, got {T_max!r}")
-        self.T_max = T_max
-        self.eta_min = float(eta_min)
-        super().__init__(optimizer)
-
-    def lr_at(self, base_lr: float, epoch: int) -> float:
-        cos = math.cos(math.pi * epoch / self.T_max)
-        return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
