@@ -215,11 +215,16 @@ def test_serial_mode_with_one_worker_is_deterministic(monkeypatch) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-def test_asan_build_without_its_runtime_is_refused_clearly(monkeypatch) -> None:
-    if hasattr(ctypes.CDLL(None), "__asan_init"):
-        pytest.skip("this process already runs under AddressSanitizer")
-    monkeypatch.setenv("CUDCN_HOST_SANITIZE", "address")
-    with pytest.raises(RuntimeError, match="LD_PRELOAD"):
+@pytest.mark.parametrize(
+    ("sanitizer", "symbol"), [("address", "__asan_init"), ("thread", "__tsan_init")]
+)
+def test_sanitized_build_without_its_runtime_is_refused_clearly(
+    monkeypatch, sanitizer, symbol
+) -> None:
+    if hasattr(ctypes.CDLL(None), symbol):
+        pytest.skip(f"this process already runs under the {sanitizer} sanitizer")
+    monkeypatch.setenv("CUDCN_HOST_SANITIZE", sanitizer)
+    with pytest.raises(RuntimeError, match=f"LD_PRELOAD=.*lib{sanitizer[0]}san.so"):
         host_library("deform_conv2d")
 
 
