@@ -25,13 +25,12 @@ Example::
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from cudcn.demo.experiments import QUICK, Run, Settings, experiment_a, experiment_b, make_context
+from cudcn.demo.runlog import RunLog
 
 __all__ = ["QUICK", "DemoResult", "Settings", "run"]
 
@@ -60,19 +59,8 @@ def run(
     from cudcn.demo.train import pick_device
 
     settings = settings if settings is not None else Settings()
-    stream = stream if stream is not None else sys.stdout
-
-    def say(line: str = "") -> None:
-        print(line, file=stream, flush=True)
-
-    seconds: dict[str, float] = {}
-    start = clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
+    log = RunLog(stream)
+    say, lap = log.say, log.lap
 
     device = pick_device()
     say(f"cudcn demo: running on the {device.description}")
@@ -102,6 +90,5 @@ def run(
         say(f"wrote {path}")
     if note:
         say(note)
-    seconds["total"] = time.perf_counter() - start
-    say("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    seconds = log.finish()
     return DemoResult(runs_a, runs_b, tables, pictures, seconds, saved)

@@ -15,13 +15,12 @@ Example::
 from __future__ import annotations
 
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from cudcn.demo.roi_experiments import NAMES, QUICK, Run, Settings, make_context, run_all
+from cudcn.demo.runlog import RunLog
 
 __all__ = ["QUICK", "RoiResult", "Settings", "run"]
 
@@ -63,19 +62,8 @@ def run(
     from cudcn.demo.train import pick_device
 
     s = settings if settings is not None else Settings()
-    stream = stream if stream is not None else sys.stdout
-
-    def say(line: str = "") -> None:
-        print(line, file=stream, flush=True)
-
-    seconds: dict[str, float] = {}
-    start = clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
+    log = RunLog(stream)
+    say, lap = log.say, log.lap
 
     device = pick_device()
     say(f"cudcn demo roi: running on the {device.description}")
@@ -100,6 +88,5 @@ def run(
     say()
     for path in pictures:
         say(f"wrote {path}")
-    seconds["total"] = time.perf_counter() - start
-    say("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+    seconds = log.finish()
     return RoiResult(runs, lines, pictures, seconds)

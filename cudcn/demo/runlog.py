@@ -1,0 +1,34 @@
+"""What both demos print as they go: lines on a stream, and the seconds each phase took."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class RunLog:
+    """Prints lines to ``stream`` (stdout when None) and times the run's phases.
+
+    ``lap(name)`` records the seconds since the previous lap (or the start) under ``name``;
+    ``finish()`` adds the total and prints the ``time:`` line. ``seconds`` holds them in order.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.seconds: dict[str, float] = {}
+        self._start = self._clock = time.perf_counter()
+
+    def say(self, line: str = "") -> None:
+        print(line, file=self.stream, flush=True)
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._clock
+        self._clock = now
+
+    def finish(self) -> dict[str, float]:
+        """Record the total, print every phase's seconds, and return them."""
+        self.seconds["total"] = time.perf_counter() - self._start
+        self.say("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        return self.seconds
