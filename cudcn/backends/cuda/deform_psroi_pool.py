@@ -11,19 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from cudcn.backends import deterministic_enabled, new_output
+from cudcn.backends import new_output
 from cudcn.backends.cuda.launch import (
     GetKernel,
     KernelParams,
-    ScatterTarget,
     c_type,
     check_plane,
-    finite_abs_max,
-    finite_abs_sum,
     index_type,
     launch_1d,
+    roi_pool_backward,
 )
 
 Array = Any
@@ -116,32 +112,14 @@ def deform_psroi_pool_backward(
 ) -> tuple[Array, Array | None]:
     """``(grad_input, grad_trans)``; ``grad_trans`` is None when ``trans`` is None."""
     grad_out, input, rois = (xp.ascontiguousarray(a) for a in (grad_out, input, rois))
-    grad_input = xp.zeros(input.shape, dtype=input.dtype)  # scatter target
-    if trans is None:
-        grad_trans = None
-        trans_arg = grad_trans_arg = xp.zeros((1,), input.dtype)  # untouched: use_trans = 0
-    else:
-        trans_arg = xp.ascontiguousarray(trans)
-        grad_trans = grad_trans_arg = xp.zeros(trans.shape, dtype=trans.dtype)
-    # Bounds of the contributions' magnitudes (deterministic mode): grad_out / count spread with
-    # weights summing to <= 1; a trans derivative <= trans_std * roi size * |grad| * 2 max|input|.
-    bounds = [None, None]
-    if deterministic_enabled():
-        bounds[0] = finite_abs_sum(xp, grad_out)
-        extent = max((float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) + 2.0) * spatial_scale, 0.1)
-        bounds[1] = bounds[0] * abs(trans_std) * extent * 2.0 * finite_abs_max(xp, input)
-    to_input = ScatterTarget(xp, grad_input, bounds[0])
-    to_trans = ScatterTarget(xp, grad_trans_arg, bounds[1] if trans is not None else None)
     templ, scalars = _launch_args(
         input, trans, grad_out.size, spatial_scale=spatial_scale, output_dim=output_dim,
         group_size=group_size, pooled_size=pooled_size, part_size=part_size,
         sample_per_part=sample_per_part, trans_std=trans_std,
     )  # fmt: skip
+
+    def extent() -> float:  # RoI sizes are (round(x2) + 1 - round(x1)) * scale, at least 0.1
+        return max((float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) + 2.0) * spatial_scale, 0.1)
+
     kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
-    launch_1d(kernel, grad_out.size, (
-        grad_out, input, rois, trans_arg, grad_input, grad_trans_arg, to_input.fixed,
-        to_trans.fixed, np.float64(to_input.scale), np.float64(to_trans.scale), *scalars,
-    ))  # fmt: skip
-    to_input.finish()
-    to_trans.finish()
-    return grad_input, grad_trans
+    return roi_pool_backward(xp, kernel, grad_out, input, rois, trans, trans_std, extent, scalars)

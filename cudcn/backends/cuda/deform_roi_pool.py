@@ -13,19 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from cudcn.backends import deterministic_enabled, new_output
+from cudcn.backends import new_output
 from cudcn.backends.cuda.launch import (
     GetKernel,
     KernelParams,
-    ScatterTarget,
     c_type,
     check_plane,
-    finite_abs_max,
-    finite_abs_sum,
     index_type,
     launch_1d,
+    roi_pool_backward,
 )
 
 Array = Any
@@ -116,31 +112,13 @@ def deform_roi_pool_backward(
 ) -> tuple[Array, Array | None]:
     """``(grad_input, grad_offset)``; ``grad_offset`` is None when ``offset`` is None."""
     grad_out, input, rois = (xp.ascontiguousarray(a) for a in (grad_out, input, rois))
-    grad_input = xp.zeros(input.shape, dtype=input.dtype)  # scatter target
-    if offset is None:
-        offset_arg = grad_offset_arg = _placeholder(xp, input.dtype)
-        grad_offset = None
-    else:
-        offset_arg = xp.ascontiguousarray(offset)
-        grad_offset = grad_offset_arg = xp.zeros(offset.shape, dtype=offset.dtype)
-    # Bounds of the contributions' magnitudes (deterministic mode): grad_out / count spread with
-    # weights summing to <= 1; an offset derivative <= gamma * roi size * |grad| * 2 max|input|.
-    bounds = [None, None]
-    if deterministic_enabled():
-        bounds[0] = finite_abs_sum(xp, grad_out)
-        extent = float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) * spatial_scale + 1.0
-        bounds[1] = bounds[0] * abs(gamma) * extent * 2.0 * finite_abs_max(xp, input)
-    to_input = ScatterTarget(xp, grad_input, bounds[0])
-    to_offset = ScatterTarget(xp, grad_offset_arg, bounds[1] if offset is not None else None)
     templ, scalars = _launch_args(
         input, offset, grad_out.size, pooled_h=pooled_h, pooled_w=pooled_w,
         spatial_scale=spatial_scale, sampling_ratio=sampling_ratio, gamma=gamma, aligned=aligned,
     )  # fmt: skip
+
+    def extent() -> float:  # RoI sizes are x2 - x1 (at least 1 when not aligned), scaled
+        return float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) * spatial_scale + 1.0
+
     kernel = get_kernel(f"deform_roi_pool_backward{templ}")
-    launch_1d(kernel, grad_out.size, (
-        grad_out, input, rois, offset_arg, grad_input, grad_offset_arg, to_input.fixed,
-        to_offset.fixed, np.float64(to_input.scale), np.float64(to_offset.scale), *scalars,
-    ))  # fmt: skip
-    to_input.finish()
-    to_offset.finish()
-    return grad_input, grad_offset
+    return roi_pool_backward(xp, kernel, grad_out, input, rois, offset, gamma, extent, scalars)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.backends import deterministic_enabled
+
 Kernel = Callable[[tuple[int, ...], tuple[int, ...], tuple[Any, ...]], Any]
 GetKernel = Callable[[str], Kernel]
 
@@ -127,6 +129,42 @@ def finite_abs_max(xp: Any, a: Any) -> float:
     if np.isfinite(largest):
         return largest
     return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).max())
+
+
+def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: Any,
+                      shift: Any | None, step: float, extent: Callable[[], float],
+                      scalars: tuple[Any, ...]) -> tuple[Any, Any | None]:  # fmt: skip
+    """Launch the backward kernel of a RoI pooling op (deform_roi_pool, deform_psroi_pool), whose
+    arguments are ``(grad_out, input, rois, shift, grad_input, grad_shift, fixed_input,
+    fixed_shift, input_scale, shift_scale, *scalars)``; returns ``(grad_input, grad_shift)``,
+    ``grad_shift`` None when ``shift`` is.
+
+    ``shift`` is the bins' offset (trans) or None (then a one-element placeholder the kernel never
+    touches); ``step`` (gamma, trans_std) scales it by the RoI size; ``extent()`` bounds any RoI's
+    size in feature-map pixels, called in the deterministic mode only. The bounds of the
+    contributions' magnitudes there: grad_out / count spread with weights summing to <= 1 for the
+    input, and a shift derivative <= step * RoI size * |grad| * 2 max|input|.
+    """
+    grad_input = xp.zeros(input.shape, dtype=input.dtype)  # scatter target
+    if shift is None:
+        shift_arg = grad_shift = xp.zeros((1,), dtype=input.dtype)
+    else:
+        shift_arg = xp.ascontiguousarray(shift)
+        grad_shift = xp.zeros(shift.shape, dtype=shift.dtype)
+    bound_input = bound_shift = None
+    if deterministic_enabled():
+        bound_input = finite_abs_sum(xp, grad_out)
+        if shift is not None:
+            bound_shift = bound_input * abs(step) * extent() * 2.0 * finite_abs_max(xp, input)
+    to_input = ScatterTarget(xp, grad_input, bound_input)
+    to_shift = ScatterTarget(xp, grad_shift, bound_shift)
+    launch_1d(kernel, grad_out.size, (
+        grad_out, input, rois, shift_arg, grad_input, grad_shift, to_input.fixed, to_shift.fixed,
+        np.float64(to_input.scale), np.float64(to_shift.scale), *scalars,
+    ))  # fmt: skip
+    to_input.finish()
+    to_shift.finish()
+    return grad_input, None if shift is None else grad_shift
 
 
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:
