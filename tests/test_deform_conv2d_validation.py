@@ -88,7 +88,7 @@ def test_value_errors(changes, match):
         ({"input": [[1.0]]}, r"input must be a numpy.ndarray or cupy.ndarray, got list"),
         (
             {"weight": np.zeros((3, 4, 3, 3), np.int64)},
-            r"weight must have dtype float32 or float64",
+            r"weight must have dtype float16, bfloat16 \(ml_dtypes.bfloat16\), float32 or float64, got int64",
         ),
         ({"bias": np.zeros(3, np.float64)}, r"bias has dtype float64 but input has dtype float32"),
         ({"stride": 1.5}, r"stride must be an int or a pair of ints, got 1.5"),

@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.arrays import device_id, is_cupy_array
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from cudcn.dtypes import describe_floats, is_float_dtype
 
 
 def _library(a: Any) -> str:
@@ -24,7 +23,7 @@ def _library(a: Any) -> str:
 
 def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
     """Check that the given arrays (``None`` entries skipped) are NumPy or CuPy arrays of one library,
-    one float dtype (float32 or float64) and, for CuPy, on the first array's device (the input's);
+    one float dtype (float16, bfloat16, float32 or float64) and, for CuPy, on the first array's device (the input's);
     return that dtype."""
     first_name = None
     first = None
@@ -35,8 +34,8 @@ def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
             raise TypeError(
                 f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}"
             )
-        if a.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+        if not is_float_dtype(a.dtype):
+            raise TypeError(f"{name} must have dtype {describe_floats()}, got {a.dtype}")
         if first is None:
             first_name, first = name, a
             continue

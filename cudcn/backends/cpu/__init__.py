@@ -1,13 +1,17 @@
-"""CPU backend: Numba kernels, GEMMs through NumPy's BLAS. Deterministic (no atomics).
+"""CPU backend: Numba kernels, GEMMs through NumPy's BLAS. Deterministic (no atomics). float16 and
+bfloat16 arguments are computed in float32 and rounded once to their dtype (``precision``).
 
 Importing it selects Numba's ``workqueue`` threading layer unless one was chosen (see ``threads``)."""
 
-from cudcn.backends.cpu.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
-from cudcn.backends.cpu.deform_psroi_pool import (
-    deform_psroi_pool_backward,
-    deform_psroi_pool_forward,
-)
-from cudcn.backends.cpu.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.backends.cpu import deform_conv2d, deform_psroi_pool, deform_roi_pool
+from cudcn.backends.cpu.precision import computed_in_float32
+
+deform_conv2d_forward = computed_in_float32(deform_conv2d.deform_conv2d_forward)
+deform_conv2d_backward = computed_in_float32(deform_conv2d.deform_conv2d_backward)
+deform_roi_pool_forward = computed_in_float32(deform_roi_pool.deform_roi_pool_forward)
+deform_roi_pool_backward = computed_in_float32(deform_roi_pool.deform_roi_pool_backward)
+deform_psroi_pool_forward = computed_in_float32(deform_psroi_pool.deform_psroi_pool_forward)
+deform_psroi_pool_backward = computed_in_float32(deform_psroi_pool.deform_psroi_pool_backward)
 
 __all__ = [
     "deform_conv2d_backward",
