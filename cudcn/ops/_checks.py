@@ -23,8 +23,8 @@ def _library(a: Any) -> str:
 
 def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
     """Check that the given arrays (``None`` entries skipped) are NumPy or CuPy arrays of one library,
-    one float dtype (float16, bfloat16, float32 or float64) and, for CuPy, on the first array's device (the input's);
-    return that dtype."""
+    one float dtype (float16, bfloat16, float32 or float64) and, for CuPy, on the first array's
+    device (the input's); return that dtype."""
     first_name = None
     first = None
     for name, a in arrays.items():
