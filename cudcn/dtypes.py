@@ -12,6 +12,8 @@ written as ``dtype.kind == "f"`` or ``np.issubdtype(dtype, np.floating)`` reject
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
@@ -59,3 +61,25 @@ def eps(dtype: Any) -> float:
 def describe_floats() -> str:
     """The accepted dtypes in words, for error messages."""
     return "float16, bfloat16 (ml_dtypes.bfloat16), float32 or float64"
+
+
+def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an array-level function whose positional arguments are NumPy arrays (or None) of one
+    dtype: for float16 / bfloat16 arrays it runs on float32 copies and returns its arrays rounded
+    once, to nearest even, to the input dtype (NumPy's ``astype``; ml_dtypes' for bfloat16).
+
+    A 16-bit value converts to float32 exactly, so this is computing in float32 from 16-bit storage
+    (SPEC); the CPU backend runs its float32 Numba kernels this way."""
+
+    @functools.wraps(function)
+    def run(*arrays: Any, **params: Any) -> Any:
+        dtype = next((a.dtype for a in arrays if isinstance(a, np.ndarray)), None)
+        if dtype is None or not is_half_dtype(dtype):
+            return function(*arrays, **params)
+        wide = [a.astype(float32) if isinstance(a, np.ndarray) else a for a in arrays]
+        result = function(*wide, **params)
+        if isinstance(result, tuple):
+            return tuple(None if r is None else r.astype(dtype) for r in result)
+        return result.astype(dtype)
+
+    return run

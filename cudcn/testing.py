@@ -1,12 +1,14 @@
 """Test helpers: ``gradcheck``, ``poison_outputs`` and tolerances derived from the dtype.
 
 ``gradcheck`` compares the tape's gradients with central finite differences. The tolerance helpers
-compare a backend's float32 or float64 result with the float64 reference (``cudcn.reference``): the
-allowed error is ``factor * eps(dtype) * scale``, the rounding error of the backend's dtype relative to
-a magnitude ``scale`` of the computation (flash-attention's way of deriving a tolerance instead of
-guessing one). ``scale`` defaults to ``max|reference|``; for a sum of products, the per-element sum of
-``|terms|`` is tighter where results cancel, e.g. the reference evaluated on ``abs`` of its inputs
-for an op that is linear in each of them.
+compare a backend's result with the float64 reference (``cudcn.reference``): the allowed error is
+``factor * eps(dtype) * scale``, the rounding error of the backend's dtype relative to a magnitude
+``scale`` of the computation (flash-attention's way of deriving a tolerance instead of guessing one).
+A float16 or bfloat16 result is computed in float32 and rounded once, so its bound is float32's plus
+that one rounding: half an ulp of the dtype, ``eps(dtype) / 2 * |result|`` (see
+:func:`reference_tolerance`). ``scale`` defaults to ``max|reference|``; for a sum of products,
+the per-element sum of ``|terms|`` is tighter where results cancel, e.g. the reference evaluated on
+``abs`` of its inputs for an op that is linear in each of them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from cudcn.autograd import Tensor, no_grad
 from cudcn.backends import array_module, is_cupy_array, poisoning
+from cudcn.dtypes import compute_dtype, eps
 
 Array = Any
 
@@ -158,12 +162,23 @@ def _compare(i: int, tape: np.ndarray, numerical: np.ndarray, atol: float, rtol:
     )
 
 
-def reference_tolerance(dtype: Any, scale: Any, factor: float = 16.0) -> Any:
-    """Allowed absolute error ``factor * eps(dtype) * scale`` for a result computed in ``dtype``.
+def reference_tolerance(dtype: Any, scale: Any, factor: float = 16.0, reference: Any = None) -> Any:
+    """Allowed absolute error for a result stored in ``dtype``: ``factor * eps(c) * scale`` for the
+    work done in the compute dtype ``c`` (``cudcn.dtypes.compute_dtype``: float32 for float16 and
+    bfloat16, else ``dtype``), plus, for a 16-bit ``dtype``, the one rounding of that result to it:
+    ``eps(dtype) / 2 * (|reference| + the first term)``, plus half the dtype's smallest subnormal.
 
-    ``scale`` is a float or a host array broadcastable to the result (per-element magnitudes).
+    ``scale`` and ``reference`` (the float64 result; needed for a 16-bit ``dtype``) are floats or
+    host arrays broadcastable to the result.
     """
-    return factor * float(np.finfo(dtype).eps) * np.asarray(to_numpy(scale), dtype=np.float64)
+    work = factor * eps(compute_dtype(dtype)) * np.asarray(to_numpy(scale), dtype=np.float64)
+    if compute_dtype(dtype) == np.dtype(dtype):
+        return work
+    if reference is None:
+        raise ValueError(f"reference_tolerance: a {np.dtype(dtype)} result needs its reference")
+    magnitude = np.abs(np.asarray(to_numpy(reference), dtype=np.float64)) + work
+    tiny = float(ml_dtypes.finfo(np.dtype(dtype)).smallest_subnormal)
+    return work + eps(dtype) / 2 * magnitude + tiny / 2
 
 
 def summation_order_tolerance(dtype: Any, abs_sum: Any, terms: int) -> Any:
@@ -215,7 +230,8 @@ def assert_allclose_to_reference(
     Args:
         actual: the backend's result (NumPy or CuPy array, Tensor); compared on the host in float64.
         reference: the float64 reference result, same shape.
-        dtype: the dtype the backend computed in; defaults to ``actual.dtype``.
+        dtype: the dtype of the backend's result (a 16-bit one is computed in float32 and rounded
+            once); defaults to ``actual.dtype``.
         scale: magnitude of the computation, a float or an array broadcastable to the result (e.g. the
             sum of ``|terms|`` per element); defaults to ``max|reference|`` (1 when that is 0).
         factor: multiple of ``eps(dtype) * scale`` allowed.
@@ -235,15 +251,19 @@ def assert_allclose_to_reference(
     if scale is None:
         scale = float(np.max(np.abs(ref))) if ref.size else 1.0
         scale = scale if scale > 0 else 1.0
-    allowed = np.broadcast_to(reference_tolerance(dtype, scale, factor), ref.shape)
+    allowed = np.broadcast_to(reference_tolerance(dtype, scale, factor, ref), ref.shape)
+    if not np.isfinite(allowed).all():
+        raise ValueError(f"{label}the allowed error is not finite everywhere: scale overflowed")
     err = np.abs(got - ref)
     bad = ~(err <= allowed)  # NaN counts as a failure
     if not bad.any():
         return
     worst = np.where(np.isnan(err), np.inf, err - allowed)
+    rounding = " + one rounding" if compute_dtype(dtype) != dtype else ""
     idx = tuple(int(k) for k in np.unravel_index(int(np.argmax(worst)), ref.shape))
     raise AssertionError(
-        f"{label}{int(bad.sum())} of {bad.size} elements exceed {factor} * eps({dtype}) * scale; "
+        f"{label}{int(bad.sum())} of {bad.size} elements exceed the {dtype} bound ({factor} * "
+        f"eps({compute_dtype(dtype)}) * scale{rounding}); "
         f"worst at {idx}: got {float(got[idx])!r}, reference {float(ref[idx])!r}, "
         f"|diff| {err[idx]:.3g} > "
         f"allowed {allowed[idx]:.3g}"

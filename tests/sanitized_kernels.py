@@ -1,5 +1,7 @@
-"""Every kernel of every op, forward and backward, float32 and float64, 32- and 64-bit indices,
-atomic and deterministic (fixed-point) scatters, on small launches compared with the reference:
+"""Every kernel of every op, forward and backward, float32, float64, float16 and bfloat16 (the
+16-bit ones with 32-bit indices only), 32- and 64-bit indices, atomic and deterministic
+(fixed-point) scatters, on small launches compared with the reference (16-bit: with the float32
+kernels run on the widened inputs, rounded to the dtype):
 the workload test_sanitizers.py runs in a subprocess under AddressSanitizer and ThreadSanitizer
 (and, for the mutation test, on a copy of the package whose atomicAdd calls became plain
 additions).
@@ -19,13 +21,15 @@ from __future__ import annotations
 import itertools
 import sys
 
+import ml_dtypes
 import numpy as np
 
 import cudcn.backends.emulated as emulated
-from cudcn import reference
+from cudcn import dtypes, reference
 from cudcn.backends import deterministic, poisoning
 from cudcn.backends.cuda import deform_conv2d as dc_launch
 from cudcn.backends.cuda import launch
+from cudcn.dtypes import computed_in_float32
 
 SMALL_LAUNCHES = {"THREADS_PER_BLOCK": 32, "MAX_BLOCKS": 2}  # set on cudcn.backends.cuda.launch
 COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
@@ -34,10 +38,13 @@ mismatches: list[str] = []
 
 
 def compare(what: str, got: list, want: list, dtype) -> None:
-    tol = 1e-4 if dtype == np.float32 else 1e-10
+    # 16-bit: both sides round one float32 result whose summation order may differ (atomics), so
+    # they agree within one unit in the last place, eps(dtype) relative to the largest value.
+    tol = {np.float32: 1e-4, np.float64: 1e-10}.get(np.dtype(dtype).type, dtypes.eps(dtype))
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         if w is None:
             continue
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
         try:
             np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max())))
         except AssertionError as error:
@@ -56,7 +63,7 @@ def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, paddi
     offset.flat[::9] = np.round(offset.flat[::9])  # exact pixel and border coordinates
     offset.flat[1::17] = np.nan
     offset.flat[2::23] = np.inf
-    offset.flat[3::29] = -1.0e30
+    offset.flat[3::29] = -min(1.0e30, float(ml_dtypes.finfo(dtype).max) / 2)
     weight = rng.standard_normal((out_channels, channels // groups, kh, kw)).astype(dtype)
     bias = rng.standard_normal(out_channels).astype(dtype)
     mask = rng.uniform(0.1, 1, (batch, taps, out_h, out_w)).astype(dtype) if use_mask else None
@@ -66,8 +73,9 @@ def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, paddi
     with poisoning():
         got = [emulated.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
                *emulated.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
-    want = [reference.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
-            *reference.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
+    truth = Widened if dtypes.is_half_dtype(dtype) else reference
+    want = [truth.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
+            *truth.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
     compare(f"deform_conv2d seed {seed} {np.dtype(dtype)}", got, want, dtype)
 
 
@@ -94,8 +102,9 @@ def roi(seed, dtype, aligned, sampling_ratio, use_offset) -> None:
     with poisoning():
         got = [emulated.deform_roi_pool_forward(x, rois, offset, **p),
                *emulated.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
-    want = [reference.deform_roi_pool_forward(x, rois, offset, **p),
-            *reference.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
+    truth = Widened if dtypes.is_half_dtype(dtype) else reference
+    want = [truth.deform_roi_pool_forward(x, rois, offset, **p),
+            *truth.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
     compare(f"deform_roi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
 
 
@@ -110,12 +119,22 @@ def psroi(seed, dtype, use_trans) -> None:
     with poisoning():
         got = [emulated.deform_psroi_pool_forward(x, rois, trans, **p),
                *emulated.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
-    want = [reference.deform_psroi_pool_forward(x, rois, trans, **p),
-            *reference.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
+    truth = Widened if dtypes.is_half_dtype(dtype) else reference
+    want = [truth.deform_psroi_pool_forward(x, rois, trans, **p),
+            *truth.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
     compare(f"deform_psroi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
 
 
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+
+
+class Widened:
+    """The emulated float32 kernels on widened 16-bit inputs, results rounded to the input dtype:
+    what the 16-bit instantiations must compute (no Numba, which a sanitized process should not JIT)."""
+
+
+for _name in (f"{op}_{way}" for op in OPS for way in ("forward", "backward")):
+    setattr(Widened, _name, staticmethod(computed_in_float32(getattr(emulated, _name))))
 
 
 def run_op(op: str, one: bool) -> int:
@@ -126,8 +145,11 @@ def run_op(op: str, one: bool) -> int:
         if one and (limit != INDEX_LIMITS[0] or exact):
             continue
         launch.INDEX32_LIMIT = limit
+        # The 16-bit instantiations differ from float's only in their loads and stores, which the
+        # index type does not change: they run with 32-bit indices only, to keep the run short.
+        kinds = dtypes.FLOAT_DTYPES if limit == INDEX_LIMITS[0] else (np.float32, np.float64)
         with deterministic(exact):
-            for dtype in (np.float32,) if one else (np.float32, np.float64):
+            for dtype in (np.float32,) if one else kinds:
                 runs += run_configurations(op, dtype)
     return runs
 

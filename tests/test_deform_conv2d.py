@@ -12,6 +12,7 @@ from scipy.signal import correlate
 
 import cudcn
 from cudcn import reference
+from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.ops import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 
@@ -39,7 +40,7 @@ def run_both(backend, case: Case, inputs: dict, grad_out: np.ndarray):
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)

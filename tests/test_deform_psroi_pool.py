@@ -15,6 +15,7 @@ from test_deform_roi_pool import make_rois
 import cudcn
 from cudcn import reference
 from cudcn.backends import get_backend
+from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.functional import deform_psroi_pool
 from cudcn.ops import deform_psroi_pool_backward, deform_psroi_pool_forward
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
@@ -89,7 +90,7 @@ def run_both(backend, case: Case, x, rois, trans, grad_out):
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)
@@ -101,7 +102,9 @@ def test_matches_reference(backend, case, dtype):
     assert out.dtype == dtype and out.shape == ref_out.shape
     # float32 backends round sample coordinates (< 2 * the largest coordinate, in pixels): their
     # error is bounded by that times the largest bilinear slope, 2 max|x|.
-    reach = 2 * (np.abs(rois[:, 1:]).max() + 1) * case.spatial_scale * (1 + case.trans_std) + 1
+    reach = (
+        2 * (float(np.abs(rois[:, 1:]).max()) + 1) * case.spatial_scale * (1 + case.trans_std) + 1
+    )
     coords = 2 * float(np.abs(x).max()) * reach
     scale = reference.deform_psroi_pool_forward(np.abs(x), rois, trans, **case.params()) + coords
     assert_allclose_to_reference(out, ref_out, dtype, scale=scale, name=f"output (seed {seed})")

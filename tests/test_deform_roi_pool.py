@@ -14,6 +14,7 @@ from scipy.ndimage import map_coordinates
 import cudcn
 from cudcn import reference
 from cudcn.backends import get_backend
+from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.functional import deform_roi_pool, roi_align
 from cudcn.ops import (
     deform_roi_pool_backward,
@@ -99,7 +100,7 @@ def make_inputs(case: Case, dtype, seed: int):
 def coordinate_scale(x: np.ndarray, rois: np.ndarray, case: Case) -> float:
     """Bound on the error a float32 backend makes from rounding sample coordinates: the largest
     coordinate (in pixels, offsets included) times the largest bilinear slope 2 max|x|."""
-    reach = np.abs(rois[:, 1:]).max() * case.spatial_scale * (1 + 2 * case.gamma) + 1
+    reach = float(np.abs(rois[:, 1:]).max()) * case.spatial_scale * (1 + 2 * case.gamma) + 1
     return 2 * float(np.abs(x).max()) * reach
 
 
@@ -114,7 +115,7 @@ def run_both(backend, case: Case, x, rois, offset, grad_out):
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)

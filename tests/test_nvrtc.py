@@ -26,6 +26,8 @@ nvrtc = pytest.importorskip(
 
 from cooperation_kernels import NAMES as COOPERATION_NAMES  # noqa: E402
 from cooperation_kernels import PATH as COOPERATION_PATH  # noqa: E402
+from storage_kernels import NAMES as STORAGE_NAMES  # noqa: E402
+from storage_kernels import PATH as STORAGE_PATH  # noqa: E402
 
 from cudcn.backends.cuda.loader import NVRTC_OPTIONS  # noqa: E402
 from cudcn.backends.cuda.source import (  # noqa: E402
@@ -166,12 +168,16 @@ def test_lowered_names_equal_host_symbols(stem: str) -> None:
     assert not missing, f"NVRTC names absent from the host build {library.name}: {missing}"
 
 
-def test_emulator_test_kernels_are_valid_cuda() -> None:
-    """tests/kernels/cooperation.cu (shared memory, barriers, warp shuffles) compiles for a GPU too."""
-    compiled = compile_text(
-        join_source(COOPERATION_PATH), "cooperation", COOPERATION_NAMES, "sm_80"
-    )
-    assert set(compiled.lowered) == set(COOPERATION_NAMES)
+@pytest.mark.parametrize(
+    ("path", "names"),
+    [(COOPERATION_PATH, COOPERATION_NAMES), (STORAGE_PATH, STORAGE_NAMES)],
+    ids=["cooperation", "storage"],
+)
+def test_emulator_test_kernels_are_valid_cuda(path, names) -> None:
+    """tests/kernels/cooperation.cu (shared memory, barriers, warp shuffles) and storage.cu (the
+    16-bit conversions) compile for a GPU too."""
+    compiled = compile_text(join_source(path), path.stem, names, "sm_80")
+    assert set(compiled.lowered) == set(names)
 
 
 def test_the_cuda_headers_are_installed_and_compile() -> None:

@@ -26,6 +26,7 @@
 #else
 #include "host_shim.h"
 #endif
+#include "storage.cuh"
 
 // float -> int as the GPU converts: truncation toward zero, saturating at the int range, NaN -> 0
 // (PTX cvt.rzi.s32). A plain static_cast is undefined out of range and gives INT_MIN on x86.
@@ -69,26 +70,27 @@ struct BilinearCorners {
   T ly, lx;
 };
 
-template <typename T>
-__device__ __forceinline__ BilinearCorners<T> bilinear_corners(const T* plane, int height,
+// `plane` holds storage type S, read as T.
+template <typename S, typename T>
+__device__ __forceinline__ BilinearCorners<T> bilinear_corners(const S* plane, int height,
                                                                int width, T y, T x) {
   const BilinearWeights<T> w = bilinear_weights(y, x);
   const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
   const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
   const int i00 = w.y0 * width + w.x0;  // may be negative: used only for neighbours that exist
   BilinearCorners<T> c;
-  c.v00 = (top && left) ? plane[i00] : T(0);
-  c.v01 = (top && right) ? plane[i00 + 1] : T(0);
-  c.v10 = (bottom && left) ? plane[i00 + width] : T(0);
-  c.v11 = (bottom && right) ? plane[i00 + width + 1] : T(0);
+  c.v00 = (top && left) ? widen(plane[i00]) : T(0);
+  c.v01 = (top && right) ? widen(plane[i00 + 1]) : T(0);
+  c.v10 = (bottom && left) ? widen(plane[i00 + width]) : T(0);
+  c.v11 = (bottom && right) ? widen(plane[i00 + width + 1]) : T(0);
   c.ly = w.ly;
   c.lx = w.lx;
   return c;
 }
 
 // Bilinear value of a (height, width) plane at (y, x); 0 unless the point is in range.
-template <typename T>
-__device__ __forceinline__ T bilinear_sample(const T* plane, int height, int width, T y, T x) {
+template <typename S, typename T>
+__device__ __forceinline__ T bilinear_sample(const S* plane, int height, int width, T y, T x) {
   if (!sample_in_range(y, x, height, width)) return T(0);
   const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x);
   const T hy = T(1) - c.ly, hx = T(1) - c.lx;
@@ -97,8 +99,8 @@ __device__ __forceinline__ T bilinear_sample(const T* plane, int height, int wid
 
 // The value and its derivatives d value / dy, d value / dx, of the same floor-based formula: at an
 // integer coordinate the derivative is the forward difference v(y + 1) - v(y). All 0 out of range.
-template <typename T>
-__device__ __forceinline__ void bilinear_sample_grad(const T* plane, int height, int width, T y,
+template <typename S, typename T>
+__device__ __forceinline__ void bilinear_sample_grad(const S* plane, int height, int width, T y,
                                                      T x, T& value, T& grad_y, T& grad_x) {
   if (!sample_in_range(y, x, height, width)) {
     value = grad_y = grad_x = T(0);

@@ -14,9 +14,13 @@
 // shape (C * kh * kw, batch, Ho * Wo), row c * kh * kw + k: the rows of one weight group are
 // contiguous, so a group's GEMM reads one block of rows.
 //
-// Templates: T is float or double; I (int or long long) is the index type, chosen by the launcher
-// from the largest element count of the launch, so large problems index in 64 bits and the rest
-// keep cheap 32-bit division. One (H, W) or (Ho, Wo) plane is indexed in int.
+// Templates: S is the storage type of the arrays (float, double, cudcn_half, cudcn_bfloat16) and
+// T = compute_t<S> the type of every coordinate, weight and sum (float for the 16-bit types,
+// storage.cuh); the column buffer and the input gradient's scatter target hold T, so the GEMMs and
+// the scatter run in T and the launcher rounds their results once. I (int or long long) is the
+// index type, chosen by the launcher from the largest element count of the launch, so large
+// problems index in 64 bits and the rest keep cheap 32-bit division. One (H, W) or (Ho, Wo)
+// plane is indexed in int.
 #include "common.cuh"
 
 // The sampling coordinate of output position o, kernel tap t, displaced by d, along one axis.
@@ -27,13 +31,15 @@ __device__ __forceinline__ T tap_position(int o, int stride, int pad, int t, int
 
 // columns[c * kh * kw + k, b, p] = mask * bilinear_sample(input[b, c], y, x), p = oy * Wo + ox.
 // One thread per (c, b, p); n = C * batch * Ho * Wo.
-template <typename T, typename I>
-__global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __restrict__ offset,
-                                     const T* __restrict__ mask, T* __restrict__ columns, I n,
+template <typename S, typename I>
+__global__ void deform_conv2d_im2col(const S* __restrict__ input, const S* __restrict__ offset,
+                                     const S* __restrict__ mask, compute_t<S>* __restrict__ columns,
+                                     I n,
                                      int batch, int channels, int height, int width, int out_h,
                                      int out_w, int kernel_h, int kernel_w, int stride_h,
                                      int stride_w, int pad_h, int pad_w, int dilation_h,
                                      int dilation_w, int offset_groups, int use_mask) {
+  using T = compute_t<S>;
   const int out_plane = out_h * out_w;
   const int taps = kernel_h * kernel_w;
   CUDCN_KERNEL_LOOP(index, n, I) {
@@ -44,19 +50,19 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
     const int ox = p % out_w;
     const int g = c / (channels / offset_groups);
 
-    const T* plane = input + (static_cast<I>(b) * channels + c) * height * width;
-    const T* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
+    const S* plane = input + (static_cast<I>(b) * channels + c) * height * width;
+    const S* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
     const I mask_base = static_cast<I>(b * offset_groups + g) * taps * out_plane;  // if use_mask
     T* column = columns + (static_cast<I>(c) * taps * batch + b) * out_plane + p;
     for (int i = 0; i < kernel_h; ++i) {
       for (int j = 0; j < kernel_w; ++j) {
         const int k = i * kernel_w + j;
-        const T dy = offset_bg[static_cast<I>(2 * k) * out_plane + p];
-        const T dx = offset_bg[static_cast<I>(2 * k + 1) * out_plane + p];
+        const T dy = widen(offset_bg[static_cast<I>(2 * k) * out_plane + p]);
+        const T dx = widen(offset_bg[static_cast<I>(2 * k + 1) * out_plane + p]);
         const T y = tap_position(oy, stride_h, pad_h, i, dilation_h, dy);
         const T x = tap_position(ox, stride_w, pad_w, j, dilation_w, dx);
         T value = bilinear_sample(plane, height, width, y, x);
-        if (use_mask) value *= mask[mask_base + static_cast<I>(k) * out_plane + p];
+        if (use_mask) value *= widen(mask[mask_base + static_cast<I>(k) * out_plane + p]);
         column[static_cast<I>(k) * batch * out_plane] = value;
       }
     }
@@ -68,15 +74,17 @@ __global__ void deform_conv2d_im2col(const T* __restrict__ input, const T* __res
 // zeroed; the Scatter (common.cuh) resolves the collisions of neighbouring sampling points, atomic
 // or, with fixed_scale > 0, deterministic. One thread per (c, b, p);
 // n = C * batch * Ho * Wo.
-template <typename T, typename I>
-__global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __restrict__ offset,
-                                     const T* __restrict__ mask, T* __restrict__ grad_input,
+template <typename S, typename I>
+__global__ void deform_conv2d_col2im(const compute_t<S>* __restrict__ columns,
+                                     const S* __restrict__ offset, const S* __restrict__ mask,
+                                     compute_t<S>* __restrict__ grad_input,
                                      unsigned long long* __restrict__ fixed_input,
                                      double fixed_scale, I n,
                                      int batch, int channels, int height, int width, int out_h,
                                      int out_w, int kernel_h, int kernel_w, int stride_h,
                                      int stride_w, int pad_h, int pad_w, int dilation_h,
                                      int dilation_w, int offset_groups, int use_mask) {
+  using T = compute_t<S>;
   const int out_plane = out_h * out_w;
   const int taps = kernel_h * kernel_w;
   CUDCN_KERNEL_LOOP(index, n, I) {
@@ -89,18 +97,18 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __r
 
     const Scatter<T> scatter{grad_input, fixed_input, fixed_scale};
     const I plane = (static_cast<I>(b) * channels + c) * height * width;
-    const T* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
+    const S* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
     const I mask_base = static_cast<I>(b * offset_groups + g) * taps * out_plane;  // if use_mask
     const T* column = columns + (static_cast<I>(c) * taps * batch + b) * out_plane + p;
     for (int i = 0; i < kernel_h; ++i) {
       for (int j = 0; j < kernel_w; ++j) {
         const int k = i * kernel_w + j;
-        const T dy = offset_bg[static_cast<I>(2 * k) * out_plane + p];
-        const T dx = offset_bg[static_cast<I>(2 * k + 1) * out_plane + p];
+        const T dy = widen(offset_bg[static_cast<I>(2 * k) * out_plane + p]);
+        const T dx = widen(offset_bg[static_cast<I>(2 * k + 1) * out_plane + p]);
         const T y = tap_position(oy, stride_h, pad_h, i, dilation_h, dy);
         const T x = tap_position(ox, stride_w, pad_w, j, dilation_w, dx);
         T value = column[static_cast<I>(k) * batch * out_plane];
-        if (use_mask) value *= mask[mask_base + static_cast<I>(k) * out_plane + p];
+        if (use_mask) value *= widen(mask[mask_base + static_cast<I>(k) * out_plane + p]);
         bilinear_scatter(scatter, plane, height, width, y, x, value);
       }
     }
@@ -113,16 +121,17 @@ __global__ void deform_conv2d_col2im(const T* __restrict__ columns, const T* __r
 //     grad_mask       =        sum_c columns[c, k, b, p] * bilinear.
 // columns holds the gradient of the column buffer. grad_mask is written only when use_mask.
 // One thread per (b, g, k, p); n = batch * og * kh * kw * Ho * Wo.
-template <typename T, typename I>
-__global__ void deform_conv2d_col2im_coord(const T* __restrict__ columns,
-                                           const T* __restrict__ input,
-                                           const T* __restrict__ offset,
-                                           const T* __restrict__ mask, T* __restrict__ grad_offset,
-                                           T* __restrict__ grad_mask, I n, int batch, int channels,
+template <typename S, typename I>
+__global__ void deform_conv2d_col2im_coord(const compute_t<S>* __restrict__ columns,
+                                           const S* __restrict__ input,
+                                           const S* __restrict__ offset,
+                                           const S* __restrict__ mask, S* __restrict__ grad_offset,
+                                           S* __restrict__ grad_mask, I n, int batch, int channels,
                                            int height, int width, int out_h, int out_w,
                                            int kernel_h, int kernel_w, int stride_h, int stride_w,
                                            int pad_h, int pad_w, int dilation_h, int dilation_w,
                                            int offset_groups, int use_mask) {
+  using T = compute_t<S>;
   const int out_plane = out_h * out_w;
   const int taps = kernel_h * kernel_w;
   const int group_channels = channels / offset_groups;
@@ -140,12 +149,12 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ columns,
     const I dy_index = offset_bg + static_cast<I>(2 * k) * out_plane + p;
     const I dx_index = dy_index + out_plane;
     const I mask_index = (static_cast<I>(b * offset_groups + g) * taps + k) * out_plane + p;
-    const T y = tap_position(oy, stride_h, pad_h, i, dilation_h, offset[dy_index]);
-    const T x = tap_position(ox, stride_w, pad_w, j, dilation_w, offset[dx_index]);
+    const T y = tap_position(oy, stride_h, pad_h, i, dilation_h, widen(offset[dy_index]));
+    const T x = tap_position(ox, stride_w, pad_w, j, dilation_w, widen(offset[dx_index]));
 
     T sum_y = T(0), sum_x = T(0), sum_value = T(0);
     for (int c = g * group_channels; c < (g + 1) * group_channels; ++c) {
-      const T* plane = input + (static_cast<I>(b) * channels + c) * height * width;
+      const S* plane = input + (static_cast<I>(b) * channels + c) * height * width;
       const T grad = columns[((static_cast<I>(c) * taps + k) * batch + b) * out_plane + p];
       T value, grad_y, grad_x;
       bilinear_sample_grad(plane, height, width, y, x, value, grad_y, grad_x);
@@ -153,9 +162,9 @@ __global__ void deform_conv2d_col2im_coord(const T* __restrict__ columns,
       sum_x += grad * grad_x;
       sum_value += grad * value;
     }
-    const T m = use_mask ? mask[mask_index] : T(1);
-    grad_offset[dy_index] = m * sum_y;
-    grad_offset[dx_index] = m * sum_x;
-    if (use_mask) grad_mask[mask_index] = sum_value;
+    const T m = use_mask ? widen(mask[mask_index]) : T(1);
+    grad_offset[dy_index] = narrow<S>(m * sum_y);
+    grad_offset[dx_index] = narrow<S>(m * sum_x);
+    if (use_mask) grad_mask[mask_index] = narrow<S>(sum_value);
   }
 }

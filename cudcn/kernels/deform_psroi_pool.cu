@@ -15,8 +15,10 @@
 // The helpers psroi_* have the same names and formulas in cudcn/backends/cpu/deform_psroi_pool.py.
 // The bilinear rule (floor / ceil, no zero padding) is not common.cuh's, hence its own helper.
 //
-// Templates: T is float or double; I (int or long long) indexes the output and the input, chosen by
-// the launcher (cudcn/backends/cuda/deform_psroi_pool.py). The launcher validated the batch indices.
+// Templates: S is the arrays' storage type and T = compute_t<S> the type of every coordinate,
+// weight and sum (storage.cuh; float for the 16-bit types, whose gradients are scattered into T
+// buffers that the launcher rounds once); I (int or long long) indexes the output and the input,
+// chosen by the launcher (cudcn/backends/cuda/deform_psroi_pool.py). The launcher validated the batch indices.
 #include "common.cuh"
 
 // C's round (halves away from zero) for float and double alike.
@@ -34,19 +36,19 @@ struct PsroiBin {
   long long trans_x;  // index of trans[r, 2 * cls, part_i, part_j]; y is trans_x + part * part
 };
 
-template <typename T>
-__device__ __forceinline__ PsroiBin<T> psroi_bin(const T* rois, const T* trans, int r, int ctop,
+template <typename S, typename T>
+__device__ __forceinline__ PsroiBin<T> psroi_bin(const S* rois, const S* trans, int r, int ctop,
                                                  int i, int j, T spatial_scale, int output_dim,
                                                  int group_size, int pooled, int part_size,
                                                  int sample_per_part, T trans_std, int num_classes,
                                                  int use_trans) {
-  const T* roi = rois + 5 * static_cast<long long>(r);
-  const T start_x = round_half_away(roi[1]) * spatial_scale - T(0.5);
-  const T start_y = round_half_away(roi[2]) * spatial_scale - T(0.5);
-  const T end_x = (round_half_away(roi[3]) + T(1)) * spatial_scale - T(0.5);
-  const T end_y = (round_half_away(roi[4]) + T(1)) * spatial_scale - T(0.5);
+  const S* roi = rois + 5 * static_cast<long long>(r);
+  const T start_x = round_half_away(widen(roi[1])) * spatial_scale - T(0.5);
+  const T start_y = round_half_away(widen(roi[2])) * spatial_scale - T(0.5);
+  const T end_x = (round_half_away(widen(roi[3])) + T(1)) * spatial_scale - T(0.5);
+  const T end_y = (round_half_away(widen(roi[4])) + T(1)) * spatial_scale - T(0.5);
   PsroiBin<T> bin;
-  bin.b = to_int(roi[0]);
+  bin.b = to_int(widen(roi[0]));
   bin.roi_w = max(end_x - start_x, T(0.1));
   bin.roi_h = max(end_y - start_y, T(0.1));
   const T bin_w = bin.roi_w / static_cast<T>(pooled);
@@ -62,8 +64,8 @@ __device__ __forceinline__ PsroiBin<T> psroi_bin(const T* rois, const T* trans, 
   bin.trans_x = ((2 * (static_cast<long long>(r) * num_classes + cls)) * part_size + part_i) *
                     part_size + part_j;
   if (use_trans) {
-    bin.w0 += trans[bin.trans_x] * trans_std * bin.roi_w;
-    bin.h0 += trans[bin.trans_x + part_size * part_size] * trans_std * bin.roi_h;
+    bin.w0 += widen(trans[bin.trans_x]) * trans_std * bin.roi_w;
+    bin.h0 += widen(trans[bin.trans_x + part_size * part_size]) * trans_std * bin.roi_h;
   }
   bin.sub_h = bin_h / static_cast<T>(sample_per_part);
   bin.sub_w = bin_w / static_cast<T>(sample_per_part);
@@ -115,13 +117,15 @@ __device__ __forceinline__ int psroi_count(const PsroiBin<T>& bin, int height, i
 
 // out[r, ctop, i, j] = mean of the bin's valid samples. One thread per output element;
 // n = R * output_dim * pooled * pooled.
-template <typename T, typename I>
-__global__ void deform_psroi_pool_forward(const T* __restrict__ input, const T* __restrict__ rois,
-                                          const T* __restrict__ trans, T* __restrict__ out, I n,
-                                          int channels, int height, int width, T spatial_scale,
-                                          int output_dim, int group_size, int pooled,
-                                          int part_size, int sample_per_part, T trans_std,
+template <typename S, typename I>
+__global__ void deform_psroi_pool_forward(const S* __restrict__ input, const S* __restrict__ rois,
+                                          const S* __restrict__ trans, S* __restrict__ out, I n,
+                                          int channels, int height, int width,
+                                          compute_t<S> spatial_scale, int output_dim,
+                                          int group_size, int pooled, int part_size,
+                                          int sample_per_part, compute_t<S> trans_std,
                                           int num_classes, int use_trans) {
+  using T = compute_t<S>;
   CUDCN_KERNEL_LOOP(index, n, I) {
     const int j = static_cast<int>(index % pooled);
     const int i = static_cast<int>(index / pooled % pooled);
@@ -130,7 +134,7 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input, const T* 
     const PsroiBin<T> bin = psroi_bin(rois, trans, r, ctop, i, j, spatial_scale, output_dim,
                                       group_size, pooled, part_size, sample_per_part, trans_std,
                                       num_classes, use_trans);
-    const T* plane = input + (static_cast<I>(bin.b) * channels + bin.c) * height * width;
+    const S* plane = input + (static_cast<I>(bin.b) * channels + bin.c) * height * width;
     T sum = T(0);
     int count = 0;
     for (int ih = 0; ih < sample_per_part; ++ih) {
@@ -140,13 +144,14 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input, const T* 
         if (!psroi_inside(height, width, h, w)) continue;
         const PsroiTaps<T> t = psroi_weights(height, width, h, w);
         const T dy = t.dist_y, dx = t.dist_x;
-        sum += (T(1) - dx) * (T(1) - dy) * plane[t.y0 * width + t.x0] +
-               (T(1) - dx) * dy * plane[t.y1 * width + t.x0] +
-               dx * (T(1) - dy) * plane[t.y0 * width + t.x1] + dx * dy * plane[t.y1 * width + t.x1];
+        sum += (T(1) - dx) * (T(1) - dy) * widen(plane[t.y0 * width + t.x0]) +
+               (T(1) - dx) * dy * widen(plane[t.y1 * width + t.x0]) +
+               dx * (T(1) - dy) * widen(plane[t.y0 * width + t.x1]) +
+               dx * dy * widen(plane[t.y1 * width + t.x1]);
         ++count;
       }
     }
-    out[index] = count > 0 ? sum / static_cast<T>(count) : T(0);
+    out[index] = narrow<S>(count > 0 ? sum / static_cast<T>(count) : T(0));
   }
 }
 
@@ -154,19 +159,21 @@ __global__ void deform_psroi_pool_forward(const T* __restrict__ input, const T* 
 // grad_trans[r, 2 * cls (+ 1), part_i, part_j] += the derivative along x (y) times trans_std *
 // roi_size; both through a Scatter (common.cuh: atomic, or deterministic fixed-point when the
 // scale is > 0), the targets and fixed buffers zeroed. One thread per grad_out element.
-template <typename T, typename I>
-__global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
-                                           const T* __restrict__ input, const T* __restrict__ rois,
-                                           const T* __restrict__ trans, T* __restrict__ grad_input,
-                                           T* __restrict__ grad_trans,
+template <typename S, typename I>
+__global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
+                                           const S* __restrict__ input, const S* __restrict__ rois,
+                                           const S* __restrict__ trans,
+                                           compute_t<S>* __restrict__ grad_input,
+                                           compute_t<S>* __restrict__ grad_trans,
                                            unsigned long long* __restrict__ fixed_input,
                                            unsigned long long* __restrict__ fixed_trans,
                                            double input_scale, double trans_scale, I n,
-                                           int channels,
-                                           int height, int width, T spatial_scale, int output_dim,
+                                           int channels, int height, int width,
+                                           compute_t<S> spatial_scale, int output_dim,
                                            int group_size, int pooled, int part_size,
-                                           int sample_per_part, T trans_std, int num_classes,
-                                           int use_trans) {
+                                           int sample_per_part, compute_t<S> trans_std,
+                                           int num_classes, int use_trans) {
+  using T = compute_t<S>;
   CUDCN_KERNEL_LOOP(index, n, I) {
     const int j = static_cast<int>(index % pooled);
     const int i = static_cast<int>(index / pooled % pooled);
@@ -178,9 +185,9 @@ __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
     const int count = psroi_count(bin, height, width, sample_per_part);
     if (count == 0) continue;
     const I plane_start = (static_cast<I>(bin.b) * channels + bin.c) * height * width;
-    const T* plane = input + plane_start;
+    const S* plane = input + plane_start;
     const Scatter<T> to_input{grad_input, fixed_input, input_scale};
-    const T g = grad_out[index] / static_cast<T>(count);
+    const T g = widen(grad_out[index]) / static_cast<T>(count);
     T sum_x = T(0), sum_y = T(0);
     for (int ih = 0; ih < sample_per_part; ++ih) {
       for (int iw = 0; iw < sample_per_part; ++iw) {
@@ -196,7 +203,8 @@ __global__ void deform_psroi_pool_backward(const T* __restrict__ grad_out,
         to_input.add(plane_start + p10, dx * (T(1) - dy) * g);
         to_input.add(plane_start + p11, dx * dy * g);
         if (!use_trans) continue;
-        const T u00 = plane[p00], u01 = plane[p01], u10 = plane[p10], u11 = plane[p11];
+        const T u00 = widen(plane[p00]), u01 = widen(plane[p01]);
+        const T u10 = widen(plane[p10]), u11 = widen(plane[p11]);
         sum_x += u11 * dy + u10 * (T(1) - dy) - u01 * dy - u00 * (T(1) - dy);
         sum_y += u11 * dx + u01 * (T(1) - dx) - u10 * dx - u00 * (T(1) - dx);
       }

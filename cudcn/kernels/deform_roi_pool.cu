@@ -14,8 +14,11 @@
 // cudcn/backends/cpu/deform_roi_pool.py. The range test fails for NaN and runs before any float -> int
 // conversion, so a non-finite offset contributes 0 and reads nothing.
 //
-// Templates: T is float or double; I (int or long long) indexes the output and the input, chosen by
-// the launcher (cudcn/backends/cuda/deform_roi_pool.py). The launcher validated the batch indices.
+// Templates: S is the arrays' storage type and T = compute_t<S> the type of every coordinate,
+// weight and sum (storage.cuh; float for the 16-bit types, whose gradients are scattered into T
+// buffers that the launcher rounds once); I (int or long long) indexes the output and the input,
+// chosen by the launcher (cudcn/backends/cuda/deform_roi_pool.py). The launcher validated the
+// batch indices.
 #include "common.cuh"
 
 // One RoI in input pixels: batch index, start (y, x) and size (h, w).
@@ -25,16 +28,16 @@ struct RoiAlignGeometry {
   T start_y, start_x, roi_h, roi_w;
 };
 
-template <typename T>
-__device__ __forceinline__ RoiAlignGeometry<T> roi_align_geometry(const T* roi, T spatial_scale,
+template <typename S, typename T>
+__device__ __forceinline__ RoiAlignGeometry<T> roi_align_geometry(const S* roi, T spatial_scale,
                                                                   int aligned) {
   const T shift = aligned ? T(0.5) : T(0);
   RoiAlignGeometry<T> g;
-  g.b = to_int(roi[0]);
-  g.start_x = roi[1] * spatial_scale - shift;
-  g.start_y = roi[2] * spatial_scale - shift;
-  g.roi_w = (roi[3] * spatial_scale - shift) - g.start_x;
-  g.roi_h = (roi[4] * spatial_scale - shift) - g.start_y;
+  g.b = to_int(widen(roi[0]));
+  g.start_x = widen(roi[1]) * spatial_scale - shift;
+  g.start_y = widen(roi[2]) * spatial_scale - shift;
+  g.roi_w = (widen(roi[3]) * spatial_scale - shift) - g.start_x;
+  g.roi_h = (widen(roi[4]) * spatial_scale - shift) - g.start_y;
   if (!aligned) {
     g.roi_w = max(g.roi_w, T(1));
     g.roi_h = max(g.roi_h, T(1));
@@ -100,8 +103,8 @@ struct RoiAlignBin {
   int grid_h, grid_w;
 };
 
-template <typename T>
-__device__ __forceinline__ RoiAlignBin<T> roi_align_bin(const T* rois, const T* offset, int r, int i,
+template <typename S, typename T>
+__device__ __forceinline__ RoiAlignBin<T> roi_align_bin(const S* rois, const S* offset, int r, int i,
                                                         int j, int pooled_h, int pooled_w,
                                                         T spatial_scale, int sampling_ratio,
                                                         T gamma, int aligned, int use_offset) {
@@ -113,9 +116,9 @@ __device__ __forceinline__ RoiAlignBin<T> roi_align_bin(const T* rois, const T* 
   bin.grid_w = roi_align_grid(bin.roi.roi_w, pooled_w, sampling_ratio);
   T start_y = bin.roi.start_y, start_x = bin.roi.start_x;
   if (use_offset) {
-    const T* off = offset + (2 * static_cast<long long>(r) * pooled_h + i) * pooled_w + j;
-    start_x += gamma * bin.roi.roi_w * off[0];
-    start_y += gamma * bin.roi.roi_h * off[pooled_h * pooled_w];
+    const S* off = offset + (2 * static_cast<long long>(r) * pooled_h + i) * pooled_w + j;
+    start_x += gamma * bin.roi.roi_w * widen(off[0]);
+    start_y += gamma * bin.roi.roi_h * widen(off[pooled_h * pooled_w]);
   }
   bin.y0 = start_y + static_cast<T>(i) * bin.bin_h;
   bin.x0 = start_x + static_cast<T>(j) * bin.bin_w;
@@ -134,12 +137,14 @@ __device__ __forceinline__ T roi_align_sample_x(const RoiAlignBin<T>& bin, int i
 }
 
 // out[r, c, i, j] = mean of the bin's samples. One thread per output element; n = R * C * ph * pw.
-template <typename T, typename I>
-__global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __restrict__ rois,
-                                        const T* __restrict__ offset, T* __restrict__ out, I n,
+template <typename S, typename I>
+__global__ void deform_roi_pool_forward(const S* __restrict__ input, const S* __restrict__ rois,
+                                        const S* __restrict__ offset, S* __restrict__ out, I n,
                                         int channels, int height, int width, int pooled_h,
-                                        int pooled_w, T spatial_scale, int sampling_ratio, T gamma,
-                                        int aligned, int use_offset) {
+                                        int pooled_w, compute_t<S> spatial_scale,
+                                        int sampling_ratio, compute_t<S> gamma, int aligned,
+                                        int use_offset) {
+  using T = compute_t<S>;
   CUDCN_KERNEL_LOOP(index, n, I) {
     const int j = static_cast<int>(index % pooled_w);
     const int i = static_cast<int>(index / pooled_w % pooled_h);
@@ -148,7 +153,7 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __
     const RoiAlignBin<T> bin = roi_align_bin(rois, offset, r, i, j, pooled_h, pooled_w,
                                              spatial_scale, sampling_ratio, gamma, aligned,
                                              use_offset);
-    const T* plane = input + (static_cast<I>(bin.roi.b) * channels + c) * height * width;
+    const S* plane = input + (static_cast<I>(bin.roi.b) * channels + c) * height * width;
     T sum = T(0);
     for (int iy = 0; iy < bin.grid_h; ++iy) {
       const T y = roi_align_sample_y(bin, iy);
@@ -157,13 +162,13 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __
         if (!roi_align_inside(height, width, y, x)) continue;
         const RoiAlignTaps<T> t = roi_align_weights(height, width, y, x);
         const T hy = T(1) - t.ly, hx = T(1) - t.lx;
-        sum += hy * hx * plane[t.y_low * width + t.x_low] +
-               hy * t.lx * plane[t.y_low * width + t.x_high] +
-               t.ly * hx * plane[t.y_high * width + t.x_low] +
-               t.ly * t.lx * plane[t.y_high * width + t.x_high];
+        sum += hy * hx * widen(plane[t.y_low * width + t.x_low]) +
+               hy * t.lx * widen(plane[t.y_low * width + t.x_high]) +
+               t.ly * hx * widen(plane[t.y_high * width + t.x_low]) +
+               t.ly * t.lx * widen(plane[t.y_high * width + t.x_high]);
       }
     }
-    out[index] = sum / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
+    out[index] = narrow<S>(sum / static_cast<T>(max(bin.grid_h * bin.grid_w, 1)));
   }
 }
 
@@ -172,15 +177,18 @@ __global__ void deform_roi_pool_forward(const T* __restrict__ input, const T* __
 // channels of one bin share it), both through a Scatter (common.cuh): atomic, or deterministic
 // fixed-point when the scale is > 0. The targets and the fixed buffers must be zeroed. One thread per
 // grad_out element; n = R * C * ph * pw.
-template <typename T, typename I>
-__global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T* __restrict__ input,
-                                         const T* __restrict__ rois, const T* __restrict__ offset,
-                                         T* __restrict__ grad_input, T* __restrict__ grad_offset,
+template <typename S, typename I>
+__global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S* __restrict__ input,
+                                         const S* __restrict__ rois, const S* __restrict__ offset,
+                                         compute_t<S>* __restrict__ grad_input,
+                                         compute_t<S>* __restrict__ grad_offset,
                                          unsigned long long* __restrict__ fixed_input,
                                          unsigned long long* __restrict__ fixed_offset,
-                                         double input_scale, double offset_scale, I n, int channels, int height, int width, int pooled_h,
-                                         int pooled_w, T spatial_scale, int sampling_ratio, T gamma,
-                                         int aligned, int use_offset) {
+                                         double input_scale, double offset_scale, I n, int channels,
+                                         int height, int width, int pooled_h, int pooled_w,
+                                         compute_t<S> spatial_scale, int sampling_ratio,
+                                         compute_t<S> gamma, int aligned, int use_offset) {
+  using T = compute_t<S>;
   CUDCN_KERNEL_LOOP(index, n, I) {
     const int j = static_cast<int>(index % pooled_w);
     const int i = static_cast<int>(index / pooled_w % pooled_h);
@@ -190,9 +198,9 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T
                                              spatial_scale, sampling_ratio, gamma, aligned,
                                              use_offset);
     const I plane_start = (static_cast<I>(bin.roi.b) * channels + c) * height * width;
-    const T* plane = input + plane_start;
+    const S* plane = input + plane_start;
     const Scatter<T> to_input{grad_input, fixed_input, input_scale};
-    const T g = grad_out[index] / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
+    const T g = widen(grad_out[index]) / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
     T sum_x = T(0), sum_y = T(0);
     for (int iy = 0; iy < bin.grid_h; ++iy) {
       const T y = roi_align_sample_y(bin, iy);
@@ -208,7 +216,8 @@ __global__ void deform_roi_pool_backward(const T* __restrict__ grad_out, const T
         to_input.add(plane_start + p3, t.ly * hx * g);
         to_input.add(plane_start + p4, t.ly * t.lx * g);
         if (!use_offset) continue;
-        const T v1 = plane[p1], v2 = plane[p2], v3 = plane[p3], v4 = plane[p4];
+        const T v1 = widen(plane[p1]), v2 = widen(plane[p2]);
+        const T v3 = widen(plane[p3]), v4 = widen(plane[p4]);
         if (t.x_moves) sum_x += hy * (v2 - v1) + t.ly * (v4 - v3);
         if (t.y_moves) sum_y += hx * (v3 - v1) + t.lx * (v4 - v2);
       }

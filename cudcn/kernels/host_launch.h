@@ -20,6 +20,10 @@
 #include <xmmintrin.h>
 #endif
 
+// The 16-bit storage types (defined in storage.cuh, after this header).
+struct cudcn_half;
+struct cudcn_bfloat16;
+
 namespace cudcn_host {
 
 // Return codes of a launch entry.
@@ -90,11 +94,16 @@ struct KernelEntry {
   const char* signature;  // parameter codes, space separated (type_code below)
 };
 
-// "f4", "f8", "i4", "i8", "u4", ... for scalars; "p" + element code for a pointer, "cp" + element
-// code for a pointer to const. The Python loader checks each launch argument against these.
+// "f4", "f8", "i4", "i8", "u4", ... for scalars, "f2" for cudcn_half and "bf2" for cudcn_bfloat16
+// (storage.cuh); "p" + element code for a pointer, "cp" + element code for a pointer to const. The
+// Python loader checks each launch argument against these.
 template <typename A>
 std::string type_code() {
-  if constexpr (std::is_pointer_v<A>) {
+  if constexpr (std::is_same_v<A, ::cudcn_half>) {
+    return "f2";
+  } else if constexpr (std::is_same_v<A, ::cudcn_bfloat16>) {
+    return "bf2";
+  } else if constexpr (std::is_pointer_v<A>) {
     using Element = std::remove_pointer_t<A>;
     return (std::is_const_v<Element> ? "cp" : "p") + type_code<std::remove_cv_t<Element>>();
   } else {

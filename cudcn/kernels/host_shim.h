@@ -33,6 +33,7 @@
 #define CUDCN_HOST_SHIM_H
 
 #include <atomic>
+#include <bit>
 #include <climits>
 #include <cmath>
 #include <type_traits>
@@ -82,6 +83,10 @@ inline int __double2int_rz(double v) {
 }
 
 inline int __float2int_rz(float v) { return __double2int_rz(static_cast<double>(v)); }
+
+// Reinterpreting a float's bits, as CUDA's intrinsics do.
+inline unsigned int __float_as_uint(float v) { return std::bit_cast<unsigned int>(v); }
+inline float __uint_as_float(unsigned int v) { return std::bit_cast<float>(v); }
 
 // Round to nearest even, to a 64-bit integer (callers keep |v| < 2**62).
 inline long long __double2ll_rn(double v) { return std::llrint(v); }

@@ -1,10 +1,11 @@
 """CPU backend: Numba kernels, GEMMs through NumPy's BLAS. Deterministic (no atomics). float16 and
-bfloat16 arguments are computed in float32 and rounded once to their dtype (``precision``).
+bfloat16 arguments are computed in float32 and rounded once to their dtype
+(``cudcn.dtypes.computed_in_float32``).
 
 Importing it selects Numba's ``workqueue`` threading layer unless one was chosen (see ``threads``)."""
 
 from cudcn.backends.cpu import deform_conv2d, deform_psroi_pool, deform_roi_pool
-from cudcn.backends.cpu.precision import computed_in_float32
+from cudcn.dtypes import computed_in_float32
 
 deform_conv2d_forward = computed_in_float32(deform_conv2d.deform_conv2d_forward)
 deform_conv2d_backward = computed_in_float32(deform_conv2d.deform_conv2d_backward)

@@ -41,6 +41,7 @@ from typing import Any
 
 from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.cuda.launch import (
+    C_TYPES,
     GetKernel,
     KernelParams,
     ScatterTarget,
@@ -52,6 +53,7 @@ from cudcn.backends.cuda.launch import (
     index_type,
     launch_1d,
 )
+from cudcn.dtypes import compute_dtype
 
 Array = Any
 Pair = tuple[int, int]
@@ -59,7 +61,7 @@ Pair = tuple[int, int]
 NAME_EXPRESSIONS = tuple(
     f"deform_conv2d_{kernel}<{scalar}, {index}>"
     for kernel in ("im2col", "col2im", "col2im_coord")
-    for scalar in ("float", "double")
+    for scalar in C_TYPES.values()
     for index in ("int", "long long")
 )
 
@@ -100,6 +102,7 @@ class _Plan:
         check_plane(height, width)
         check_plane(self.out_h, self.out_w, "output")
         self.groups, self.taps, self.dtype = groups, kh * kw, input.dtype
+        self.compute = compute_dtype(self.dtype)  # of the column buffer, the GEMMs and the scatter
         self.plane = self.out_h * self.out_w
         self.rows = self.channels * self.taps  # rows of the column buffer
         self.geometry = ConvGeometry(
@@ -109,7 +112,7 @@ class _Plan:
             dilation_h=dilation[0], dilation_w=dilation[1], offset_groups=offset_groups,
             use_mask=int(mask is not None),
         )  # fmt: skip
-        per_item = self.rows * self.plane * self.dtype.itemsize
+        per_item = self.rows * self.plane * self.compute.itemsize
         self.chunks = list(batch_chunks(self.batch, per_item, COLUMN_BUDGET_BYTES))
         self.largest = max((stop - start for start, stop in self.chunks), default=0)
         counts = (self.rows * self.plane, self.channels * height * width,
@@ -124,8 +127,9 @@ class _Plan:
         launch_1d(self.kernels[name], n, (*arrays, self.index(n), *geometry.scalars(self.dtype)))
 
     def buffer(self, xp: Any, rows: int) -> Array:
-        """A flat work buffer of ``rows`` x (largest chunk · H_out·W_out) elements."""
-        return xp.empty(rows * self.largest * self.plane, dtype=self.dtype)
+        """A flat work buffer of ``rows`` x (largest chunk · H_out·W_out) elements of the compute
+        dtype."""
+        return xp.empty(rows * self.largest * self.plane, dtype=self.compute)
 
     def im2col(self, columns: Array, input: Array, offset: Array, mask: Array) -> Array:
         """Fill the column buffer for the chunk ``input``; returns it as (groups, rows / groups,
@@ -138,7 +142,8 @@ class _Plan:
         return cols.reshape(self.groups, self.rows // self.groups, chunk * self.plane)
 
     def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: ScatterTarget) -> None:
-        """Scatter the column gradient onto ``g_input`` (zeroed; atomic or fixed-point)."""
+        """Scatter the column gradient onto ``g_input`` (zeroed, of the compute dtype; atomic or
+        fixed-point)."""
         chunk = g_input.target.shape[0]
         self._launch("col2im", self.channels * chunk * self.plane, chunk,
                      (g_cols, offset, mask, *g_input.args()))  # fmt: skip
@@ -163,7 +168,10 @@ def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: 
     if not plan.chunks:
         return out
     columns, product = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
-    w = weight.reshape(plan.groups, plan.out_channels // plan.groups, -1)
+    w = weight.astype(plan.compute, copy=False).reshape(
+        plan.groups, plan.out_channels // plan.groups, -1
+    )
+    wide_bias = None if bias is None else bias.astype(plan.compute, copy=False).reshape(1, -1, 1)
     no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never read (use_mask 0)
     for start, stop in plan.chunks:
         chunk, batch = stop - start, slice(start, stop)
@@ -173,11 +181,11 @@ def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: 
         for g in range(plan.groups):
             xp.matmul(w[g], cols[g], out=prod[g])
         result = prod.reshape(plan.out_channels, chunk, plan.plane).transpose(1, 0, 2)
-        target = out[batch].reshape(chunk, plan.out_channels, plan.plane)
+        target = out[batch].reshape(chunk, plan.out_channels, plan.plane)  # rounds once, if 16-bit
         if bias is None:
             target[...] = result
         else:
-            xp.add(result, bias.reshape(1, -1, 1), out=target)
+            xp.add(result, wide_bias, out=target, casting="unsafe")
     return out
 
 
@@ -191,16 +199,23 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
     )
     mask = None if mask is None else xp.ascontiguousarray(mask)
     plan = _Plan(get_kernel, input, offset, weight, mask, **params)
-    g_input = xp.zeros(input.shape, dtype=plan.dtype)  # scatter target
+    # The input gradient (a scatter target) and the weight gradient (a sum of GEMMs) accumulate in
+    # the compute dtype and are rounded once at the end; the coordinate kernel rounds its own.
+    g_input = xp.zeros(input.shape, dtype=plan.compute)
     deterministic = deterministic_enabled()
     g_offset = new_output(xp, offset.shape, plan.dtype)
     g_mask = None if mask is None else new_output(xp, mask.shape, plan.dtype)
-    g_weight = xp.zeros(weight.shape, dtype=plan.dtype)
-    g_bias = None if bias is None else grad_out.sum(axis=(0, 2, 3))
+    g_weight = xp.zeros(weight.shape, dtype=plan.compute)
+    g_bias = None
+    if bias is not None:
+        g_bias = grad_out.sum(axis=(0, 2, 3), dtype=plan.compute).astype(plan.dtype, copy=False)
     if not plan.chunks:
-        return g_input, g_offset, g_weight, g_bias, g_mask
+        return (g_input.astype(plan.dtype, copy=False), g_offset,
+                g_weight.astype(plan.dtype, copy=False), g_bias, g_mask)  # fmt: skip
     columns, grads = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
-    w = weight.reshape(plan.groups, plan.out_channels // plan.groups, -1)
+    w = weight.astype(plan.compute, copy=False).reshape(
+        plan.groups, plan.out_channels // plan.groups, -1
+    )
     gw = g_weight.reshape(w.shape)
     no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never touched (use_mask 0)
     for start, stop in plan.chunks:
@@ -222,4 +237,5 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
         target.finish()
         plan.col2im_coord(cols, input[batch], offset[batch], masks, g_offset[batch],
                           no_mask if g_mask is None else g_mask[batch])  # fmt: skip
+    g_input, g_weight = (g.astype(plan.dtype, copy=False) for g in (g_input, g_weight))
     return g_input, g_offset, g_weight, g_bias, g_mask

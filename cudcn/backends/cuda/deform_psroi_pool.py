@@ -13,6 +13,7 @@ from typing import Any
 
 from cudcn.backends import new_output
 from cudcn.backends.cuda.launch import (
+    C_TYPES,
     GetKernel,
     KernelParams,
     c_type,
@@ -27,7 +28,7 @@ Array = Any
 NAME_EXPRESSIONS = tuple(
     f"deform_psroi_pool_{kernel}<{scalar}, {index}>"
     for kernel in ("forward", "backward")
-    for scalar in ("float", "double")
+    for scalar in C_TYPES.values()
     for index in ("int", "long long")
 )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from cudcn.backends import new_output
 from cudcn.backends.cuda.launch import (
+    C_TYPES,
     GetKernel,
     KernelParams,
     c_type,
@@ -29,7 +30,7 @@ Array = Any
 NAME_EXPRESSIONS = tuple(
     f"deform_roi_pool_{kernel}<{scalar}, {index}>"
     for kernel in ("forward", "backward")
-    for scalar in ("float", "double")
+    for scalar in C_TYPES.values()
     for index in ("int", "long long")
 )
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.backends import deterministic_enabled
+from cudcn.dtypes import bfloat16, compute_dtype
 
 Kernel = Callable[[tuple[int, ...], tuple[int, ...], tuple[Any, ...]], Any]
 GetKernel = Callable[[str], Kernel]
@@ -29,15 +30,20 @@ MAX_BLOCKS = 16384
 # still fit in int32.
 INDEX32_LIMIT = 2**31 - 1 - MAX_BLOCKS * THREADS_PER_BLOCK
 
-_C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+# The kernels' storage types (cudcn/kernels/storage.cuh), in NAME_EXPRESSIONS order.
+C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+           np.dtype(np.float16): "cudcn_half", bfloat16: "cudcn_bfloat16"}  # fmt: skip
 
 
 def c_type(dtype: Any) -> str:
-    """The C++ type of a float dtype: ``"float"`` or ``"double"``."""
+    """The C++ storage type of a float dtype: ``"float"``, ``"double"``, ``"cudcn_half"`` or
+    ``"cudcn_bfloat16"``."""
     try:
-        return _C_TYPES[np.dtype(dtype)]
+        return C_TYPES[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(f"kernels take float32 or float64 arrays, got dtype {dtype}") from None
+        raise TypeError(
+            f"kernels take float16, bfloat16, float32 or float64 arrays, got dtype {dtype}"
+        ) from None
 
 
 def index_type(*counts: int) -> tuple[str, type[np.integer]]:
@@ -61,12 +67,14 @@ def check_plane(height: int, width: int, what: str = "input") -> None:
 class KernelParams:
     """The trailing scalar parameters of a family of kernels, as named fields in the kernels'
     parameter order, built by keyword so no two can be swapped silently. ``int`` fields are passed
-    as ``numpy.int32``, ``float`` fields as the kernels' float type; ``tests/test_launch.py``
-    checks every subclass's field names against the ``.cu`` signatures."""
+    as ``numpy.int32``, ``float`` fields in the kernels' compute type (float32 for 16-bit
+    storage); ``tests/test_launch.py`` checks every subclass's field names against the ``.cu``
+    signatures."""
 
     def scalars(self, dtype: Any) -> tuple[Any, ...]:
-        """The values, in order, as the explicit NumPy scalars a raw launch needs."""
-        scalar = np.dtype(dtype).type
+        """The values, in order, as the explicit NumPy scalars a raw launch needs, for kernels
+        whose arrays have ``dtype``."""
+        scalar = compute_dtype(dtype).type
         return tuple(
             np.int32(getattr(self, f.name)) if f.type == "int" else scalar(getattr(self, f.name))
             for f in fields(self)
@@ -115,6 +123,7 @@ class ScatterTarget:
 
 def finite_abs_sum(xp: Any, a: Any) -> float:
     """sum |a| over the finite elements of ``a`` (float64)."""
+    a = a.astype(compute_dtype(a.dtype), copy=False)  # nan_to_num knows no bfloat16
     total = float(xp.abs(a).sum(dtype=np.float64))
     if np.isfinite(total):
         return total
@@ -125,6 +134,7 @@ def finite_abs_max(xp: Any, a: Any) -> float:
     """max |a| over the finite elements of ``a`` (0 for none)."""
     if a.size == 0:
         return 0.0
+    a = a.astype(compute_dtype(a.dtype), copy=False)
     largest = float(xp.abs(a).max())
     if np.isfinite(largest):
         return largest
@@ -144,13 +154,17 @@ def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: 
     size in feature-map pixels, called in the deterministic mode only. The bounds of the
     contributions' magnitudes there: grad_out / count spread with weights summing to <= 1 for the
     input, and a shift derivative <= step * RoI size * |grad| * 2 max|input|.
+
+    The gradients are scattered into buffers of the compute dtype (float32 for 16-bit inputs) and
+    rounded once to the input dtype at the end.
     """
-    grad_input = xp.zeros(input.shape, dtype=input.dtype)  # scatter target
-    if shift is None:
-        shift_arg = grad_shift = xp.zeros((1,), dtype=input.dtype)
+    wide = compute_dtype(input.dtype)
+    grad_input = xp.zeros(input.shape, dtype=wide)  # scatter target
+    if shift is None:  # placeholders the kernel never touches
+        shift_arg, grad_shift = xp.zeros((1,), dtype=input.dtype), xp.zeros((1,), dtype=wide)
     else:
         shift_arg = xp.ascontiguousarray(shift)
-        grad_shift = xp.zeros(shift.shape, dtype=shift.dtype)
+        grad_shift = xp.zeros(shift.shape, dtype=wide)
     bound_input = bound_shift = None
     if deterministic_enabled():
         bound_input = finite_abs_sum(xp, grad_out)
@@ -164,7 +178,8 @@ def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: 
     ))  # fmt: skip
     to_input.finish()
     to_shift.finish()
-    return grad_input, None if shift is None else grad_shift
+    grad_input = grad_input.astype(input.dtype, copy=False)
+    return grad_input, None if shift is None else grad_shift.astype(input.dtype, copy=False)
 
 
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:

@@ -35,9 +35,10 @@ import numpy as np
 from cudcn.backends.cuda.launch import GetKernel
 from cudcn.backends.cuda.source import source_files
 from cudcn.backends.emulated.build import TABLE_SYMBOL, build, build_flags, compiler
+from cudcn.dtypes import bfloat16
 
-_C_NAMES = {"f4": "float", "f8": "double", "i4": "int", "i8": "long long", "u4": "unsigned int",
-            "u8": "unsigned long long"}  # fmt: skip
+_C_NAMES = {"f2": "cudcn_half", "bf2": "cudcn_bfloat16", "f4": "float", "f8": "double", "i4": "int",
+            "i8": "long long", "u4": "unsigned int", "u8": "unsigned long long"}  # fmt: skip
 MODES = ("auto", "concurrent", "serial")
 # What makes the threads of a block cooperate: such kernels cannot run in serial mode.
 COOPERATION = re.compile(
@@ -86,8 +87,14 @@ def describe(code: str) -> str:
 
 
 def _numpy_name(code: str) -> str:
-    """``"i4"`` -> ``"numpy.int32"``, ``"f8"`` -> ``"numpy.float64"``."""
-    return f"numpy.{np.dtype(code).name}"
+    """``"i4"`` -> ``"numpy.int32"``, ``"f8"`` -> ``"numpy.float64"``, ``"bf2"`` ->
+    ``"ml_dtypes.bfloat16"``."""
+    return "ml_dtypes.bfloat16" if code == "bf2" else f"numpy.{np.dtype(code).name}"
+
+
+def type_code(dtype: np.dtype) -> str:
+    """The export table's code of a dtype: kind and size (``"f4"``), ``"bf2"`` for bfloat16."""
+    return "bf2" if dtype == bfloat16 else f"{dtype.kind}{dtype.itemsize}"
 
 
 def _dims(what: str, value: Any) -> tuple[int, int, int]:
@@ -160,14 +167,14 @@ class HostKernel:
             element = code.removeprefix("c")[1:]
             if not isinstance(arg, np.ndarray):
                 raise TypeError(f"{where} needs a numpy array, got {type(arg).__name__}")
-            if f"{arg.dtype.kind}{arg.dtype.itemsize}" != element:
+            if type_code(arg.dtype) != element:
                 raise TypeError(f"{where} needs a {_numpy_name(element)} array, got {arg.dtype}")
             if not arg.flags.c_contiguous:
                 raise ValueError(f"{where} needs a C-contiguous array, got strides {arg.strides}")
             if not code.startswith("cp") and not arg.flags.writeable:
                 raise ValueError(f"{where} is written by the kernel, got a read-only array")
             return np.array([arg.ctypes.data], dtype=np.uintp)
-        if not isinstance(arg, np.generic) or f"{arg.dtype.kind}{arg.dtype.itemsize}" != code:
+        if not isinstance(arg, np.generic) or type_code(arg.dtype) != code:
             got = f"numpy.{arg.dtype}" if isinstance(arg, np.generic) else type(arg).__name__
             raise TypeError(
                 f"{where} needs a {_numpy_name(code)} scalar (raw launches pass scalars of the "
