@@ -78,6 +78,13 @@ def deform_conv2d(
     dy`` and ``x = ox * stride_w - padding_w + j * dilation_w + dx`` by bilinear interpolation with
     zeros outside the image (``grid_sample(align_corners=False, padding_mode="zeros")``).
 
+    Precision: float32 and float64 compute in their own dtype. float16 and bfloat16 are read as
+    stored and computed in float32: sampling positions (so an offset of 0.3 px at x = 1500 is
+    kept), bilinear weights, the column buffer, the GEMMs with the weight (float32 GEMMs, not
+    cuBLAS's half ones) and every gradient sum, each result rounded once to the input dtype.
+    The GPU's input gradient is an atomic float32 scatter whose last bits vary run to run, unless
+    under ``cudcn.deterministic()``; the CPU backend is deterministic always.
+
     Example:
         >>> import numpy as np, cudcn
         >>> x = np.ones((1, 2, 5, 5), np.float32)

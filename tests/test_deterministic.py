@@ -14,10 +14,11 @@ import pytest
 
 import cudcn
 import cudcn.backends.emulated as emulated
-from cudcn import reference
+from cudcn import dtypes, reference
 from cudcn.backends.cpu import deform_roi_pool_backward as cpu_roi_backward
 from cudcn.backends.cuda import launch
 from cudcn.backends.emulated import build as host_build
+from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.testing import assert_allclose_to_reference, summation_order_tolerance
 
 pytestmark = pytest.mark.skipif(
@@ -78,13 +79,18 @@ def _identical(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("op", OPS)
 def test_deterministic_mode_is_bitwise_identical_for_every_schedule(monkeypatch, op, dtype):
     args = _inputs(op, dtype)
     with cudcn.deterministic():
         runs = _under_schedules(monkeypatch, op, args)
     assert all(_identical(runs[0], run) for run in runs[1:]), f"{op}: schedules changed the bits"
+    if dtypes.is_half_dtype(dtype):
+        # 16-bit gradients are float32 scatters rounded once (test_half_precision.py checks that
+        # bit for bit); the rounding hides the float32 sums' last bits, so the control below runs
+        # on the float32 instantiation of the same scatters only.
+        return
     # Control: the same schedules without the mode do change the atomic sums' last bits, so the
     # check above could have failed.
     atomic = _under_schedules(monkeypatch, op, args)

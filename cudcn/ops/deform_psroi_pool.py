@@ -222,6 +222,11 @@ def deform_psroi_pool(
     Gradients flow to ``input`` and ``trans``; at an integer coordinate floor and ceil coincide, so
     the gradient along that axis is 0.
 
+    Precision: float32 and float64 compute in their own dtype; float16 and bfloat16 are read as
+    stored and computed in float32 (bin geometry, sample positions, weights, the sums and the
+    gradients' scatters), each result rounded once to the input dtype. GPU gradients are atomic
+    scatters (last bits vary run to run) unless under ``cudcn.deterministic()``.
+
     Example:
         >>> import numpy as np, cudcn
         >>> x = np.arange(16.0).reshape(1, 1, 4, 4)

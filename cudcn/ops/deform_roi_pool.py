@@ -234,6 +234,11 @@ def deform_roi_pool(
     Gradients flow to ``input`` and ``offset``; along an axis where a sample was clamped or snapped
     it does not move, so it adds nothing to the offset gradient.
 
+    Precision: float32 and float64 compute in their own dtype; float16 and bfloat16 are read as
+    stored and computed in float32 (RoI geometry, sample positions, weights, the bin sums and the
+    gradients' scatters), each result rounded once to the input dtype. GPU gradients are atomic
+    scatters (last bits vary run to run) unless under ``cudcn.deterministic()``.
+
     Example:
         >>> import numpy as np, cudcn
         >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
@@ -269,6 +274,8 @@ def roi_align(
     Returns:
         (R, C, ph, pw), the average of bilinear samples per bin under the rules of
         :func:`deform_roi_pool` with no offset. Gradients flow to ``input``.
+
+    Precision: as :func:`deform_roi_pool` (16-bit inputs computed in float32, rounded once).
 
     Example:
         >>> import numpy as np, cudcn
