@@ -1,0 +1,141 @@
+"""Measured error of every op's float16, bfloat16 and float32 results against the float64 reference
+evaluated on the same rounded inputs, on the host backends (``cpu``, ``emulated``).
+
+For every result (the forward output and each gradient) it prints the worst error in units of
+``eps(dtype) * max|reference|`` of that result. A result rounded once from an exact value is within
+0.5 (half a unit in the last place at the largest value); a float32 result shows the float32 work,
+whose sample positions the emulated backend computes in float32 and the CPU one in float64.
+(Errors in units of each element's own ulp are not shown: gradients that cancel to near zero have
+tiny ulps and no bound relative to them.)
+
+Usage: ``python benchmarks/precision_errors.py [--seed N]`` (seconds on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import cudcn
+from cudcn import dtypes, ops, reference
+
+CONV = {"stride": 1, "padding": 1, "dilation": 1}
+ROI = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "gamma": 0.1}
+ALIGN = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "aligned": True}
+PSROI = {"spatial_scale": 0.25, "output_dim": 8, "group_size": 3, "pooled_size": 3,
+         "sample_per_part": 2, "trans_std": 0.1}  # fmt: skip
+REFERENCE_PARAMS = {
+    "deform_roi_pool": {"pooled_h": 7, "pooled_w": 7, "spatial_scale": 0.25, "sampling_ratio": 2,
+                        "gamma": 0.1, "aligned": True},
+    "deform_psroi_pool": {**PSROI, "part_size": 3},
+}  # fmt: skip
+
+
+def inputs(op: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """float64 inputs of a detection-like size, and the cotangent drawn later from the output."""
+    if op == "deform_conv2d":
+        return [rng.standard_normal((2, 16, 24, 24)), rng.uniform(-3, 3, (2, 18, 24, 24)),
+                rng.standard_normal((16, 16, 3, 3)) / 12, rng.standard_normal(16),
+                rng.uniform(0.1, 1, (2, 9, 24, 24))]  # fmt: skip
+    channels = 8 * 9 if op == "deform_psroi_pool" else 16
+    x1, y1 = rng.uniform(-8, 90, 32), rng.uniform(-8, 90, 32)
+    w, h = rng.uniform(8, 60, 32), rng.uniform(8, 60, 32)
+    rois = np.column_stack([rng.integers(0, 2, 32), x1, y1, x1 + w, y1 + h])
+    shift = rng.uniform(-1, 1, (32, 2, 3, 3) if op == "deform_psroi_pool" else (32, 2, 7, 7))
+    return [rng.standard_normal((2, channels, 24, 24)), rois, shift]
+
+
+def run(op: str, arrays: list, grad_out) -> list:
+    """Forward output and every gradient through the public array-level ops."""
+    if op == "deform_conv2d":
+        x, offset, weight, bias, mask = arrays
+        out = ops.deform_conv2d_forward(x, offset, weight, bias, **CONV, mask=mask)
+        grads = ops.deform_conv2d_backward(grad_out, x, offset, weight, bias, **CONV, mask=mask)
+    elif op == "deform_roi_pool":
+        out = ops.deform_roi_pool_forward(*arrays, **ROI)
+        grads = ops.deform_roi_pool_backward(grad_out, *arrays, **ROI)
+    elif op == "roi_align":
+        out = ops.roi_align_forward(*arrays[:2], **ALIGN)
+        grads = ops.roi_align_backward(grad_out, *arrays[:2], **ALIGN)
+    else:
+        out = ops.deform_psroi_pool_forward(*arrays, **PSROI)
+        grads = ops.deform_psroi_pool_backward(grad_out, *arrays, **PSROI)
+    return [out, *grads]
+
+
+def truth(op: str, arrays: list, grad_out: np.ndarray) -> list:
+    """The float64 reference on the (already rounded) inputs."""
+    if op == "deform_conv2d":
+        p = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1,
+             "offset_groups": 1}  # fmt: skip
+        x, offset, weight, bias, mask = arrays
+        return [reference.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
+                *reference.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
+    if op == "roi_align":  # deform_roi_pool without offset, aligned
+        p = REFERENCE_PARAMS["deform_roi_pool"]
+        args = [*arrays[:2], None]
+        return [reference.deform_roi_pool_forward(*args, **p),
+                reference.deform_roi_pool_backward(grad_out, *args, **p)[0]]  # fmt: skip
+    forward = getattr(reference, f"{op}_forward")
+    backward = getattr(reference, f"{op}_backward")
+    return [forward(*arrays, **REFERENCE_PARAMS[op]),
+            *backward(grad_out, *arrays, **REFERENCE_PARAMS[op])]  # fmt: skip
+
+
+def error(got: np.ndarray, want: np.ndarray, dtype) -> float:
+    """Worst |got - want| / (eps(dtype) * max|want|)."""
+    err = np.abs(got.astype(np.float64) - want.astype(np.float64)).max()
+    return float(err / (dtypes.eps(dtype) * np.abs(want).max()))
+
+
+NAMES = {
+    "deform_conv2d": ("out", "input", "offset", "weight", "bias", "mask"),
+    "deform_roi_pool": ("out", "input", "offset"),
+    "roi_align": ("out", "input"),
+    "deform_psroi_pool": ("out", "input", "trans"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=20261201)
+    seed = parser.parse_args().seed
+    print(
+        f"seed {seed}; worst error per result in eps(dtype) * max|reference| (see the docstring)\n"
+    )
+    print("| op | result | backend | float16 | bfloat16 | float32 |")
+    print("|---|---|---|---|---|---|")
+    for op in NAMES:
+        rng = np.random.default_rng(seed)
+        wide = inputs(op, rng)
+        rows: dict[tuple[str, str], list[str]] = {}
+        for dtype in (dtypes.float16, dtypes.bfloat16, dtypes.float32):
+            arrays = [a.astype(dtype) for a in wide]
+            rounded = [a.astype(np.float64) for a in arrays]
+            grad_out = (
+                np.random.default_rng(seed + 1)
+                .standard_normal(truth_output_shape(op, rounded))
+                .astype(dtype)
+            )
+            want = truth(op, rounded, grad_out.astype(np.float64))
+            for backend in ("cpu", "emulated"):
+                with cudcn.use_backend(backend):
+                    got = run(op, arrays, grad_out)
+                for name, g, w in zip(NAMES[op], got, want, strict=True):
+                    rows.setdefault((name, backend), []).append(f"{error(g, w, dtype):.2f}")
+        for (name, backend), cells in rows.items():
+            print(f"| {op} | {name} | {backend} | " + " | ".join(cells) + " |")
+
+
+def truth_output_shape(op: str, rounded: list) -> tuple[int, ...]:
+    """The forward output's shape, from the reference."""
+    if op == "deform_conv2d":
+        return (rounded[0].shape[0], rounded[2].shape[0], *rounded[0].shape[2:])
+    if op in ("deform_roi_pool", "roi_align"):
+        return (rounded[1].shape[0], rounded[0].shape[1], *ROI["output_size"])
+    return (rounded[1].shape[0], PSROI["output_dim"], PSROI["pooled_size"], PSROI["pooled_size"])
+
+
+if __name__ == "__main__":
+    main()
