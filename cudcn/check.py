@@ -1,5 +1,6 @@
 """``cudcn check``: every op on every available backend, on tiny shapes, against the float64 NumPy
-reference (``cudcn.reference``, float32 and float64) and against finite differences (``gradcheck``).
+reference (``cudcn.reference``; float64, float32, float16 and bfloat16, the reference evaluated on the
+inputs rounded to the dtype) and against finite differences (``gradcheck``).
 
 The ops are the rows of :data:`CHECKS`; adding an op is adding one :class:`OpCheck`. Each check calls
 the public differentiable function: with plain arrays for the forward, and with Tensors, a random
@@ -27,6 +28,7 @@ import numpy as np
 from cudcn import functional, reference
 from cudcn.autograd import Tensor
 from cudcn.backends import use_backend
+from cudcn.dtypes import FLOAT_DTYPES, eps
 from cudcn.testing import gradcheck, poison_outputs, to_numpy
 
 Inputs = dict[str, Any]
@@ -250,7 +252,7 @@ def _worst(got: Any, want: np.ndarray, dtype: Any) -> float:
     got = to_numpy(got).astype(np.float64)
     if got.shape != want.shape:
         return float("inf")
-    allowed = TOLERANCE_FACTOR * np.finfo(dtype).eps * max(1.0, float(np.abs(want).max(initial=0)))
+    allowed = TOLERANCE_FACTOR * eps(dtype) * max(1.0, float(np.abs(want).max(initial=0)))
     err = float(np.abs(got - want).max(initial=0.0))
     return err / allowed if np.isfinite(err) else float("inf")
 
@@ -258,9 +260,13 @@ def _worst(got: Any, want: np.ndarray, dtype: Any) -> float:
 def _compare(op: OpCheck, backend: Backend, inputs: Inputs, dtype: Any, seed: int) -> float:
     """Forward and tape gradients in ``dtype`` against the reference; the worst relative error."""
     dev = {k: None if v is None else backend.convert(v, dtype) for k, v in inputs.items()}
-    want_out = op.reference_forward(inputs)
+    rounded = {
+        k: None if v is None else v.astype(dtype).astype(np.float64) for k, v in inputs.items()
+    }
+    want_out = op.reference_forward(rounded)
     grad = np.random.default_rng(seed).standard_normal(want_out.shape)
-    want_grads = op.reference_backward(grad, inputs)
+    grad = grad.astype(dtype).astype(np.float64)
+    want_grads = op.reference_backward(grad, rounded)
     tensors = {k: Tensor(v, requires_grad=True) if k in op.wrt else v for k, v in dev.items()}
     with backend.context(), poison_outputs():
         out = op.call(**dev)
@@ -297,7 +303,7 @@ def check_one(op: OpCheck, backend: Backend, seed: int = 0) -> Result:
     inputs = op.make(np.random.default_rng(seed))
     try:
         errors = {np.dtype(d).name: _compare(op, backend, inputs, d, seed + 1)
-                  for d in (np.float64, np.float32)}  # fmt: skip
+                  for d in reversed(FLOAT_DTYPES)}  # fmt: skip
         _gradcheck(op, backend, inputs, seed + 2)
     except Exception as exc:  # a failed check or a crash: report it as a failure with its message
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
