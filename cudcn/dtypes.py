@@ -13,19 +13,29 @@ written as ``dtype.kind == "f"`` or ``np.issubdtype(dtype, np.floating)`` reject
 from __future__ import annotations
 
 import functools
+import importlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 float16 = np.dtype(np.float16)
-bfloat16 = np.dtype(ml_dtypes.bfloat16)
 float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
 
-FLOAT_DTYPES = (float16, bfloat16, float32, float64)
-HALF_DTYPES = (float16, bfloat16)  # stored in 16 bits, computed in float32
+
+def __getattr__(name: str) -> Any:
+    """``bfloat16``, ``FLOAT_DTYPES`` (float16, bfloat16, float32, float64) and ``HALF_DTYPES``
+    (float16, bfloat16), built on first access: importing ml_dtypes takes about half a second, so
+    ``import cudcn`` does not (an array can only be bfloat16 once ml_dtypes is imported)."""
+    if name not in ("bfloat16", "FLOAT_DTYPES", "HALF_DTYPES"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    bfloat16 = np.dtype(importlib.import_module("ml_dtypes").bfloat16)
+    values = {"bfloat16": bfloat16, "FLOAT_DTYPES": (float16, bfloat16, float32, float64),
+              "HALF_DTYPES": (float16, bfloat16)}  # fmt: skip
+    globals().update(values)
+    return values[name]
 
 
 def _dtype(dtype: Any) -> np.dtype | None:
@@ -35,27 +45,35 @@ def _dtype(dtype: Any) -> np.dtype | None:
         return None
 
 
+def _is_bfloat16(dtype: np.dtype | None) -> bool:
+    ml_dtypes = sys.modules.get("ml_dtypes")  # not imported: nothing can be bfloat16 yet
+    return ml_dtypes is not None and dtype == np.dtype(ml_dtypes.bfloat16)
+
+
 def is_float_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is one of cudcn's floating dtypes (float16, bfloat16, float32, float64)."""
-    return _dtype(dtype) in FLOAT_DTYPES
+    dtype = _dtype(dtype)
+    return dtype in (float16, float32, float64) or _is_bfloat16(dtype)
 
 
 def is_half_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is float16 or bfloat16 (stored in 16 bits, computed in float32)."""
-    return _dtype(dtype) in HALF_DTYPES
+    dtype = _dtype(dtype)
+    return dtype == float16 or _is_bfloat16(dtype)
 
 
 def compute_dtype(dtype: Any) -> np.dtype:
     """The dtype an op computes in for inputs of ``dtype``: float32 for float16 and bfloat16, else
     ``dtype`` itself."""
-    dtype = np.dtype(dtype)
-    return float32 if dtype in HALF_DTYPES else dtype
+    return float32 if is_half_dtype(dtype) else np.dtype(dtype)
 
 
 def eps(dtype: Any) -> float:
     """Machine epsilon (the gap from 1 to the next value) of a floating dtype, bfloat16 included:
     2**-10 for float16, 2**-7 for bfloat16, 2**-23 for float32, 2**-52 for float64."""
-    return float(ml_dtypes.finfo(np.dtype(dtype)).eps)
+    if _is_bfloat16(_dtype(dtype)):
+        return 2.0**-7
+    return float(np.finfo(np.dtype(dtype)).eps)
 
 
 def describe_floats() -> str:

@@ -71,9 +71,10 @@ def test_console_entry_error_has_no_traceback():
 
 
 def test_import_stays_light():
-    """Neither ``import cudcn`` nor the command's module pulls in the demo's or the GPU's libraries."""
+    """Neither ``import cudcn`` nor the command's module pulls in the demo's or the GPU's libraries,
+    nor ml_dtypes (half a second to import; loaded when bfloat16 is first needed)."""
     code = ("import sys, cudcn, cudcn.cli; heavy = {'matplotlib', 'mlxtend', 'cupy', 'torch', 'onnx', "
-            "'onnxruntime'}; print(sorted(heavy & set(sys.modules)))")  # fmt: skip
+            "'onnxruntime', 'ml_dtypes'}; print(sorted(heavy & set(sys.modules)))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
