@@ -184,8 +184,10 @@ def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: 
         target = out[batch].reshape(chunk, plan.out_channels, plan.plane)  # rounds once, if 16-bit
         if bias is None:
             target[...] = result
-        else:
-            xp.add(result, wide_bias, out=target, casting="unsafe")
+        elif plan.compute == plan.dtype:
+            xp.add(result, wide_bias, out=target)
+        else:  # add in float32, round once on assignment
+            target[...] = result + wide_bias
     return out
 
 
