@@ -354,7 +354,11 @@ def test_good_arguments_pass():
     [
         ({"rois": np.zeros((2, 4), np.float32)}, ValueError, r"rois must have shape \(2, 5\)"),
         ({"rois": np.zeros(5, np.float32)}, ValueError, r"rois must be 2-D \(R, 5\)"),
-        ({"rois": np.zeros((2, 5), np.int64)}, TypeError, r"rois must have dtype float32"),
+        (
+            {"rois": np.zeros((2, 5), np.int64)},
+            TypeError,
+            r"rois must have dtype float16, bfloat16 \(ml_dtypes.bfloat16\), float32 or float64, got int64",
+        ),
         ({"rois": np.zeros((2, 5), np.float64)}, TypeError, r"rois has dtype float64 but input"),
         ({"rois": np.array([[2, 0, 0, 1, 1.0]], np.float32)}, ValueError, r"\[0, 2\).*rois\[0\]"),
         ({"rois": np.array([[-1, 0, 0, 1, 1.0]], np.float32)}, ValueError, r"batch index in"),

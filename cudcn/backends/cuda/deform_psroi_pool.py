@@ -19,6 +19,7 @@ from cudcn.backends.cuda.launch import (
     c_type,
     check_plane,
     index_type,
+    largest_roi_side,
     launch_1d,
     roi_pool_backward,
 )
@@ -120,7 +121,7 @@ def deform_psroi_pool_backward(
     )  # fmt: skip
 
     def extent() -> float:  # RoI sizes are (round(x2) + 1 - round(x1)) * scale, at least 0.1
-        return max((float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) + 2.0) * spatial_scale, 0.1)
+        return max((largest_roi_side(xp, rois) + 2.0) * spatial_scale, 0.1)
 
     kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
     return roi_pool_backward(xp, kernel, grad_out, input, rois, trans, trans_std, extent, scalars)

@@ -21,6 +21,7 @@ from cudcn.backends.cuda.launch import (
     c_type,
     check_plane,
     index_type,
+    largest_roi_side,
     launch_1d,
     roi_pool_backward,
 )
@@ -119,7 +120,7 @@ def deform_roi_pool_backward(
     )  # fmt: skip
 
     def extent() -> float:  # RoI sizes are x2 - x1 (at least 1 when not aligned), scaled
-        return float(xp.abs(rois[:, 3:5] - rois[:, 1:3]).max()) * spatial_scale + 1.0
+        return largest_roi_side(xp, rois) * spatial_scale + 1.0
 
     kernel = get_kernel(f"deform_roi_pool_backward{templ}")
     return roi_pool_backward(xp, kernel, grad_out, input, rois, offset, gamma, extent, scalars)

@@ -141,6 +141,13 @@ def finite_abs_max(xp: Any, a: Any) -> float:
     return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).max())
 
 
+def largest_roi_side(xp: Any, rois: Any) -> float:
+    """max |x2 - x1| and |y2 - y1| over ``rois`` (R, 5), in float64 (a float16 difference overflows
+    past 65504)."""
+    corners = rois[:, 1:5].astype(np.float64)
+    return float(xp.abs(corners[:, 2:] - corners[:, :2]).max()) if len(rois) else 0.0
+
+
 def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: Any,
                       shift: Any | None, step: float, extent: Callable[[], float],
                       scalars: tuple[Any, ...]) -> tuple[Any, Any | None]:  # fmt: skip
