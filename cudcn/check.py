@@ -193,6 +193,23 @@ def cuda_device() -> tuple[bool, str]:
     return True, name.decode() if isinstance(name, bytes) else str(name)
 
 
+def cupy_dtypes() -> str:
+    """The floating dtypes CuPy arrays can have here: float16 always; bfloat16 only where the
+    installed CuPy has it (creating a host-side dtype needs no GPU)."""
+    try:
+        import cupy
+    except ImportError:
+        return "not installed"
+    import ml_dtypes
+
+    try:
+        cupy.dtype(ml_dtypes.bfloat16)
+        cupy.ndarray((0,), dtype=ml_dtypes.bfloat16)
+    except Exception as exc:  # CuPy's refusal is a TypeError or ValueError, depending on version
+        return f"float16, float32, float64 (CuPy {cupy.__version__} has no bfloat16: {exc})"
+    return "float16, bfloat16, float32, float64"
+
+
 def nvrtc_compiles(arch: str = "compute_75") -> tuple[bool, str]:
     """Whether every kernel file compiles to PTX with NVRTC (through ``cuda.bindings``), as the CUDA
     backend compiles it; a summary or the first failure. Needs no GPU."""

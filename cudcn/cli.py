@@ -89,7 +89,7 @@ def cmd_info() -> int:
     from cudcn import check
 
     print(f"cudcn {cudcn.__version__}  (python {platform.python_version()}, {platform.platform()})")
-    packages = ("numpy", "numba", "scipy", "cupy-cuda13x", "cupy-cuda12x", "cuda-bindings",
+    packages = ("numpy", "numba", "scipy", "ml-dtypes", "cupy-cuda13x", "cupy-cuda12x", "cuda-bindings",
                 "nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "cuda-pathfinder")  # fmt: skip
     print("packages: " + ", ".join(f"{p} {_version(p)}" for p in packages))
     gxx, gxx_note = check.gxx_works()
@@ -99,6 +99,8 @@ def cmd_info() -> int:
     print(f"  emulated  {'yes' if gxx else 'no '} ({gxx_note})")
     print(f"  cuda      {'yes' if gpu else 'no '} ({gpu_note})")
     print(f"GPU: {gpu_note if gpu else 'none'}")
+    print("dtypes: NumPy float16, bfloat16 (ml_dtypes), float32, float64; "
+          f"CuPy: {check.cupy_dtypes()}")  # fmt: skip
     from cudcn.backends.cuda.toolkit import describe_headers
 
     found, where = describe_headers()
