@@ -51,9 +51,9 @@ step() {  # step NAME LOG LIMIT PATTERN COMMAND...: run under the limit, log, re
     else
         timeout -k 10 "$limit" "$@" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
-    fi
-    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        echo "gpu_check: $name stopped at its limit of $limit s" >> "$log"
+        if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+            echo "gpu_check: $name stopped at its limit of $limit s" >> "$log"
+        fi
     fi
     SUMMARY+=("| $name | $rc | $((SECONDS - start)) s | $(grep -E "$pattern|gpu_check:" "$log" | tail -n 1 | cut -c1-100) |")
     [ "$rc" -eq 0 ] || FAILED=1

@@ -71,8 +71,9 @@ def _cell(row: Row, metric: str) -> str:
     return row.note or "—"
 
 
-def _ratio(a: Row, b: Row, metrics: Iterable[str]) -> dict[str, float]:
-    return {m: getattr(a, m) / getattr(b, m) for m in metrics}
+def _ratio(a: Row, b: Row, metrics: Iterable[str]) -> dict[str, float | None]:
+    """``a / b`` per metric; ``None`` (printed "—") where ``b`` is 0, e.g. no allocation."""
+    return {m: getattr(a, m) / getattr(b, m) if getattr(b, m) else None for m in metrics}
 
 
 def ratio_rows(rows: list[Row]) -> list[tuple[Row, str]]:
@@ -87,7 +88,8 @@ def ratio_rows(rows: list[Row]) -> list[tuple[Row, str]]:
         tv = found.get((shape, dtype, "torchvision"))
         if tv is not None and tv.measured():
             ratios = _ratio(row, tv, METRICS)
-            verdict = "target met" if all(v <= 1.0 for v in ratios.values()) else "target NOT met"
+            met = all(v is not None and v <= 1.0 for v in ratios.values())
+            verdict = "target met" if met else "target NOT met"
             out.append((Row(shape, dtype, "", **ratios), f"cudcn / torchvision ({verdict})"))
         det = found.get((shape, dtype, "cudcn deterministic"))
         if det is not None and det.measured(BACKWARD_METRICS):
