@@ -184,8 +184,18 @@ class Bench:
             row.fwd_bwd_ms = median_ms(clock, fwd_bwd, self.warmup, self.repeats)
             row.fwd_bwd_peak_mib = clock.peak_bytes(fwd_bwd) / 2**20
         except Exception as error:  # a failing call becomes a failed row, not a lost table
-            row.note = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
-            row.failed = True
+            row.note = f"failed: {type(error).__name__}: {(str(error) or '-').splitlines()[0][:80]}"
+            row.failed = row.implementation.startswith("cudcn")  # the references' are shown only
+
+    def guarded(self, label: str, check: Callable[..., None], *args: Any) -> None:
+        """Run a check; if it raises, say so and fail (the table still prints)."""
+        if self.deadline.expired():
+            return
+        try:
+            check(*args)
+        except Exception as error:
+            self.checks_ok = False
+            self.lines.append(f"{label} failed: {type(error).__name__}: {error}"[:200])
 
     def shape(self, shape: tuple[int, int, int, int], dtypes: list[str]) -> None:
         for dtype in dtypes:
@@ -213,7 +223,8 @@ class Bench:
             fwd, fwd_bwd = cudcn_calls(ours)
             self.measure(rows["cudcn"], self.cupy_clock, fwd, fwd_bwd)
             self.measure(rows["cudcn deterministic"], self.cupy_clock, None, deterministic(fwd_bwd))
-            self.check_determinism(shape, dtype, fwd_bwd)
+            self.guarded(f"{shape} {dtype} determinism", self.check_determinism, shape, dtype,
+                         fwd_bwd)  # fmt: skip
         theirs = None
         if self.torch is None:
             for impl in implementations(dtype)[2:]:
@@ -221,7 +232,8 @@ class Bench:
         else:
             theirs = self.torch_tensors(hosts, dtype)
             self.measure_torch(rows, dtype, torch_calls(self.torch, self.tv_ops, theirs))
-        self.compare(shape, dtype, hosts[0], ours, theirs, rows)
+        self.guarded(f"{shape} {dtype} precision", self.compare, shape, dtype, hosts[0], ours,
+                     theirs, rows)  # fmt: skip
 
     def torch_tensors(self, hosts: list[dict], dtype: str) -> list[dict[str, Any]]:
         torch = self.torch
@@ -249,7 +261,7 @@ class Bench:
         try:
             run(0)
             self.torch.cuda.synchronize()
-        except (RuntimeError, NotImplementedError) as error:
+        except (RuntimeError, NotImplementedError, TypeError) as error:
             return str(error).splitlines()[0][:120]
         return None
 
@@ -266,15 +278,8 @@ class Bench:
                 found.add(digest.hexdigest())
             return found
 
-        if self.deadline.expired():
-            return
-        try:
-            same = len(digests(deterministic(fwd_bwd))) == 1
-            default = "identical" if len(digests(fwd_bwd)) == 1 else "differed"
-        except Exception as error:
-            self.checks_ok = False
-            self.lines.append(f"{shape} {dtype}: determinism check failed: {error!r}"[:200])
-            return
+        same = len(digests(deterministic(fwd_bwd))) == 1
+        default = "identical" if len(digests(fwd_bwd)) == 1 else "differed"
         self.checks_ok &= same
         self.lines.append(f"{shape} {dtype}: deterministic mode, 3 backward calls bitwise "
                           f"identical: {'yes' if same else 'NO'}; default mode: {default}")  # fmt: skip
@@ -283,8 +288,6 @@ class Bench:
                 rows: dict[str, Row]) -> None:  # fmt: skip
         """Relative errors of the output and every gradient against cudcn's float64 on the same
         rounded inputs; float32 also against torchvision (gated)."""
-        if self.deadline.expired():
-            return
         labels = ["output", *(f"grad {n}" for n in NAMES)]
         ref = self.results([self.device_arrays({k: v.astype(np.float64) for k, v in host.items()})])
         found = {}

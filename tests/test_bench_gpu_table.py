@@ -194,3 +194,33 @@ def test_rows_not_started_in_time_read_so() -> None:
     b.shape(SHAPE, ["float32"])
     assert b.rows[0].note.startswith("not measured (time limit of")
     assert gpu_table.exit_status(b.rows, b.checks_ok) == 2
+
+
+def test_a_failing_cudcn_call_is_a_failed_row_and_the_table_still_prints(monkeypatch) -> None:
+    real = bench.cudcn_calls
+
+    def failing_float16(arrays):
+        fwd, fwd_bwd = real(arrays)
+
+        def check(run):
+            def call(i):
+                if arrays[0]["input"].dtype == np.float16:
+                    raise RuntimeError("boom\nsecond line")
+                return run(i)
+
+            return call
+
+        return check(fwd), check(fwd_bwd)
+
+    monkeypatch.setattr(bench, "cudcn_calls", failing_float16)
+    b = bench.Bench(fake_cupy(), None, None, "not measured (no torch)", _args())
+    b.shape(SHAPE, ["float32", "float16"])
+    rows = {(r.dtype, r.implementation): r for r in b.rows}
+    assert (
+        rows["float16", "cudcn"].failed
+        and rows["float16", "cudcn"].note == "failed: RuntimeError: boom"
+    )
+    assert rows["float32", "cudcn"].measured() and not rows["float32", "cudcn"].failed
+    assert any("float16 determinism failed: RuntimeError: boom" in x for x in b.lines)
+    assert not b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 2
+    assert "failed: RuntimeError: boom" in gpu_table.table(b.rows, "CPU")
