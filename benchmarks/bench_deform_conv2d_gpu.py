@@ -60,6 +60,7 @@ from gpu_table import (
     parse_args,
     planned_rows,
     table,
+    verdict,
 )
 from gpu_timing import CupyClock, TorchClock, median_ms
 
@@ -190,6 +191,8 @@ class Bench:
     def guarded(self, label: str, check: Callable[..., None], *args: Any) -> None:
         """Run a check; if it raises, say so and fail (the table still prints)."""
         if self.deadline.expired():
+            self.checks_ok = False
+            self.lines.append(f"{label}: not checked (time limit reached)")
             return
         try:
             check(*args)
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if cp is None:
         print(f"bench_deform_conv2d_gpu: no usable CUDA GPU here: {reason}", file=sys.stderr)
         rows, device, status = planned_rows(SHAPES, args.dtypes, NO_GPU), "no GPU", 1
+        lines = [f"no usable CUDA GPU here: {reason}"]
     else:
         try:
             import torch
@@ -340,13 +344,18 @@ def main(argv: list[str] | None = None) -> int:
         name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"]
         device = name.decode() if isinstance(name, bytes) else str(name)
         bench = Bench(cp, torch, tv_ops, no_torch, args)
+        if no_torch:
+            bench.lines.append(f"torchvision rows and the float32 comparison: {no_torch}")
         for shape in SHAPES:
             bench.shape(shape, args.dtypes)
+        bench.lines.append(verdict(bench.rows, bench.checks_ok))
         print("\n".join(bench.lines))
-        rows, status = bench.rows, exit_status(bench.rows, bench.checks_ok)
+        rows, lines = bench.rows, bench.lines
+        status = exit_status(bench.rows, bench.checks_ok)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": device, "rows": [r.as_dict() for r in rows]}, f, indent=2)
+            json.dump({"device": device, "lines": lines, "rows": [r.as_dict() for r in rows]}, f,
+                      indent=2)  # fmt: skip
     print(table(rows, device))
     return status
 

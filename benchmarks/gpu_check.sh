@@ -76,7 +76,7 @@ step "pytest -m gpu: the other tests" gpu_tests.log 120 "$TESTS" \
     "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider "${IGNORE[@]}" tests
 
 bench_limit=$(step_limit 180)  # the benchmark stops starting rows 40 s before its step limit
-step "bench_deform_conv2d_gpu.py" bench.log 180 'cudcn vs torchvision|bitwise identical: NO' \
+step "bench_deform_conv2d_gpu.py" bench.log 180 '^bench_deform_conv2d_gpu:' \
     "$PY" benchmarks/bench_deform_conv2d_gpu.py \
     --time-limit $((bench_limit > 80 ? bench_limit - 40 : (bench_limit > 2 ? bench_limit / 2 : 1))) \
     --json "$LOGS/bench_deform_conv2d_gpu.json" "$@"

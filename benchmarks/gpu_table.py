@@ -146,6 +146,14 @@ class Deadline:
         return f"not measured (time limit of {self.limit_s:g} s reached)"
 
 
+def verdict(rows: list[Row], checks_ok: bool) -> str:
+    """One line for the log's summary: failed rows, rows out of time, and the checks."""
+    failed = sum(r.failed for r in rows)
+    late = sum(r.note.startswith("not measured (time limit") for r in rows)
+    checks = "checks passed" if checks_ok else "a check FAILED"
+    return f"bench_deform_conv2d_gpu: failed rows {failed}, rows out of time {late}, {checks}"
+
+
 def exit_status(rows: list[Row], checks_ok: bool) -> int:
     """0 when every row was measured or has a stated reason not to be (no bfloat16 dtype, no
     torchvision bfloat16) and every check held; 2 when a call failed, the time ran out, or a check

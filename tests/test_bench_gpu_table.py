@@ -185,6 +185,8 @@ def test_the_measuring_loop_end_to_end_on_the_cpu_backend() -> None:
     assert worst["float32"] <= 2 * 36 * eps("float32")
     assert worst["float16"] <= eps("float16") and worst["bfloat16"] <= eps("bfloat16")
     assert b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 0
+    assert gpu_table.verdict(b.rows, b.checks_ok).endswith(
+        "failed rows 0, rows out of time 0, checks passed")  # fmt: skip
     det = [x for x in gpu_table.table(b.rows, "CPU").splitlines() if "deterministic / default" in x]
     assert len(det) == 3 and all(x.endswith(" | — |") for x in det)  # the fake pool allocates 0
 
@@ -193,6 +195,7 @@ def test_rows_not_started_in_time_read_so() -> None:
     b = bench.Bench(fake_cupy(), None, None, "not measured (no torch)", _args(time_limit=1e-9))
     b.shape(SHAPE, ["float32"])
     assert b.rows[0].note.startswith("not measured (time limit of")
+    assert "float32 determinism: not checked (time limit reached)" in b.lines[0]
     assert gpu_table.exit_status(b.rows, b.checks_ok) == 2
 
 
@@ -223,4 +226,6 @@ def test_a_failing_cudcn_call_is_a_failed_row_and_the_table_still_prints(monkeyp
     assert rows["float32", "cudcn"].measured() and not rows["float32", "cudcn"].failed
     assert any("float16 determinism failed: RuntimeError: boom" in x for x in b.lines)
     assert not b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 2
+    assert gpu_table.verdict(b.rows, b.checks_ok).endswith("failed rows 2, rows out of time 0, "
+                                                           "a check FAILED")  # fmt: skip
     assert "failed: RuntimeError: boom" in gpu_table.table(b.rows, "CPU")
