@@ -59,3 +59,33 @@ def eps(dtype: Any) -> float:
 def describe_floats() -> str:
     """The accepted dtypes in words, for error messages."""
     return "float16, bfloat16 (ml_dtypes.bfloat16), float32 or float64"
+
+
+def widen(a: Any) -> Any:
+    """``a`` (a NumPy or CuPy array, or None) in its compute dtype: a float32 copy of a float16 or
+    bfloat16 array (exact), else ``a`` itself. Sums over 16-bit data run on the widened array,
+    since NumPy and ml_dtypes accumulate a 16-bit reduction in 16 bits (bfloat16: 1000 ones sum
+    to 256)."""
+    if a is None or not is_half_dtype(a.dtype):
+        return a
+    return a.astype(float32)
+
+
+def narrow(a: Any, dtype: Any) -> Any:
+    """``a`` rounded once (to nearest even) to ``dtype``; ``a`` itself when it has that dtype."""
+    dtype = np.dtype(dtype)
+    return a if a is None or a.dtype == dtype else a.astype(dtype)
+
+
+def check_library_dtype(xp: Any, dtype: Any, what: str) -> None:
+    """Raise a ``TypeError`` naming ``what`` when the array library ``xp`` (``numpy`` or ``cupy``)
+    cannot hold ``dtype``: CuPy has float16 everywhere, but bfloat16 only where the installed
+    version knows ``ml_dtypes.bfloat16``."""
+    try:
+        xp.empty(0, dtype=np.dtype(dtype))
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        version = getattr(xp, "__version__", "?")
+        raise TypeError(
+            f"{what}: the installed {xp.__name__} {version} has no {np.dtype(dtype)} dtype "
+            f"({type(exc).__name__}: {exc}); use float16 or float32 on this array library"
+        ) from exc
