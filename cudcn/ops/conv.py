@@ -195,9 +195,7 @@ def _chunked_product(
         out[n0:n1] = pixel_major.transpose(0, 3, 1, 2)
 
 
-def _forward_rounded(
-    input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry
-) -> Array:
+def _forward_rounded(input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry) -> Array:
     """The forward computed in the compute dtype and rounded once to the input dtype."""
     return narrow(_forward(widen(input), widen(weight), widen(bias), geo), input.dtype)
 
