@@ -198,13 +198,13 @@ class Sigmoid(Function):
         xp = array_module(x)
         wide = widen(x)
         e = xp.exp(-abs(wide))
-        out = narrow(xp.where(wide >= 0, 1 / (1 + e), e / (1 + e)), x.dtype)
-        self.save_for_backward(out)
-        return out
+        out = xp.where(wide >= 0, 1 / (1 + e), e / (1 + e))
+        self.save_for_backward(out)  # float32 for 16-bit x: the derivative from unrounded values
+        return narrow(out, x.dtype)
 
     def backward(self, g: Array) -> tuple[Array]:
         (out,) = self.saved
-        return (g * out * (1 - out),)
+        return (widen(g) * out * (1 - out),)
 
 
 class Tanh(Function):
