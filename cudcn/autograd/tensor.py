@@ -36,7 +36,8 @@ class Tensor:
             only: float16, bfloat16, float32, float64).
 
     Attributes:
-        data: the array. grad: a plain array of ``data``'s shape and dtype, or None.
+        data: the array. grad: a plain array of ``data``'s shape and dtype, or None (float32 for a
+            float16/bfloat16 tensor once :meth:`cudcn.optim.GradScaler.unscale_` has unscaled it).
         requires_grad: bool. grad_fn: the :class:`~cudcn.autograd.Function` that produced it, or None.
 
     Example::

@@ -34,12 +34,13 @@ def _describe(name: str, array: Any) -> str:
 
 def plan_buckets(params: list[Tensor], bucket_bytes: int) -> list[list[int]]:
     """Split ``params`` (in order) into buckets: runs of consecutive parameters of one dtype and
-    array library holding at most ``bucket_bytes`` bytes; a parameter larger than that gets a bucket
-    of its own. Returns the indices into ``params`` of each bucket."""
+    array library whose gradient buffer (float32 for 16-bit parameters) holds at most
+    ``bucket_bytes`` bytes; a parameter larger than that gets a bucket of its own. Returns the
+    indices into ``params`` of each bucket."""
     buckets: list[list[int]] = []
     used, kind = 0, None
     for i, p in enumerate(params):
-        nbytes = p.data.nbytes
+        nbytes = p.data.size * compute_dtype(p.data.dtype).itemsize
         this = (p.data.dtype, is_cupy_array(p.data))
         if not buckets or this != kind or used + nbytes > bucket_bytes:
             buckets.append([])
