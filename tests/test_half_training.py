@@ -153,6 +153,15 @@ def test_module_to_16_bit_keeps_buffers_in_float32(dtype, rng):
         net.to(np.int8)
 
 
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_16_bit_checkpoint_round_trip(dtype, rng, tmp_path):
+    net, back = small_net(rng).to(dtype), small_net(rng).to(dtype)
+    nn.save_checkpoint(net, tmp_path / "net.npz")  # bfloat16 is stored as float32 (exact)
+    back.load_state_dict(nn.load_checkpoint(tmp_path / "net.npz"))
+    for (name, a), b in zip(net.state_dict().items(), back.state_dict().values(), strict=True):
+        assert same_bits(a, b), name
+
+
 def test_module_to_bfloat16_on_a_cupy_without_it_names_the_library():
     def no_bfloat16(shape, dtype):
         raise TypeError(f"Unsupported dtype {dtype}")

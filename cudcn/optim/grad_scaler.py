@@ -86,6 +86,7 @@ class GradScaler:
         self._growth_interval = int(growth_interval)
 
     def is_enabled(self) -> bool:
+        """Whether scaling is on (``enabled`` at construction)."""
         return self._enabled
 
     def get_scale(self) -> float:
