@@ -101,6 +101,19 @@ def test_controls_16_bit_numpy_sums_lose_what_cudcn_keeps():
     assert cudcn.autograd.matmul(Tensor(a), Tensor(a.T)).dtype == a.dtype
 
 
+def test_tape_sums_a_16_bit_leafs_gradients_in_float32():
+    t = Tensor(np.ones(1, ml_dtypes.bfloat16), requires_grad=True)
+    out = t
+    for _ in range(299):  # t receives 300 gradients of 1
+        out = out + t
+    out.sum().backward()
+    assert t.grad.dtype == ml_dtypes.bfloat16 and float(t.grad[0]) == 300.0
+    control = np.zeros(1, ml_dtypes.bfloat16)
+    for _ in range(300):
+        control += np.ones(1, ml_dtypes.bfloat16)
+    assert float(control[0]) == 256.0  # summed in bfloat16: stuck at 256
+
+
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
 def test_tensor_and_cast_accept_16_bit(dtype):
     t = Tensor(np.array([1.0, 3.0], dtype), requires_grad=True)

@@ -1,10 +1,11 @@
 """``GradScaler``: dynamic loss scaling for training in float16, with PyTorch's names and defaults.
 
-A float16 gradient below 2**-24 is zero. Multiplying the loss by a large factor ``S`` before
-``backward`` multiplies every gradient by ``S`` and lifts the small ones into float16's range;
-``unscale_`` divides them by ``S`` again (in float32) before the optimiser uses them. If ``S`` is too
-large, some gradient overflows to inf (or becomes NaN): the scaler then skips that step and halves
-``S``; after ``growth_interval`` steps without an overflow it doubles ``S``. One iteration::
+A float16 gradient below half of 2**-24 (its smallest subnormal) rounds to zero. Multiplying the
+loss by a large factor ``S`` before ``backward`` multiplies every gradient by ``S`` and lifts the
+small ones into float16's range; ``unscale_`` divides them by ``S`` again (in float32) before the
+optimiser uses them. If ``S`` is too large, some gradient overflows to inf (or becomes NaN): the
+scaler then skips that step and halves ``S``; after ``growth_interval`` steps without an overflow
+it doubles ``S``. One iteration::
 
     scaler = cudcn.optim.GradScaler()
     loss = cudcn.functional.cross_entropy(net(x), y)
