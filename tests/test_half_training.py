@@ -160,6 +160,9 @@ def test_module_to_16_bit_keeps_buffers_in_float32(dtype, rng):
     assert buffers["1.running_mean"].dtype == np.float32  # updated in place, still float32
     net.to(np.float32)
     assert all(p.dtype == np.float32 and p.grad.dtype == np.float32 for p in net.parameters())
+    named = {"float16": net.half, "bfloat16": net.bfloat16}[str(dtype)]
+    assert named() is net and all(p.dtype == dtype for p in net.parameters())
+    assert net.float() is net and all(p.dtype == np.float32 for p in net.parameters())
     with pytest.raises(
         TypeError, match=r"dtype must be float16, bfloat16.*got <class 'numpy.int8'>"
     ):

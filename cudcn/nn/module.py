@@ -19,7 +19,13 @@ import numpy as np
 from cudcn.arrays import array_module, is_cupy_array, parse_device
 from cudcn.autograd import Tensor
 from cudcn.autograd.function import current_trace
-from cudcn.dtypes import check_library_dtype, compute_dtype, describe_floats, is_float_dtype
+from cudcn.dtypes import (
+    bfloat16,
+    check_library_dtype,
+    compute_dtype,
+    describe_floats,
+    is_float_dtype,
+)
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -283,6 +289,22 @@ class Module:
             for key, b in module._buffers.items():
                 module._buffers[key] = _move(b, device, buffer_dtype, prefix + key)
         return self
+
+    def half(self) -> Module:
+        """``to(numpy.float16)`` (PyTorch's name)."""
+        return self.to(np.float16)
+
+    def bfloat16(self) -> Module:
+        """``to(ml_dtypes.bfloat16)`` (PyTorch's name)."""
+        return self.to(bfloat16)
+
+    def float(self) -> Module:
+        """``to(numpy.float32)`` (PyTorch's name)."""
+        return self.to(np.float32)
+
+    def double(self) -> Module:
+        """``to(numpy.float64)`` (PyTorch's name)."""
+        return self.to(np.float64)
 
     def cpu(self) -> Module:
         return self.to("cpu")
