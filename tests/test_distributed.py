@@ -344,6 +344,12 @@ def test_two_rank_grad_scaler_skips_together_on_a_rank_local_overflow(tmp_path):
         assert seen["unscaled_dtypes"] == ["float32", "float32"]
         assert seen["step_2_exact"] and seen["step_2_moved"] and seen["scale_after_2"] == 512.0
     assert r0["params"] == r1["params"]
+    for seen in (r0, r1):  # SyncBatchNorm on float16 batches: float32 statistics over both ranks
+        assert seen["syncbn_dtypes"] == ["float32", "float32", "float16"]
+        # 64 values per channel of magnitude about 200, summed in float32 in different orders
+        assert seen["syncbn_stat_diff"] <= 64 * np.finfo(np.float32).eps * 200
+        # the float16 output is the float32 reference rounded once: within one float16 spacing
+        assert seen["syncbn_out_ulps"] <= 1.0
 
 
 @pytest.mark.parametrize("via_mpi4py", [True, False], ids=["python -m mpi4py", "python"])

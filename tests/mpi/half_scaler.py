@@ -76,6 +76,27 @@ seen["step_2_moved"] = any(
 )
 seen["params"] = [p.data.astype(np.float64).tolist() for p in model.parameters()]
 
+
+# SyncBatchNorm in float16: float32 statistics of the union of both ranks' batches
+def batch(r):
+    x = np.random.default_rng(100 + r).standard_normal((2, 3, 4, 4)) * 3 + 200
+    return x.astype(np.float16)
+
+
+bn = nn.SyncBatchNorm(3, comm=comm).to(np.float16)
+out = bn(Tensor(batch(rank), requires_grad=True))
+ref = nn.BatchNorm2d(3)
+ref_out = ref(Tensor(np.concatenate([batch(0), batch(1)]).astype(np.float32)))
+seen["syncbn_dtypes"] = [str(bn.running_mean.dtype), str(bn.running_var.dtype), str(out.dtype)]
+seen["syncbn_stat_diff"] = float(
+    max(np.abs(bn.running_mean - ref.running_mean).max(),
+        np.abs(bn.running_var - ref.running_var).max())
+)  # fmt: skip
+mine = ref_out.data[2 * rank : 2 * rank + 2]
+seen["syncbn_out_ulps"] = float(
+    np.max(np.abs(out.data.astype(np.float32) - mine) / np.spacing(np.abs(mine).astype(np.float16)))
+)
+
 records = MPI.COMM_WORLD.gather(seen, root=0)
 if rank == 0:
     with open(out_path, "w") as f:
