@@ -45,7 +45,9 @@ def _dtype(dtype: Any) -> np.dtype | None:
         return None
 
 
-def _is_bfloat16(dtype: np.dtype | None) -> bool:
+def is_bfloat16(dtype: Any) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16 (without importing ml_dtypes)."""
+    dtype = _dtype(dtype)
     ml_dtypes = sys.modules.get("ml_dtypes")  # not imported: nothing can be bfloat16 yet
     return ml_dtypes is not None and dtype == np.dtype(ml_dtypes.bfloat16)
 
@@ -53,13 +55,13 @@ def _is_bfloat16(dtype: np.dtype | None) -> bool:
 def is_float_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is one of cudcn's floating dtypes (float16, bfloat16, float32, float64)."""
     dtype = _dtype(dtype)
-    return dtype in (float16, float32, float64) or _is_bfloat16(dtype)
+    return dtype in (float16, float32, float64) or is_bfloat16(dtype)
 
 
 def is_half_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is float16 or bfloat16 (stored in 16 bits, computed in float32)."""
     dtype = _dtype(dtype)
-    return dtype == float16 or _is_bfloat16(dtype)
+    return dtype == float16 or is_bfloat16(dtype)
 
 
 def compute_dtype(dtype: Any) -> np.dtype:
@@ -71,7 +73,7 @@ def compute_dtype(dtype: Any) -> np.dtype:
 def eps(dtype: Any) -> float:
     """Machine epsilon (the gap from 1 to the next value) of a floating dtype, bfloat16 included:
     2**-10 for float16, 2**-7 for bfloat16, 2**-23 for float32, 2**-52 for float64."""
-    if _is_bfloat16(_dtype(dtype)):
+    if is_bfloat16(_dtype(dtype)):
         return 2.0**-7
     return float(np.finfo(np.dtype(dtype)).eps)
 
@@ -79,6 +81,38 @@ def eps(dtype: Any) -> float:
 def describe_floats() -> str:
     """The accepted dtypes in words, for error messages."""
     return "float16, bfloat16 (ml_dtypes.bfloat16), float32 or float64"
+
+
+def widen(a: Any) -> Any:
+    """``a`` (a NumPy or CuPy array, or None) in its compute dtype: a float32 copy of a float16 or
+    bfloat16 array (exact), else ``a`` itself. Sums over 16-bit data run on the widened array,
+    since NumPy and ml_dtypes accumulate a 16-bit reduction in 16 bits (bfloat16: 1000 ones sum
+    to 256)."""
+    if a is None or not is_half_dtype(a.dtype):
+        return a
+    return a.astype(float32)
+
+
+def narrow(a: Any, dtype: Any) -> Any:
+    """``a`` rounded once (to nearest even) to ``dtype``; ``a`` itself when it has that dtype."""
+    dtype = np.dtype(dtype)
+    return a if a is None or a.dtype == dtype else a.astype(dtype)
+
+
+def check_library_dtype(xp: Any, dtype: Any, what: str) -> None:
+    """Raise a ``TypeError`` naming ``what`` when the array library ``xp`` (``numpy`` or ``cupy``)
+    cannot hold ``dtype``: CuPy has float16 everywhere, but bfloat16 only where the installed
+    version knows ``ml_dtypes.bfloat16``, so only that pair is probed (one empty array)."""
+    if xp is np or not is_bfloat16(np.dtype(dtype)):
+        return
+    try:
+        xp.empty(0, dtype=np.dtype(dtype))
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        version = getattr(xp, "__version__", "?")
+        raise TypeError(
+            f"{what}: the installed {xp.__name__} {version} has no {np.dtype(dtype)} dtype "
+            f"({type(exc).__name__}: {exc}); use float16 or float32 on this array library"
+        ) from exc
 
 
 def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -94,10 +128,9 @@ def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
         dtype = next((a.dtype for a in arrays if isinstance(a, np.ndarray)), None)
         if dtype is None or not is_half_dtype(dtype):
             return function(*arrays, **params)
-        wide = [a.astype(float32) if isinstance(a, np.ndarray) else a for a in arrays]
-        result = function(*wide, **params)
+        result = function(*(widen(a) if isinstance(a, np.ndarray) else a for a in arrays), **params)
         if isinstance(result, tuple):
-            return tuple(None if r is None else r.astype(dtype) for r in result)
-        return result.astype(dtype)
+            return tuple(narrow(r, dtype) for r in result)
+        return narrow(result, dtype)
 
     return run

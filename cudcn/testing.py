@@ -22,7 +22,7 @@ import numpy as np
 
 from cudcn.autograd import Tensor, no_grad
 from cudcn.backends import array_module, is_cupy_array, poisoning
-from cudcn.dtypes import compute_dtype, eps
+from cudcn.dtypes import compute_dtype, eps, is_float_dtype
 
 Array = Any
 
@@ -75,7 +75,16 @@ def _check_input(i: int, x: Any) -> Tensor:
             f"got {type(x).__name__}"
         )
     if data.dtype != np.float64:
-        raise TypeError(f"gradcheck: inputs[{i}] must have dtype float64, got {data.dtype}")
+        why = ""
+        if is_float_dtype(data.dtype):
+            why = (
+                f" (finite differences need float64; in {data.dtype} rounding swamps them: check "
+                "the float64 function, and compare 16-bit results with the float64 reference)"
+            )
+        raise TypeError(
+            f"gradcheck: inputs[{i}] must have dtype float64, got {data.dtype}{why}; "
+            "convert it with .astype(numpy.float64)"
+        )
     if isinstance(x, Tensor) and not x.requires_grad:
         return x  # a constant: not perturbed, not checked
     return Tensor(data.copy(), requires_grad=True)

@@ -332,6 +332,26 @@ def test_two_rank_collectives_checks_buckets_and_sampler(tmp_path):
         assert union == set(range(n)) if not drop_last else len(union) == 2 * l0
 
 
+def test_two_rank_grad_scaler_skips_together_on_a_rank_local_overflow(tmp_path):
+    result, _ = run_ranks("half_scaler.py", str(tmp_path / "out.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0, r1 = json.loads((tmp_path / "out.json").read_text())
+    assert r0["broadcast_equal"] and r1["broadcast_equal"]  # float16 through a float32 copy
+    # only rank 1's gradients overflowed, yet both ranks skipped the step and backed off
+    assert r0["local_grads_finite"] and not r1["local_grads_finite"]
+    for seen in (r0, r1):
+        assert seen["unchanged_after_1"] and seen["scale_after_1"] == 512.0
+        assert seen["unscaled_dtypes"] == ["float32", "float32"]
+        assert seen["step_2_exact"] and seen["step_2_moved"] and seen["scale_after_2"] == 512.0
+    assert r0["params"] == r1["params"]
+    for seen in (r0, r1):  # SyncBatchNorm on float16 batches: float32 statistics over both ranks
+        assert seen["syncbn_dtypes"] == ["float32", "float32", "float16"]
+        # 64 values per channel of magnitude about 200, summed in float32 in different orders
+        assert seen["syncbn_stat_diff"] <= 64 * np.finfo(np.float32).eps * 200
+        # the float16 output is the float32 reference rounded once: within one float16 spacing
+        assert seen["syncbn_out_ulps"] <= 1.0
+
+
 @pytest.mark.parametrize("via_mpi4py", [True, False], ids=["python -m mpi4py", "python"])
 def test_a_failing_rank_ends_every_rank(tmp_path, via_mpi4py):
     marker = tmp_path / "rank0_finished.txt"

@@ -20,6 +20,7 @@ from cudcn.autograd.tensor import Tensor  # noqa: I001 - tensor first: the other
 from cudcn.autograd.function import Function, enable_grad, is_grad_enabled, no_grad
 from cudcn.autograd.math import (
     add,
+    cast,
     div,
     exp,
     log,
@@ -38,6 +39,7 @@ __all__ = [
     "Function",
     "Tensor",
     "add",
+    "cast",
     "div",
     "enable_grad",
     "exp",

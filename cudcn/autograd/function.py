@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from cudcn.arrays import array_module
 from cudcn.autograd.tensor import Tensor
+from cudcn.dtypes import compute_dtype, narrow, widen
 
 Array = Any
 F = TypeVar("F", bound=Callable[..., Any])
@@ -232,18 +233,20 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
     Nodes are processed by decreasing sequence number from a heap; a node's incoming gradients are
     summed in a dict before it runs (fan-out). Leaves that require grad receive the sum of their
     gradients in ``.grad`` (added to an existing ``.grad``). Consumed nodes are released unless
-    ``retain_graph``.
+    ``retain_graph``. For float16/bfloat16 tensors the sums run in float32 and each node receives
+    its gradient rounded once to its output's dtype.
     """
     node = root.grad_fn
     if node is None:
         _accumulate_leaf(root, grad)
         return
-    pending: dict[Function, Array] = {node: grad}
+    pending: dict[Function, tuple[Array, Any]] = {node: (grad, grad.dtype)}  # (sum, dtype)
     heap: list[tuple[int, Function]] = [(-node._seq, node)]
     leaf_grads: dict[Tensor, Array] = {}
     while heap:
         _, node = heapq.heappop(heap)
-        grad_out = pending.pop(node)
+        total, dtype = pending.pop(node)
+        grad_out = narrow(total, dtype)
         edges = node._edges
         if edges is None:
             raise RuntimeError(
@@ -264,11 +267,11 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
             g = _check_grad(node, i, g, meta)
             if isinstance(edge, Tensor):
                 prev = leaf_grads.get(edge)
-                leaf_grads[edge] = g if prev is None else prev + g
+                leaf_grads[edge] = g if prev is None else widen(prev) + widen(g)
             elif edge in pending:
-                pending[edge] = pending[edge] + g
+                pending[edge] = (widen(pending[edge][0]) + widen(g), meta[1])
             else:
-                pending[edge] = g
+                pending[edge] = (g, meta[1])
                 heapq.heappush(heap, (-edge._seq, edge))
         if not retain_graph:
             _release(node)
@@ -277,20 +280,22 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
 
 
 def _check_grad(node: Function, i: int, g: Any, meta: tuple[tuple[int, ...], Any]) -> Array:
-    """Input ``i``'s gradient from ``node.backward``, checked for shape and cast to the input dtype."""
+    """Input ``i``'s gradient from ``node.backward``, checked for shape and cast to the input dtype
+    (a 16-bit input's gradient may stay float32 until it is summed and handed on)."""
     shape, dtype = meta
     if getattr(g, "shape", None) != shape:
         raise RuntimeError(
             f"{type(node).__name__}.backward: gradient {i} must be an array of shape {shape}, "
             f"got {type(g).__name__} of shape {getattr(g, 'shape', None)}"
         )
-    return g if g.dtype == dtype else g.astype(dtype)
+    return g if g.dtype in (dtype, compute_dtype(dtype)) else g.astype(dtype)
 
 
 def _accumulate_leaf(leaf: Tensor, g: Array) -> None:
-    """Add ``g`` into ``leaf.grad``; a new ``.grad`` is a fresh C-contiguous array owned by the leaf."""
+    """Add ``g`` into ``leaf.grad``, which keeps its dtype (16-bit sums run in float32); a new
+    ``.grad`` is a fresh C-contiguous array of the leaf's dtype owned by the leaf."""
     xp = array_module(leaf.data)
     if leaf.grad is None:
         leaf.grad = xp.array(g, dtype=leaf.dtype, order="C", copy=True)
     else:
-        leaf.grad = xp.asarray(leaf.grad + g)
+        leaf.grad = xp.asarray(narrow(widen(leaf.grad) + widen(g), leaf.grad.dtype))

@@ -5,6 +5,10 @@ Binary operations broadcast as NumPy does; the gradient of a broadcast input is 
 input's shape. Either operand may be a Python scalar, which is a constant: under NumPy's rules for
 Python scalars a float32 array times ``2.0`` stays float32. Each function takes Tensors or plain arrays
 (see ``Function.apply``): plain in, plain out.
+
+float16 and bfloat16: elementwise functions compute each value in float32 and round it once (NumPy's
+and ml_dtypes' own loops); ``@``, ``sigmoid`` and the sums that undo broadcasting compute in float32
+(:func:`cudcn.dtypes.widen`) and round the result once to the operands' dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from cudcn.arrays import array_module
 from cudcn.autograd.function import Function
+from cudcn.dtypes import narrow, widen
 
 Array = Any
 
@@ -34,7 +39,7 @@ def _unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
         lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
     )
     if axes:
-        g = g.sum(axis=axes)
+        g = narrow(widen(g).sum(axis=axes), g.dtype)
     return g.reshape(shape)
 
 
@@ -131,10 +136,12 @@ class MatMul(Function):
 
     def forward(self, a: Array, b: Array) -> Array:
         self.save_for_backward(a, b)
-        return a @ b
+        # ml_dtypes' bfloat16 @ bfloat16 returns float32; keep NumPy's promotion of the operands
+        return narrow(widen(a) @ widen(b), np.result_type(a.dtype, b.dtype))
 
     def backward(self, g: Array) -> tuple[Array | None, Array | None]:
-        a, b = self.saved
+        a, b = (widen(x) for x in self.saved)  # the tape rounds the gradients to a's and b's dtype
+        g = widen(g)
         need_a, need_b = self.needs_input_grad
         xp = array_module(g)
         a2 = a[None, :] if a.ndim == 1 else a  # (..., m, k)
@@ -189,14 +196,15 @@ class Sigmoid(Function):
 
     def forward(self, x: Array) -> Array:
         xp = array_module(x)
-        e = xp.exp(-abs(x))
-        out = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
-        self.save_for_backward(out)
-        return out
+        wide = widen(x)
+        e = xp.exp(-abs(wide))
+        out = xp.where(wide >= 0, 1 / (1 + e), e / (1 + e))
+        self.save_for_backward(out)  # float32 for 16-bit x: the derivative from unrounded values
+        return narrow(out, x.dtype)
 
     def backward(self, g: Array) -> tuple[Array]:
         (out,) = self.saved
-        return (g * out * (1 - out),)
+        return (widen(g) * out * (1 - out),)
 
 
 class Tanh(Function):
@@ -208,6 +216,17 @@ class Tanh(Function):
     def backward(self, g: Array) -> tuple[Array]:
         (out,) = self.saved
         return (g * (1 - out * out),)
+
+
+class Cast(Function):
+    """``x`` converted to ``dtype`` (rounded to nearest even when narrowing); the gradient is
+    converted back to ``x``'s dtype by the tape."""
+
+    def forward(self, x: Array, *, dtype: Any) -> Array:
+        return x.astype(dtype)
+
+    def backward(self, g: Array) -> tuple[Array]:
+        return (g,)
 
 
 def add(a: Any, b: Any) -> Any:
@@ -244,6 +263,11 @@ def matmul(a: Any, b: Any) -> Any:
     """``a @ b``: (..., m, k) @ (..., k, n) -> (..., m, n), batch axes broadcast; 1-D operands as in
     ``numpy.matmul``."""
     return MatMul.apply(a, b)
+
+
+def cast(x: Any, dtype: Any) -> Any:
+    """``x`` as ``dtype`` (e.g. a float16 loss as float32); differentiable."""
+    return Cast.apply(x, dtype=np.dtype(dtype))
 
 
 def exp(x: Any) -> Any:

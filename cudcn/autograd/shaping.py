@@ -4,6 +4,9 @@ and indexing.
 Reductions take ``axis`` (None, an int or a tuple of ints, negative allowed) and ``keepdims`` as in
 NumPy. Each function takes a Tensor or a plain array (see ``Function.apply``): plain in, plain out.
 This module defines ``sum`` and ``max``, so the builtins of those names are not available in it.
+
+float16 and bfloat16: ``sum``, ``mean`` and the scatter-add of repeated indices accumulate in float32
+and round once to the input dtype (NumPy and ml_dtypes would accumulate in 16 bits).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from cudcn.arrays import array_module, is_cupy_array
 from cudcn.autograd.function import Function
 from cudcn.autograd.tensor import Tensor
+from cudcn.dtypes import compute_dtype, narrow, widen
 
 Array = Any
 Axis = int | tuple[int, ...] | None
@@ -37,7 +41,7 @@ def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...
 
 class Sum(Function):
     def forward(self, x: Array, *, axis: Axis = None, keepdims: bool = False) -> Array:
-        out = x.sum(axis=axis, keepdims=keepdims)
+        out = narrow(widen(x).sum(axis=axis, keepdims=keepdims), x.dtype)
         self.shape = x.shape
         self.kept = _kept_shape(x.shape, _axes(axis, x.ndim))
         return out
@@ -48,7 +52,7 @@ class Sum(Function):
 
 class Mean(Function):
     def forward(self, x: Array, *, axis: Axis = None, keepdims: bool = False) -> Array:
-        out = x.mean(axis=axis, keepdims=keepdims)
+        out = narrow(widen(x).mean(axis=axis, keepdims=keepdims), x.dtype)
         axes = _axes(axis, x.ndim)
         self.shape = x.shape
         self.kept = _kept_shape(x.shape, axes)
@@ -127,10 +131,12 @@ class GetItem(Function):
 
     def backward(self, g: Array) -> tuple[Array]:
         xp = array_module(g)
-        gx = xp.zeros(self.shape, dtype=g.dtype)
         if _is_basic_index(self.index):
+            gx = xp.zeros(self.shape, dtype=g.dtype)
             gx[self.index] = g
-        elif is_cupy_array(gx):
+            return (gx,)
+        gx = xp.zeros(self.shape, dtype=compute_dtype(g.dtype))  # the tape rounds it to x's dtype
+        if is_cupy_array(gx):
             importlib.import_module("cupyx").scatter_add(gx, self.index, g)
         else:
             np.add.at(gx, self.index, g)

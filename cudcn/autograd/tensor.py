@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.arrays import array_module, is_cupy_array
+from cudcn.dtypes import describe_floats, is_float_dtype
 
 Array = Any
 
@@ -31,10 +32,12 @@ class Tensor:
     Args:
         data: the array (NumPy or CuPy, kept without a copy); scalars and lists go through
             ``numpy.asarray``.
-        requires_grad: whether ``backward`` computes a gradient for this tensor (floating dtypes only).
+        requires_grad: whether ``backward`` computes a gradient for this tensor (floating dtypes
+            only: float16, bfloat16, float32, float64).
 
     Attributes:
-        data: the array. grad: a plain array of ``data``'s shape and dtype, or None.
+        data: the array. grad: a plain array of ``data``'s shape and dtype, or None (float32 for a
+            float16/bfloat16 tensor once :meth:`cudcn.optim.GradScaler.unscale_` has unscaled it).
         requires_grad: bool. grad_fn: the :class:`~cudcn.autograd.Function` that produced it, or None.
 
     Example::
@@ -52,9 +55,10 @@ class Tensor:
         if isinstance(data, Tensor):
             raise TypeError("data must be an array, got a Tensor (use tensor.detach() or .data)")
         data = _as_array(data)
-        if requires_grad and data.dtype.kind != "f":
+        if requires_grad and not is_float_dtype(data.dtype):
             raise TypeError(
-                f"requires_grad=True needs a floating-point dtype, got data of dtype {data.dtype}"
+                f"requires_grad=True needs a floating dtype ({describe_floats()}), got data of "
+                f"dtype {data.dtype}"
             )
         self.data = data
         self.grad: Array | None = None
@@ -229,6 +233,10 @@ class Tensor:
     def flatten(self, start_dim: int = 0) -> Tensor:
         """Merge the axes from ``start_dim`` on into one: (B, C, H, W) -> (B, C*H*W) for 1."""
         return _shaping.flatten(self, start_dim)
+
+    def astype(self, dtype: Any) -> Tensor:
+        """This tensor cast to ``dtype`` (differentiable: the gradient is cast back)."""
+        return _math.cast(self, dtype)
 
     def exp(self) -> Tensor:
         return _math.exp(self)

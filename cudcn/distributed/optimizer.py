@@ -18,6 +18,7 @@ import numpy as np
 from cudcn.arrays import array_module, is_cupy_array
 from cudcn.autograd import Tensor, enable_grad
 from cudcn.distributed.comm import Communicator, default_communicator
+from cudcn.dtypes import compute_dtype, is_half_dtype, widen
 from cudcn.nn.module import Module
 from cudcn.optim import Optimizer
 
@@ -33,12 +34,13 @@ def _describe(name: str, array: Any) -> str:
 
 def plan_buckets(params: list[Tensor], bucket_bytes: int) -> list[list[int]]:
     """Split ``params`` (in order) into buckets: runs of consecutive parameters of one dtype and
-    array library holding at most ``bucket_bytes`` bytes; a parameter larger than that gets a bucket
-    of its own. Returns the indices into ``params`` of each bucket."""
+    array library whose gradient buffer (float32 for 16-bit parameters) holds at most
+    ``bucket_bytes`` bytes; a parameter larger than that gets a bucket of its own. Returns the
+    indices into ``params`` of each bucket."""
     buckets: list[list[int]] = []
     used, kind = 0, None
     for i, p in enumerate(params):
-        nbytes = p.data.nbytes
+        nbytes = p.data.size * compute_dtype(p.data.dtype).itemsize
         this = (p.data.dtype, is_cupy_array(p.data))
         if not buckets or this != kind or used + nbytes > bucket_bytes:
             buckets.append([])
@@ -61,6 +63,11 @@ class DistributedOptimizer(Optimizer):
     3. the gradients, packed into buckets of at most ``bucket_mb`` MiB (see :func:`plan_buckets`),
        one ``allreduce(op="mean")`` per bucket, copied back into each ``p.grad``;
     4. the wrapped optimiser's ``step``.
+
+    float16 and bfloat16 gradients are averaged in float32 buffers (the communicators reduce
+    float32 and float64; a 16-bit sum of several ranks could also overflow). With a
+    :class:`cudcn.optim.GradScaler`, the inf/NaN check is agreed over the ranks (one allreduce of
+    the flag in :meth:`found_inf_on_any_rank`), so every rank skips the same steps.
 
     ``zero_grad``, ``state_dict``, ``load_state_dict``, ``add_param_group``, ``param_groups``,
     ``state`` and ``defaults`` are the wrapped optimiser's, so learning-rate schedules work on
@@ -119,6 +126,13 @@ class DistributedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict)
 
+    def found_inf_on_any_rank(self, found: bool) -> bool:
+        """True on every rank when some rank's ``found`` is True (one allreduce of an int64)."""
+        if self.comm.size == 1:
+            return bool(found)
+        flag = np.array([int(bool(found))], dtype=np.int64)
+        return bool(self.comm.allreduce(flag, "max")[0])
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Average the gradients over the ranks, then run the wrapped optimiser's step; returns
         ``closure()`` when given (it is called first, to recompute the loss and gradients)."""
@@ -149,11 +163,12 @@ class DistributedOptimizer(Optimizer):
         self.buckets = [[int(index[i]) for i in bucket] for bucket in plan]
 
     def _average_bucket(self, params: list[Tensor]) -> None:
-        """Pack the gradients of ``params`` (one dtype and library) into one buffer, allreduce its
-        mean, and write it back into each ``p.grad`` (a new array where ``p.grad`` was None)."""
+        """Pack the gradients of ``params`` (one dtype and library) into one buffer (float32 for
+        16-bit parameters), allreduce its mean, and write it back into each ``p.grad`` (rounded to
+        its dtype; a new array of the parameter's dtype where ``p.grad`` was None)."""
         xp = array_module(params[0].data)
         sizes = [p.data.size for p in params]
-        buffer = xp.empty(sum(sizes), dtype=params[0].data.dtype)
+        buffer = xp.empty(sum(sizes), dtype=compute_dtype(params[0].data.dtype))
         offset = 0
         for p, n in zip(params, sizes, strict=True):
             piece = buffer[offset : offset + n]
@@ -167,7 +182,7 @@ class DistributedOptimizer(Optimizer):
         for p, n in zip(params, sizes, strict=True):
             mean = buffer[offset : offset + n].reshape(p.data.shape)
             if p.grad is None:
-                p.grad = mean.copy()
+                p.grad = mean.astype(p.dtype)
             else:
                 p.grad[...] = mean
             offset += n
@@ -202,7 +217,7 @@ def broadcast_parameters(
     First checks that every rank has the same names, shapes, dtypes and array libraries (one small
     allreduce); on a mismatch every rank raises a ``ValueError`` naming the first one. Arrays are
     written in place, never reshaped or replaced, so optimisers built on the parameters keep
-    working.
+    working. float16 and bfloat16 arrays travel as float32 copies (exact both ways).
 
     Args:
         source: a :class:`cudcn.nn.Module` (``named_parameters()`` then ``named_buffers()``) or an
@@ -216,4 +231,7 @@ def broadcast_parameters(
         "broadcast_parameters", [f"root {root}"] + [_describe(name, a) for name, a in named]
     )
     for _, a in named:
-        comm.broadcast(a, root, check=False)
+        if is_half_dtype(a.dtype):
+            a[...] = comm.broadcast(widen(a), root, check=False)
+        else:
+            comm.broadcast(a, root, check=False)

@@ -18,15 +18,19 @@ import numpy as np
 
 from cudcn.autograd import Tensor
 from cudcn.backends import is_cupy_array
+from cudcn.dtypes import is_bfloat16
 from cudcn.nn.module import Module
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 
 def _host(value: Any) -> np.ndarray:
+    """A host array to store: bfloat16 as float32 (exact; the ``.npy`` format has no bfloat16, and
+    ``Module.load_state_dict`` rounds it back to the parameter's dtype)."""
     if isinstance(value, Tensor):
         value = value.data
-    return value.get() if is_cupy_array(value) else np.asarray(value)
+    value = value.get() if is_cupy_array(value) else np.asarray(value)
+    return value.astype(np.float32) if is_bfloat16(value.dtype) else value
 
 
 def _write_npz(file: Any, arrays: dict[str, np.ndarray]) -> None:
@@ -39,7 +43,8 @@ def _write_npz(file: Any, arrays: dict[str, np.ndarray]) -> None:
 
 def save_checkpoint(module_or_state: Module | dict[str, Any], path: str | os.PathLike) -> None:
     """Save a module's ``state_dict()`` (or a given name -> array mapping) to ``path`` as ``.npz``,
-    atomically (see the module docstring). CuPy arrays are copied to the host.
+    atomically (see the module docstring). CuPy arrays are copied to the host; bfloat16 arrays are
+    stored as float32 (exactly).
 
     Example::
 

@@ -16,9 +16,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cudcn import dtypes
 from cudcn.arrays import array_module, is_cupy_array, parse_device
 from cudcn.autograd import Tensor
 from cudcn.autograd.function import current_trace
+from cudcn.dtypes import (
+    check_library_dtype,
+    compute_dtype,
+    describe_floats,
+    is_float_dtype,
+)
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -42,11 +49,16 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
-def _move(a: Any, device: tuple[str, int | None] | None, dtype: np.dtype | None) -> Any:
+def _move(
+    a: Any, device: tuple[str, int | None] | None, dtype: np.dtype | None, name: str = "array"
+) -> Any:
     """``a`` on ``device`` (``("cpu", None)``, ``("cuda", None)`` for the current CUDA device or
-    ``("cuda", N)``) and, when it is floating, cast to ``dtype``."""
+    ``("cuda", N)``) and, when it is floating, cast to ``dtype``; a ``TypeError`` naming ``name``
+    when the target library has no such dtype (bfloat16 on a CuPy without it)."""
     if a is None:
         return None
+    if device is not None and device[0] == "cuda" and is_float_dtype(a.dtype):
+        check_library_dtype(importlib.import_module("cupy"), a.dtype, f"moving {name} to CUDA")
     if device is not None and device[0] == "cpu" and is_cupy_array(a):
         a = a.get()
     elif device is not None and device[0] == "cuda":
@@ -55,7 +67,8 @@ def _move(a: Any, device: tuple[str, int | None] | None, dtype: np.dtype | None)
         if not is_cupy_array(a) or a.device.id != target.id:
             with target:  # a copy on the target device (through the host from another GPU)
                 a = cupy.asarray(a.get() if is_cupy_array(a) else a)
-    if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
+    if dtype is not None and is_float_dtype(a.dtype) and a.dtype != dtype:
+        check_library_dtype(array_module(a), dtype, f"casting {name}")
         a = a.astype(dtype)
     return a
 
@@ -248,23 +261,50 @@ class Module:
     def to(self, target: Any) -> Module:
         """Move parameters, gradients and buffers to ``"cpu"`` (NumPy), ``"cuda"`` (CuPy, the
         current device) or ``"cuda:N"`` (CuPy, device N), or cast the floating ones to a dtype
-        (``np.float64``); returns self. Parameter objects are kept, so build optimisers after
-        moving (their state is not moved)."""
+        (``np.float64``, ``np.float16``, ``ml_dtypes.bfloat16``); returns self. Parameter objects
+        are kept, so build optimisers after moving (their state is not moved).
+
+        Casting to float16 or bfloat16 casts the parameters and gradients; floating buffers
+        (BatchNorm's running statistics) become float32, the dtype 16-bit layers compute their
+        statistics in. bfloat16 on CuPy needs a CuPy that has the dtype, else ``TypeError``."""
         device = dtype = None
         if isinstance(target, str):
             device = parse_device(target)
         else:
-            dtype = np.dtype(target)
-            if dtype.kind != "f":
-                raise TypeError(f"dtype must be a floating type, got {dtype}")
-        for module in self.modules():
-            for p in module._parameters.values():
+            try:
+                dtype = np.dtype(target)
+            except TypeError:
+                dtype = None
+            if not is_float_dtype(dtype):
+                raise TypeError(
+                    f"dtype must be {describe_floats()} (or a device string), got {target!r}"
+                )
+        buffer_dtype = None if dtype is None else compute_dtype(dtype)
+        for module_name, module in self.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for key, p in module._parameters.items():
                 if p is not None:
-                    p.data = _move(p.data, device, dtype)
-                    p.grad = _move(p.grad, device, dtype)
-            for name, b in module._buffers.items():
-                module._buffers[name] = _move(b, device, dtype)
+                    p.data = _move(p.data, device, dtype, prefix + key)
+                    p.grad = _move(p.grad, device, dtype, f"{prefix}{key}.grad")
+            for key, b in module._buffers.items():
+                module._buffers[key] = _move(b, device, buffer_dtype, prefix + key)
         return self
+
+    def half(self) -> Module:
+        """``to(numpy.float16)`` (PyTorch's name)."""
+        return self.to(np.float16)
+
+    def bfloat16(self) -> Module:
+        """``to(ml_dtypes.bfloat16)`` (PyTorch's name)."""
+        return self.to(dtypes.bfloat16)
+
+    def float(self) -> Module:
+        """``to(numpy.float32)`` (PyTorch's name)."""
+        return self.to(np.float32)
+
+    def double(self) -> Module:
+        """``to(numpy.float64)`` (PyTorch's name)."""
+        return self.to(np.float64)
 
     def cpu(self) -> Module:
         return self.to("cpu")

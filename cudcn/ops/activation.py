@@ -1,4 +1,7 @@
-"""Activations: relu (the autograd's), dropout and log_softmax."""
+"""Activations: relu (the autograd's), dropout and log_softmax.
+
+float16 and bfloat16: dropout draws its uniforms in float32; log_softmax computes in float32 and
+rounds once to the input dtype."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import numpy as np
 
 from cudcn.autograd import Function, relu
 from cudcn.backends import array_module, is_cupy_array
+from cudcn.dtypes import compute_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays
 
 Array = Any
@@ -22,11 +26,12 @@ class DropoutFunction(Function):
     def forward(self, input, *, p, rng):
         check_arrays({"input": input})
         xp = array_module(input)
+        draw = compute_dtype(input.dtype)  # the generators have no 16-bit floats
         if is_cupy_array(input):  # draw on the device, seeded from the host generator
             seed = int(rng.integers(2**63))
-            uniform = xp.random.default_rng(seed).random(input.shape, dtype=input.dtype)
+            uniform = xp.random.default_rng(seed).random(input.shape, dtype=draw)
         else:
-            uniform = rng.random(input.shape, dtype=input.dtype)
+            uniform = rng.random(input.shape, dtype=draw)
         scale = 0.0 if p == 1 else 1 / (1 - p)
         mask = (uniform >= p).astype(input.dtype) * input.dtype.type(scale)
         self.save_for_backward(mask)
@@ -71,15 +76,17 @@ class LogSoftmaxFunction(Function):
 
     def forward(self, input, *, axis):
         check_arrays({"input": input})
+        dtype, input = input.dtype, widen(input)
         xp = array_module(input)
         shifted = input - input.max(axis=axis, keepdims=True)
         out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
         self.axis = axis
         self.save_for_backward(out)
-        return out
+        return narrow(out, dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # in float32 for 16-bit inputs; the tape rounds the gradient
         (out,) = self.saved
+        grad_out = widen(grad_out)
         xp = array_module(out)
         return (grad_out - xp.exp(out) * grad_out.sum(axis=self.axis, keepdims=True),)
 

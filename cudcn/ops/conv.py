@@ -15,6 +15,9 @@ the CPU's last-level cache:
   is placed on the stride lattice of a zero array (B, C_out, Hg, Wg), taps are read in flipped order
   with step 1, and ``grad_input = weight^T @ cols`` — a GEMM with the long C_out * kh * kw reduction
   instead of a scatter-add.
+
+float16 and bfloat16 arguments are computed in float32 (columns, GEMMs and their sums) from exact
+float32 copies, and each result is rounded once to the input dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from cudcn.autograd import Function
 from cudcn.backends import array_module
+from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape, int_pair, positive_int
 from cudcn.ops.norm import channel_sum
 
@@ -191,6 +195,11 @@ def _chunked_product(
         out[n0:n1] = pixel_major.transpose(0, 3, 1, 2)
 
 
+def _forward_rounded(input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry) -> Array:
+    """The forward computed in the compute dtype and rounded once to the input dtype."""
+    return narrow(_forward(widen(input), widen(weight), widen(bias), geo), input.dtype)
+
+
 def _forward(input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry) -> Array:
     xp = array_module(input)
     out = xp.empty((geo.batch, geo.out_channels, geo.out_h, geo.out_w), input.dtype)
@@ -232,7 +241,9 @@ def _backward(
     grad_out: Array, input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry,
     needs: tuple[bool, bool, bool],
 ) -> tuple[Array | None, Array | None, Array | None]:  # fmt: skip
-    """Gradients of (input, weight, bias); only those flagged in ``needs`` are computed."""
+    """Gradients of (input, weight, bias) in the compute dtype (float32 for 16-bit arguments);
+    only those flagged in ``needs`` are computed."""
+    grad_out, input, weight, bias = (widen(a) for a in (grad_out, input, weight, bias))
     need_input, need_weight, need_bias = needs
     g_input = _grad_input(grad_out, weight, geo) if need_input else None
     g_weight = _grad_weight(grad_out, input, geo).reshape(weight.shape) if need_weight else None
@@ -246,7 +257,7 @@ def conv2d_forward(
 ) -> Array:  # fmt: skip
     """Array-level forward of :func:`conv2d` (no tape): returns (B, C_out, H_out, W_out)."""
     geo = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
-    return _forward(input, weight, bias, geo)
+    return _forward_rounded(input, weight, bias, geo)
 
 
 def conv2d_backward(
@@ -260,7 +271,8 @@ def conv2d_backward(
     check_arrays({"input": input, "grad_out": grad_out})
     expected = (geo.batch, geo.out_channels, geo.out_h, geo.out_w)
     check_shape("grad_out", grad_out, expected, "(B, C_out, H_out, W_out)")
-    return _backward(grad_out, input, weight, bias, geo, (True, True, True))
+    grads = _backward(grad_out, input, weight, bias, geo, (True, True, True))
+    return tuple(narrow(g, input.dtype) for g in grads)
 
 
 class Conv2dFunction(Function):
@@ -269,9 +281,9 @@ class Conv2dFunction(Function):
     def forward(self, input, weight, bias, *, stride, padding, dilation, groups):
         self.geo = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
         self.save_for_backward(input, weight, bias)
-        return _forward(input, weight, bias, self.geo)
+        return _forward_rounded(input, weight, bias, self.geo)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradients to the inputs' dtype
         input, weight, bias = self.saved
         return _backward(grad_out, input, weight, bias, self.geo, self.needs_input_grad)
 

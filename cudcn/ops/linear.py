@@ -1,10 +1,14 @@
-"""linear: ``input @ weight.T + bias``, as ``torch.nn.functional.linear``."""
+"""linear: ``input @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+float16 and bfloat16 arguments are computed in float32 (GEMMs and the bias gradient's sum) and each
+result is rounded once to the input dtype."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cudcn.autograd import Function
+from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape
 
 Array = Any
@@ -28,13 +32,14 @@ class LinearFunction(Function):
     def forward(self, input, weight, bias):
         check_linear(input, weight, bias)
         self.save_for_backward(input, weight, bias)
-        out = input @ weight.T
+        out = widen(input) @ widen(weight).T
         if bias is not None:
-            out += bias
-        return out
+            out += widen(bias)
+        return narrow(out, input.dtype)
 
-    def backward(self, grad_out):
-        input, weight, bias = self.saved
+    def backward(self, grad_out):  # the tape rounds the gradients to the inputs' dtype
+        input, weight, bias = (widen(a) for a in self.saved)
+        grad_out = widen(grad_out)
         need_input, need_weight, need_bias = self.needs_input_grad
         g2 = grad_out.reshape(-1, weight.shape[0])
         g_input = grad_out @ weight if need_input else None

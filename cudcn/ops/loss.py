@@ -1,4 +1,7 @@
-"""Losses: cross_entropy (from logits and integer labels), mse_loss and smooth_l1_loss."""
+"""Losses: cross_entropy (from logits and integer labels), mse_loss and smooth_l1_loss.
+
+float16 and bfloat16 inputs are computed in float32 (softmax, differences and the reduction) and
+the loss is rounded once to the input dtype."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from typing import Any
 
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module, is_cupy_array
+from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape
 
 Array = Any
@@ -35,16 +39,18 @@ class CrossEntropyFunction(Function):
     """Tape node of cross_entropy; inputs ``(input,)``; the labels are a keyword parameter."""
 
     def forward(self, input, *, target, reduction):
+        dtype, input = input.dtype, widen(input)
         xp = array_module(input)
         shifted = input - input.max(axis=1, keepdims=True)
         log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         rows = xp.arange(input.shape[0])
         self.target, self.reduction = target, reduction
         self.save_for_backward(log_probs)
-        return _reduce(-log_probs[rows, target], reduction)
+        return narrow(_reduce(-log_probs[rows, target], reduction), dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # in float32 for 16-bit inputs; the tape rounds the gradient
         (log_probs,) = self.saved
+        grad_out = widen(grad_out)
         xp = array_module(log_probs)
         g = xp.exp(log_probs)
         g[xp.arange(g.shape[0]), self.target] -= 1
@@ -93,14 +99,14 @@ class MseLossFunction(Function):
     def forward(self, input, target, *, reduction):
         check_arrays({"input": input, "target": target})
         check_shape("target", target, input.shape, "the input's shape")
-        diff = input - target
+        diff = widen(input) - widen(target)
         self.reduction = reduction
         self.save_for_backward(diff)
-        return _reduce(diff * diff, reduction)
+        return narrow(_reduce(diff * diff, reduction), input.dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradients to the inputs' dtype
         (diff,) = self.saved
-        g = 2 * diff * _reduced_grad(grad_out, diff.size, self.reduction)
+        g = 2 * diff * _reduced_grad(widen(grad_out), diff.size, self.reduction)
         need_input, need_target = self.needs_input_grad
         return (g if need_input else None, -g if need_target else None)
 
@@ -120,20 +126,20 @@ class SmoothL1LossFunction(Function):
         check_arrays({"input": input, "target": target})
         check_shape("target", target, input.shape, "the input's shape")
         xp = array_module(input)
-        diff = input - target
+        diff = widen(input) - widen(target)
         size = xp.abs(diff)
         quadratic = size < beta
         self.reduction, self.beta = reduction, beta
         self.save_for_backward(diff, quadratic)
-        half_beta = input.dtype.type(0.5 * beta)
+        half_beta = diff.dtype.type(0.5 * beta)
         values = xp.where(quadratic, 0.5 * diff * diff / (beta if beta else 1), size - half_beta)
-        return _reduce(values, reduction)
+        return narrow(_reduce(values, reduction), input.dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradients to the inputs' dtype
         diff, quadratic = self.saved
         xp = array_module(diff)
         slope = xp.where(quadratic, diff / (self.beta if self.beta else 1), xp.sign(diff))
-        g = slope * _reduced_grad(grad_out, diff.size, self.reduction)
+        g = slope * _reduced_grad(widen(grad_out), diff.size, self.reduction)
         need_input, need_target = self.needs_input_grad
         return (g if need_input else None, -g if need_target else None)
 

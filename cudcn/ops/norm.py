@@ -1,5 +1,9 @@
 """batch_norm: batch normalisation over (B, C) or (B, C, *spatial), as
-``torch.nn.functional.batch_norm``, updating the running statistics in place while training."""
+``torch.nn.functional.batch_norm``, updating the running statistics in place while training.
+
+float16 and bfloat16 inputs are normalised in float32: the batch statistics, the normalisation and
+the gradients' sums are float32, the running statistics are float32 arrays, and the output is
+rounded once to the input dtype."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module
+from cudcn.dtypes import compute_dtype, is_float_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays, check_shape, finite_float
 
 Array = Any
@@ -17,11 +22,19 @@ def check_batch_norm(
     input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
     bias: Array | None, training: bool, momentum: Any, eps: Any,
 ) -> None:  # fmt: skip
-    """Validate the arguments of batch_norm."""
-    check_arrays(
-        {"input": input, "running_mean": running_mean, "running_var": running_var,
-         "weight": weight, "bias": bias}
-    )  # fmt: skip
+    """Validate the arguments of batch_norm: the running statistics have the input's compute dtype
+    (float32 for a 16-bit input), every other array the input's dtype."""
+    check_arrays({"input": input, "weight": weight, "bias": bias})
+    stats = {"running_mean": running_mean, "running_var": running_var}
+    want = compute_dtype(input.dtype)
+    for name, a in stats.items():
+        if a is not None and is_float_dtype(getattr(a, "dtype", None)) and a.dtype != want:
+            raise TypeError(
+                f"{name} must have dtype {want} (the running statistics of a {input.dtype} input "
+                f"are kept in {want}), got {a.dtype}"
+            )
+    if running_mean is not None or running_var is not None:  # their library and device
+        check_arrays({"input": input.reshape(-1)[:0].astype(want), **stats})
     if not 2 <= input.ndim <= 5:
         raise ValueError(
             f"input must be (B, C) or (B, C, *spatial), got shape {tuple(input.shape)}"
@@ -64,6 +77,8 @@ class BatchNormFunction(Function):
 
     def forward(self, input, weight, bias, *, running_mean, running_var, training, momentum, eps):
         check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        dtype = input.dtype
+        input, weight, bias = widen(input), widen(weight), widen(bias)
         xp = array_module(input)
         shape = (1, input.shape[1]) + (1,) * (input.ndim - 2)
         count = input.size // input.shape[1]
@@ -87,10 +102,11 @@ class BatchNormFunction(Function):
         self.shape, self.count, self.training = shape, count, training
         self.save_for_backward(xhat, invstd, weight)
         out = xhat if weight is None else xhat * weight.reshape(shape)
-        return out if bias is None else out + bias.reshape(shape)
+        return narrow(out if bias is None else out + bias.reshape(shape), dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # in float32 for 16-bit inputs; the tape rounds the gradients
         xhat, invstd, weight = self.saved
+        grad_out = widen(grad_out)
         shape = self.shape
         need_input, need_weight, need_bias = self.needs_input_grad
         sum_g = channel_sum(grad_out)
@@ -127,7 +143,8 @@ def batch_norm(
 
     Args:
         input: (B, C) or (B, C, *spatial).
-        running_mean, running_var: (C,) arrays (not differentiated), or None while training.
+        running_mean, running_var: (C,) arrays (not differentiated), or None while training; of
+            the input's dtype, float32 for a float16 or bfloat16 input.
         weight, bias: (C,) or None (scale 1, shift 0).
         training, momentum, eps: as above.
 

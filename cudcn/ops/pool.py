@@ -2,6 +2,9 @@
 
 Windowed pooling visits the kernel taps: tap (i, j) reads one strided slice of the (padded) input for
 all outputs at once, so a pass costs kh * kw vectorised operations whatever the image size.
+
+float16 and bfloat16: window sums and the gradients of overlapping windows accumulate in float32 and
+are rounded once to the input dtype (max pooling picks values, so its forward stays in 16 bits).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 
 from cudcn.autograd import Function, mean
 from cudcn.backends import array_module
+from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, int_pair
 
 Array = Any
@@ -95,9 +99,10 @@ class MaxPool2dFunction(Function):
         self.save_for_backward(argmax)
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradient to the input's dtype
         (argmax,) = self.saved
         geo = self.geo
+        grad_out = widen(grad_out)
         xp = array_module(grad_out)
         b, c, h, w = self.shape
         ph, pw = geo.padding
@@ -112,6 +117,7 @@ class AvgPool2dFunction(Function):
 
     def forward(self, input, *, kernel_size, stride, padding, count_include_pad):
         geo = self.geo = check_pool2d(input, kernel_size, stride, padding)
+        dtype, input = input.dtype, widen(input)
         xp = array_module(input)
         padded = _pad(input, geo.padding, 0.0)
         total = None
@@ -125,10 +131,11 @@ class AvgPool2dFunction(Function):
             ones = _pad(xp.ones((1, 1, *input.shape[2:]), input.dtype), geo.padding, 0.0)
             self.divisor = sum(ones[0, 0, rows, cols] for rows, cols in geo.taps())
         self.shape = input.shape
-        return total / self.divisor
+        return narrow(total / self.divisor, dtype)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradient to the input's dtype
         geo = self.geo
+        grad_out = widen(grad_out)
         xp = array_module(grad_out)
         b, c, h, w = self.shape
         ph, pw = geo.padding
@@ -155,12 +162,14 @@ class AdaptiveAvgPool2dFunction(Function):
         self.bins = (_adaptive_bins(h, oh), _adaptive_bins(w, ow))
         self.shape = input.shape
         out = array_module(input).empty((*input.shape[:2], oh, ow), dtype=input.dtype)
+        wide = widen(input)
         for i, (y0, y1) in enumerate(self.bins[0]):
             for j, (x0, x1) in enumerate(self.bins[1]):
-                out[:, :, i, j] = input[:, :, y0:y1, x0:x1].mean(axis=(2, 3))
+                out[:, :, i, j] = wide[:, :, y0:y1, x0:x1].mean(axis=(2, 3))  # rounded once
         return out
 
-    def backward(self, grad_out):
+    def backward(self, grad_out):  # the tape rounds the gradient to the input's dtype
+        grad_out = widen(grad_out)
         g = array_module(grad_out).zeros(self.shape, dtype=grad_out.dtype)
         for i, (y0, y1) in enumerate(self.bins[0]):
             for j, (x0, x1) in enumerate(self.bins[1]):

@@ -14,8 +14,12 @@ come from the optimiser's defaults::
     for epoch in range(30):
         ...  # loss.backward(); opt.step(); opt.zero_grad()
         sched.step()
+
+For float16/bfloat16 parameters every optimiser keeps a float32 master copy and float32 state;
+:class:`GradScaler` scales the loss so that small float16 gradients do not flush to zero.
 """
 
+from cudcn.optim.grad_scaler import GradScaler
 from cudcn.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, OneCycleLR, StepLR
 from cudcn.optim.optimizers import SGD, Adam, AdamW, Optimizer
 
@@ -24,6 +28,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "CosineAnnealingLR",
+    "GradScaler",
     "LRScheduler",
     "OneCycleLR",
     "Optimizer",

@@ -1,4 +1,11 @@
-"""Optimisers with PyTorch's update rules: SGD, Adam, AdamW (see :mod:`cudcn.optim`)."""
+"""Optimisers with PyTorch's update rules: SGD, Adam, AdamW (see :mod:`cudcn.optim`).
+
+16-bit parameters (float16, bfloat16) are updated through a float32 master copy: the state holds
+``"master"`` (float32) next to float32 momentum/moment buffers, each step updates the master with the
+float32-widened gradient and writes it back to the parameter rounded once to its dtype. Steps far
+below the parameter's 16-bit spacing therefore accumulate in the master instead of being lost. If the
+parameter is changed from outside (a loaded checkpoint), the master is taken from it again.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from typing import Any
 
 from cudcn.arrays import array_module
 from cudcn.autograd import Tensor, enable_grad
+from cudcn.dtypes import compute_dtype, is_half_dtype, narrow
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
 
@@ -68,6 +76,12 @@ class Optimizer:
                 else:
                     p.grad[...] = 0
 
+    def found_inf_on_any_rank(self, found: bool) -> bool:
+        """Whether some process found an inf/NaN gradient, given this process's ``found``; here
+        ``found`` itself (``cudcn.distributed.DistributedOptimizer`` asks every rank). Used by
+        :class:`cudcn.optim.GradScaler` so that every rank skips the same steps."""
+        return bool(found)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient; returns ``closure()`` when one is given
         (the closure re-evaluates the loss and calls ``backward``)."""
@@ -78,15 +92,29 @@ class Optimizer:
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, p.grad, self.state.setdefault(id(p), {}), group)
+                    self._step_parameter(p, self.state.setdefault(id(p), {}), group)
         return loss
 
-    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _step_parameter(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """One update of ``p``: in place on ``p.data``, or, for a 16-bit ``p``, on its float32
+        master copy, written back rounded to ``p``'s dtype."""
+        if not is_half_dtype(p.dtype):
+            self._update(p.data, p.grad, state, group)
+            return
+        master = state.get("master")
+        if master is None or not bool((narrow(master, p.dtype) == p.data).all()):
+            master = state["master"] = p.data.astype(compute_dtype(p.dtype))  # (re)synchronised
+        self._update(master, p.grad.astype(master.dtype, copy=False), state, group)
+        p.data[...] = narrow(master, p.dtype)
+
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Update the array ``param`` in place from ``grad`` (same dtype) and ``state``."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         """``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}`` as in PyTorch;
-        parameters are numbered in group order. The state's arrays are not copied."""
+        parameters are numbered in group order. The state's arrays are not copied; a 16-bit
+        parameter's state includes its float32 ``"master"`` copy."""
         index: dict[int, int] = {}
         groups = []
         for group in self.param_groups:
@@ -153,9 +181,9 @@ class SGD(Optimizer):
                 f"momentum={group['momentum']}, dampening={group['dampening']}"
             )
 
-    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
         if group["weight_decay"]:
-            grad = grad + group["weight_decay"] * p.data
+            grad = grad + group["weight_decay"] * param
         momentum = group["momentum"]
         if momentum:
             buf = state.get("momentum_buffer")
@@ -165,7 +193,7 @@ class SGD(Optimizer):
                 buf *= momentum
                 buf += (1 - group["dampening"]) * grad
             grad = grad + momentum * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * grad
+        param -= group["lr"] * grad
 
 
 class Adam(Optimizer):
@@ -201,26 +229,26 @@ class Adam(Optimizer):
         if not group["weight_decay"] >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {group['weight_decay']}")
 
-    def _update(self, p: Tensor, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
-        xp = array_module(p.data)
+    def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
+        xp = array_module(param)
         lr, (beta1, beta2), decay = group["lr"], group["betas"], group["weight_decay"]
         if "step" not in state:
             state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(p.data)
-            state["exp_avg_sq"] = xp.zeros_like(p.data)
+            state["exp_avg"] = xp.zeros_like(param)
+            state["exp_avg_sq"] = xp.zeros_like(param)
         state["step"] += 1
         t = state["step"]
         if decay and self.decoupled:
-            p.data *= 1 - lr * decay
+            param *= 1 - lr * decay
         elif decay:
-            grad = grad + decay * p.data
+            grad = grad + decay * param
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m *= beta1
         m += (1 - beta1) * grad
         v *= beta2
         v += (1 - beta2) * grad * grad
         denom = xp.sqrt(v) / math.sqrt(1 - beta2**t) + group["eps"]
-        p.data -= (lr / (1 - beta1**t)) * (m / denom)
+        param -= (lr / (1 - beta1**t)) * (m / denom)
 
 
 class AdamW(Adam):
