@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -91,6 +92,11 @@ def test_value_errors(changes, match):
             r"weight must have dtype float16, bfloat16 \(ml_dtypes.bfloat16\), float32 or float64, got int64",
         ),
         ({"bias": np.zeros(3, np.float64)}, r"bias has dtype float64 but input has dtype float32"),
+        ({"mask": np.zeros((2, 9, 6, 7), np.float16)}, r"mask has dtype float16 but input has"),
+        (
+            {"offset": np.zeros((2, 18, 6, 7), ml_dtypes.bfloat16)},
+            r"offset has dtype bfloat16 but input has dtype float32",
+        ),
         ({"stride": 1.5}, r"stride must be an int or a pair of ints, got 1.5"),
         ({"padding": (1, 2, 3)}, r"padding must be an int or a pair of ints"),
         ({"dilation": True}, r"dilation must be an int or a pair of ints"),
