@@ -53,7 +53,7 @@ from cudcn.backends.cuda.launch import (
     index_type,
     launch_1d,
 )
-from cudcn.dtypes import compute_dtype
+from cudcn.dtypes import compute_dtype, narrow, widen
 
 Array = Any
 Pair = tuple[int, int]
@@ -131,6 +131,10 @@ class _Plan:
         dtype."""
         return xp.empty(rows * self.largest * self.plane, dtype=self.compute)
 
+    def grouped_weight(self, weight: Array) -> Array:
+        """``weight`` in the compute dtype as (groups, C_out / groups, C_in / groups · kh · kw)."""
+        return widen(weight).reshape(self.groups, self.out_channels // self.groups, -1)
+
     def im2col(self, columns: Array, input: Array, offset: Array, mask: Array) -> Array:
         """Fill the column buffer for the chunk ``input``; returns it as (groups, rows / groups,
         chunk · H_out·W_out)."""
@@ -168,10 +172,8 @@ def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: 
     if not plan.chunks:
         return out
     columns, product = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
-    w = weight.astype(plan.compute, copy=False).reshape(
-        plan.groups, plan.out_channels // plan.groups, -1
-    )
-    wide_bias = None if bias is None else bias.astype(plan.compute, copy=False).reshape(1, -1, 1)
+    w = plan.grouped_weight(weight)
+    wide_bias = None if bias is None else widen(bias).reshape(1, -1, 1)
     no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never read (use_mask 0)
     for start, stop in plan.chunks:
         chunk, batch = stop - start, slice(start, stop)
@@ -210,14 +212,9 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
     g_weight = xp.zeros(weight.shape, dtype=plan.compute)
     g_bias = None
     if bias is not None:
-        g_bias = grad_out.sum(axis=(0, 2, 3), dtype=plan.compute).astype(plan.dtype, copy=False)
-    if not plan.chunks:
-        return (g_input.astype(plan.dtype, copy=False), g_offset,
-                g_weight.astype(plan.dtype, copy=False), g_bias, g_mask)  # fmt: skip
+        g_bias = narrow(grad_out.sum(axis=(0, 2, 3), dtype=plan.compute), plan.dtype)
     columns, grads = plan.buffer(xp, plan.rows), plan.buffer(xp, plan.out_channels)
-    w = weight.astype(plan.compute, copy=False).reshape(
-        plan.groups, plan.out_channels // plan.groups, -1
-    )
+    w = plan.grouped_weight(weight)
     gw = g_weight.reshape(w.shape)
     no_mask = xp.zeros((1,), dtype=plan.dtype)  # passed for mask = None; never touched (use_mask 0)
     for start, stop in plan.chunks:
@@ -239,5 +236,4 @@ def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, inpu
         target.finish()
         plan.col2im_coord(cols, input[batch], offset[batch], masks, g_offset[batch],
                           no_mask if g_mask is None else g_mask[batch])  # fmt: skip
-    g_input, g_weight = (g.astype(plan.dtype, copy=False) for g in (g_input, g_weight))
-    return g_input, g_offset, g_weight, g_bias, g_mask
+    return narrow(g_input, plan.dtype), g_offset, narrow(g_weight, plan.dtype), g_bias, g_mask

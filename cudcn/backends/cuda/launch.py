@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.backends import deterministic_enabled
-from cudcn.dtypes import bfloat16, compute_dtype
+from cudcn.dtypes import bfloat16, compute_dtype, narrow, widen
 
 Kernel = Callable[[tuple[int, ...], tuple[int, ...], tuple[Any, ...]], Any]
 GetKernel = Callable[[str], Kernel]
@@ -123,7 +123,7 @@ class ScatterTarget:
 
 def finite_abs_sum(xp: Any, a: Any) -> float:
     """sum |a| over the finite elements of ``a`` (float64)."""
-    a = a.astype(compute_dtype(a.dtype), copy=False)  # nan_to_num knows no bfloat16
+    a = widen(a)  # nan_to_num knows no bfloat16
     total = float(xp.abs(a).sum(dtype=np.float64))
     if np.isfinite(total):
         return total
@@ -134,7 +134,7 @@ def finite_abs_max(xp: Any, a: Any) -> float:
     """max |a| over the finite elements of ``a`` (0 for none)."""
     if a.size == 0:
         return 0.0
-    a = a.astype(compute_dtype(a.dtype), copy=False)
+    a = widen(a)
     largest = float(xp.abs(a).max())
     if np.isfinite(largest):
         return largest
@@ -185,8 +185,9 @@ def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: 
     ))  # fmt: skip
     to_input.finish()
     to_shift.finish()
-    grad_input = grad_input.astype(input.dtype, copy=False)
-    return grad_input, None if shift is None else grad_shift.astype(input.dtype, copy=False)
+    return narrow(grad_input, input.dtype), None if shift is None else narrow(
+        grad_shift, input.dtype
+    )
 
 
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:
