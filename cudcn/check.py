@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from cudcn import functional, reference
+from cudcn import dtypes, functional, reference
 from cudcn.autograd import Tensor
 from cudcn.backends import use_backend
-from cudcn.dtypes import FLOAT_DTYPES, eps
+from cudcn.dtypes import FLOAT_DTYPES, check_library_dtype, eps
 from cudcn.testing import gradcheck, poison_outputs, to_numpy
 
 Inputs = dict[str, Any]
@@ -195,18 +195,15 @@ def cuda_device() -> tuple[bool, str]:
 
 def cupy_dtypes() -> str:
     """The floating dtypes CuPy arrays can have here: float16 always; bfloat16 only where the
-    installed CuPy has it (creating a host-side dtype needs no GPU)."""
+    installed CuPy has it (``cudcn.dtypes.check_library_dtype``; needs no GPU)."""
     try:
         import cupy
     except ImportError:
         return "not installed"
-    import ml_dtypes
-
     try:
-        cupy.dtype(ml_dtypes.bfloat16)
-        cupy.ndarray((0,), dtype=ml_dtypes.bfloat16)
-    except Exception as exc:  # CuPy's refusal is a TypeError or ValueError, depending on version
-        return f"float16, float32, float64 (CuPy {cupy.__version__} has no bfloat16: {exc})"
+        check_library_dtype(cupy, dtypes.bfloat16, "CuPy arrays")
+    except TypeError as exc:
+        return f"float16, float32, float64 ({exc})"
     return "float16, bfloat16, float32, float64"
 
 

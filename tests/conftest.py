@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cudcn
-from cudcn.dtypes import is_half_dtype
+from cudcn.dtypes import check_library_dtype
 
 
 @functools.cache
@@ -43,11 +43,10 @@ class Backend:
         if self.name == "cuda":
             import cupy
 
-            if is_half_dtype(a.dtype) and a.dtype != np.float16:
-                try:
-                    cupy.empty(1, dtype=a.dtype)
-                except (TypeError, ValueError) as exc:
-                    pytest.skip(f"CuPy {cupy.__version__} has no {a.dtype} arrays: {exc}")
+            try:
+                check_library_dtype(cupy, a.dtype, "GPU test")
+            except TypeError as exc:
+                pytest.skip(str(exc))
             return cupy.asarray(a)
         return np.array(a, copy=True)
 

@@ -10,6 +10,7 @@ checks, so the checks can fail.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import ml_dtypes
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import cudcn
-from cudcn import Tensor, functional, nn, optim
+from cudcn import Tensor, check, functional, nn, optim
 from cudcn.dtypes import check_library_dtype, eps
 
 HALVES = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
@@ -186,6 +187,17 @@ def test_module_to_bfloat16_on_a_cupy_without_it_names_the_library():
     with pytest.raises(TypeError, match=r"casting 0.weight: the installed cupy 13.6.0 has no bfl"):
         check_library_dtype(stand_in, ml_dtypes.bfloat16, "casting 0.weight")
     check_library_dtype(np, ml_dtypes.bfloat16, "numpy has it")  # no error
+
+
+def test_cudcn_info_says_when_cupy_has_no_bfloat16(monkeypatch):
+    def no_bfloat16(shape, dtype):
+        raise TypeError(f"Unsupported dtype {dtype}")
+
+    stand_in = types.SimpleNamespace(__name__="cupy", __version__="13.6.0", empty=no_bfloat16)
+    monkeypatch.setitem(sys.modules, "cupy", stand_in)
+    assert check.cupy_dtypes().startswith("float16, float32, float64 (CuPy arrays: the installed")
+    monkeypatch.setattr(stand_in, "empty", lambda shape, dtype: None)
+    assert check.cupy_dtypes() == "float16, bfloat16, float32, float64"
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
