@@ -70,13 +70,7 @@ def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, paddi
     grad_out = rng.standard_normal((batch, out_channels, out_h, out_w)).astype(dtype)
     p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
              offset_groups=offset_groups)  # fmt: skip
-    with poisoning():
-        got = [emulated.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
-               *emulated.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
-    truth = Widened if dtypes.is_half_dtype(dtype) else reference
-    want = [truth.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
-            *truth.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
-    compare(f"deform_conv2d seed {seed} {np.dtype(dtype)}", got, want, dtype)
+    check_op("deform_conv2d", seed, dtype, (x, offset, weight, bias, mask), grad_out, p)
 
 
 def rois_for(rng, n, batch, height, width, scale):
@@ -99,13 +93,7 @@ def roi(seed, dtype, aligned, sampling_ratio, use_offset) -> None:
     p = dict(pooled_h=3, pooled_w=2, spatial_scale=0.5, sampling_ratio=sampling_ratio,
              gamma=0.2, aligned=aligned)  # fmt: skip
     grad_out = rng.standard_normal((7, 3, 3, 2)).astype(dtype)
-    with poisoning():
-        got = [emulated.deform_roi_pool_forward(x, rois, offset, **p),
-               *emulated.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
-    truth = Widened if dtypes.is_half_dtype(dtype) else reference
-    want = [truth.deform_roi_pool_forward(x, rois, offset, **p),
-            *truth.deform_roi_pool_backward(grad_out, x, rois, offset, **p)]  # fmt: skip
-    compare(f"deform_roi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
+    check_op("deform_roi_pool", seed, dtype, (x, rois, offset), grad_out, p)
 
 
 def psroi(seed, dtype, use_trans) -> None:
@@ -116,16 +104,26 @@ def psroi(seed, dtype, use_trans) -> None:
     p = dict(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
              sample_per_part=2, trans_std=0.2)  # fmt: skip
     grad_out = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
-    with poisoning():
-        got = [emulated.deform_psroi_pool_forward(x, rois, trans, **p),
-               *emulated.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
-    truth = Widened if dtypes.is_half_dtype(dtype) else reference
-    want = [truth.deform_psroi_pool_forward(x, rois, trans, **p),
-            *truth.deform_psroi_pool_backward(grad_out, x, rois, trans, **p)]  # fmt: skip
-    compare(f"deform_psroi_pool seed {seed} {np.dtype(dtype)}", got, want, dtype)
+    check_op("deform_psroi_pool", seed, dtype, (x, rois, trans), grad_out, p)
 
 
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+
+
+def forward_backward(module, op: str, args: tuple, grad_out, params: dict) -> list:
+    """``[out, *gradients]`` of ``op`` from a backend module (or the reference)."""
+    forward, backward = getattr(module, f"{op}_forward"), getattr(module, f"{op}_backward")
+    return [forward(*args, **params), *backward(grad_out, *args, **params)]
+
+
+def check_op(op: str, seed: int, dtype, args: tuple, grad_out, params: dict) -> None:
+    """The emulated kernels (outputs poisoned) against the reference, or, for 16-bit, against the
+    float32 kernels on the widened inputs (:class:`Widened`)."""
+    with poisoning():
+        got = forward_backward(emulated, op, args, grad_out, params)
+    truth = Widened if dtypes.is_half_dtype(dtype) else reference
+    want = forward_backward(truth, op, args, grad_out, params)
+    compare(f"{op} seed {seed} {np.dtype(dtype)}", got, want, dtype)
 
 
 class Widened:
