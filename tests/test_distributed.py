@@ -9,12 +9,14 @@ cores). Without ``mpiexec`` or mpi4py these tests skip, saying so.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass
@@ -237,6 +239,35 @@ def test_broadcast_parameters_argument_checks():
     dist.broadcast_parameters([Tensor(np.zeros(2))], comm)
     with pytest.raises(TypeError, match=r"tensors\[1\] must be a cudcn.Tensor"):
         dist.broadcast_parameters([Tensor(np.zeros(2)), np.zeros(2)], comm)
+
+
+def test_abort_hook_waits_until_the_launcher_read_the_traceback(tmp_path):
+    """Before ``MPI_Abort`` the hook waits until the pipe's reader (MPICH's launcher) took every
+    byte: without the wait the launcher lost the traceback of 29 of 180 failing jobs under load."""
+    from cudcn.distributed.mpi import _drain
+
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "w") as writer:
+        writer.write("traceback\n")
+        taken = []
+        delayed = threading.Timer(0.2, lambda: taken.append(os.read(reader.fileno(), 100)))
+        start = time.perf_counter()
+        delayed.start()
+        _drain(writer, timeout=10)
+        waited = time.perf_counter() - start
+        delayed.join()
+        assert taken == [b"traceback\n"] and waited >= 0.15, waited  # it waited for the reader
+        writer.write("nobody reads this\n")
+        start = time.perf_counter()
+        _drain(writer, timeout=0.1)  # a reader that never reads: bounded, no hang
+        assert 0.1 <= time.perf_counter() - start < 5
+    with open(tmp_path / "log.txt", "w") as file:
+        file.write("not a pipe")
+        start = time.perf_counter()
+        _drain(file, timeout=10)
+    _drain(io.StringIO(), timeout=10)  # no file descriptor
+    _drain(None, timeout=10)  # pythonw: no stream at all
+    assert time.perf_counter() - start < 5
 
 
 # --------------------------------------------------------------------------- 2 ranks
