@@ -327,3 +327,52 @@ print("demo:", models.save_trained(net, __import__("pathlib").Path({str(tmp_path
     assert (tmp_path / "deformable_cnn.npz").exists() and not (
         tmp_path / "deformable_cnn.onnx"
     ).exists()
+
+
+def half_net(dtype, rng: np.random.Generator) -> nn.Module:
+    """A small deformable net (offset conv, deformable conv, BatchNorm, ReLU, max pool, conv) in
+    ``dtype``; its BatchNorm statistics stay float32."""
+    net = nn.Sequential(nn.DeformConv2dPack(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.MaxPool2d(2), nn.Conv2d(8, 4, 3, padding=1))  # fmt: skip
+    return randomise(net, rng).eval().to(dtype)
+
+
+HALF_TERMS = 27 + 27 * 4 + 1 + 72  # offset conv; deformable conv (4 bilinear taps); BatchNorm; conv
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_models_export_and_run(dtype):
+    """A float16 model exports at the default opset and runs in ONNX Runtime; a bfloat16 one needs
+    opset 22 (a clear ExportError below it) and runs in ONNX's reference evaluator (ONNX Runtime's
+    CPU provider has no bfloat16 Conv). Both stay within a bound for arithmetic done entirely in the
+    dtype, ``terms · eps · max|ref|``, of the float64 net on the same rounded weights and input.
+    That worst-case bound is loose (measured 0.004 of 2.3 in float16, 0.22 of 18 in bfloat16); the
+    graph's semantics are pinned by the float32 tests, through the same dtype-agnostic translation."""
+    from onnx.reference import ReferenceEvaluator
+
+    dt = np.dtype(dtype) if dtype == "float16" else cudcn.dtypes.bfloat16
+    rng = np.random.default_rng(SEED)
+    print("seed", SEED)
+    net = half_net(dt, rng)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(dt)
+    ref = copy.deepcopy(net).to(np.float64)(x.astype(np.float64)).data
+    allowed = HALF_TERMS * cudcn.dtypes.eps(dt) * np.abs(ref).max()
+    if dtype == "float16":
+        model = cudcn.onnx.export(net, x, None)
+        got = session(model).run(None, {"input": x})[0]
+    else:
+        needs_22 = "bfloat16 from opset 22: export with opset=22"
+        with pytest.raises(cudcn.onnx.ExportError, match=needs_22):
+            cudcn.onnx.export(net, x, None)
+        model = cudcn.onnx.export(net, x, None, opset=22)
+        got = ReferenceEvaluator(model).run(None, {"input": x})[0]
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dt))
+    assert model.graph.input[0].type.tensor_type.elem_type == elem and got.dtype == dt
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    exported, weight = weights["0.weight"], net[0].weight.data
+    assert exported.dtype == dt and exported.tobytes() == weight.tobytes()  # bit for bit
+    assert weights["1.running_var"].dtype == np.float32  # BatchNorm statistics stay float32
+    worst = np.abs(got.astype(np.float64) - ref).max()
+    print(f"{dtype}: worst error {worst:.3g}, allowed {allowed:.3g}")
+    assert worst <= allowed
+    assert np.abs(net(x).data.astype(np.float64) - ref).max() <= allowed  # cudcn itself

@@ -64,7 +64,8 @@ def export(
         example_inputs: one NumPy/CuPy array, or a tuple of them (one per ``model`` argument), e.g.
             (B, C, H, W) images, or (features, rois) for a RoI head.
         f: a file path or a writable binary file for the model; None writes nothing.
-        opset: the ONNX opset, at least 19 (the first with ``DeformConv``).
+        opset: the ONNX opset, at least 19 (the first with ``DeformConv``); 22 or more for a bfloat16
+            model (the first where Conv, DeformConv and the poolings take bfloat16).
         input_names, output_names: graph names; default ``input`` / ``output`` (``input_0``, ... when
             there are several).
         dynamic_batch: make axis 0 of every input and output symbolic (``<name>_axis0``; the first
@@ -75,7 +76,9 @@ def export(
         The model, already checked with ``onnx.checker.check_model(full_check=True)``.
 
     Raises:
-        ExportError: an op has no standard ONNX form, or an output was not computed by recorded ops.
+        ExportError: an op has no standard ONNX form, an output was not computed by recorded ops, or
+            the graph fails ONNX's checker (a bfloat16 model below opset 22, whose Conv, DeformConv
+            and pooling take no bfloat16).
         ImportError: the ``onnx`` package is missing.
 
     Example::

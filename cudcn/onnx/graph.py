@@ -22,6 +22,7 @@ from cudcn.onnx import ExportError
 from cudcn.testing import to_numpy
 
 FIRST_OPSET = 19  # DeformConv
+BFLOAT16_OPSET = 22  # Conv, DeformConv, MaxPool, AveragePool, RoiAlign take bfloat16 from here
 
 
 def describe(node: Function) -> str:
@@ -234,5 +235,24 @@ def export_model(
         graph, opset_imports=opsets, producer_name="cudcn", producer_version=cudcn.__version__,
         ir_version=helper.find_min_ir_version_for(opsets),
     )  # fmt: skip
-    onnx.checker.check_model(proto, full_check=True)
+    _check(proto, opset)
     return proto
+
+
+def _check(proto: onnx.ModelProto, opset: int) -> None:
+    """``onnx.checker.check_model(full_check=True)``; its failure as an ExportError that says what to
+    do when it is the common one: bfloat16 below the opset whose operators take bfloat16."""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        bfloat16 = onnx.TensorProto.BFLOAT16
+        types = [v.type.tensor_type.elem_type for v in proto.graph.input]
+        types += [t.data_type for t in proto.graph.initializer]
+        hint = ""
+        if bfloat16 in types and opset < BFLOAT16_OPSET:
+            hint = (
+                f" ONNX's Conv, DeformConv, MaxPool, AveragePool and RoiAlign take bfloat16 from "
+                f"opset {BFLOAT16_OPSET}: export with opset={BFLOAT16_OPSET}, or export a float32 "
+                f"copy (copy.deepcopy(model).float())."
+            )
+        raise ExportError(f"the exported graph fails ONNX's checker ({exc}).{hint}") from exc
