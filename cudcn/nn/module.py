@@ -9,23 +9,17 @@ checkpoints map one to one onto PyTorch/mmcv ones with the same architecture.
 
 from __future__ import annotations
 
-import importlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from cudcn import dtypes
-from cudcn.arrays import array_module, is_cupy_array, parse_device
 from cudcn.autograd import Tensor
 from cudcn.autograd.function import current_trace
-from cudcn.dtypes import (
-    check_library_dtype,
-    compute_dtype,
-    describe_floats,
-    is_float_dtype,
-)
+from cudcn.nn import placement, state
+from cudcn.nn.state import IncompatibleKeys
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -40,42 +34,6 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return f"Parameter({self.data!r}, requires_grad={self.requires_grad})"
-
-
-class IncompatibleKeys(NamedTuple):
-    """What :meth:`Module.load_state_dict` did not load (non-strict mode)."""
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-
-
-def _move(
-    a: Any, device: tuple[str, int | None] | None, dtype: np.dtype | None, name: str = "array"
-) -> Any:
-    """``a`` on ``device`` (``("cpu", None)``, ``("cuda", None)`` for the current CUDA device or
-    ``("cuda", N)``) and, when it is floating, cast to ``dtype``; a ``TypeError`` naming ``name``
-    when the target library has no such dtype (bfloat16 on a CuPy without it)."""
-    if a is None:
-        return None
-    if device is not None and device[0] == "cuda" and is_float_dtype(a.dtype):
-        check_library_dtype(importlib.import_module("cupy"), a.dtype, f"moving {name} to CUDA")
-    if device is not None and device[0] == "cpu" and is_cupy_array(a):
-        a = a.get()
-    elif device is not None and device[0] == "cuda":
-        cupy = importlib.import_module("cupy")
-        target = cupy.cuda.Device(device[1]) if device[1] is not None else cupy.cuda.Device()
-        if not is_cupy_array(a) or a.device.id != target.id:
-            with target:  # a copy on the target device (through the host from another GPU)
-                a = cupy.asarray(a.get() if is_cupy_array(a) else a)
-    if dtype is not None and is_float_dtype(a.dtype) and a.dtype != dtype:
-        check_library_dtype(array_module(a), dtype, f"casting {name}")
-        a = a.astype(dtype)
-    return a
-
-
-def _entry_array(owner: Module, attr: str, is_param: bool) -> Any:
-    """The array behind a state entry: a parameter's data or a buffer."""
-    return owner._parameters[attr].data if is_param else owner._buffers[attr]
 
 
 class Module:
@@ -267,27 +225,7 @@ class Module:
         Casting to float16 or bfloat16 casts the parameters and gradients; floating buffers
         (BatchNorm's running statistics) become float32, the dtype 16-bit layers compute their
         statistics in. bfloat16 on CuPy needs a CuPy that has the dtype, else ``TypeError``."""
-        device = dtype = None
-        if isinstance(target, str):
-            device = parse_device(target)
-        else:
-            try:
-                dtype = np.dtype(target)
-            except TypeError:
-                dtype = None
-            if not is_float_dtype(dtype):
-                raise TypeError(
-                    f"dtype must be {describe_floats()} (or a device string), got {target!r}"
-                )
-        buffer_dtype = None if dtype is None else compute_dtype(dtype)
-        for module_name, module in self.named_modules():
-            prefix = f"{module_name}." if module_name else ""
-            for key, p in module._parameters.items():
-                if p is not None:
-                    p.data = _move(p.data, device, dtype, prefix + key)
-                    p.grad = _move(p.grad, device, dtype, f"{prefix}{key}.grad")
-            for key, b in module._buffers.items():
-                module._buffers[key] = _move(b, device, buffer_dtype, prefix + key)
+        placement.move(self, target)
         return self
 
     def half(self) -> Module:
@@ -314,24 +252,9 @@ class Module:
         return self.to("cuda" if device is None else f"cuda:{int(device)}")
 
     # ----------------------------------------------------------------------- state
-    def _state_entries(self, prefix: str = "") -> Iterator[tuple[str, Module, str, bool]]:
-        """(key, owner, attribute, is_parameter) for every state entry, in PyTorch's order."""
-        for key, p in self._parameters.items():
-            if p is not None:
-                yield prefix + key, self, key, True
-        for key, b in self._buffers.items():
-            if b is not None and key not in self._non_persistent:
-                yield prefix + key, self, key, False
-        for name, module in self._modules.items():
-            if module is not None:
-                yield from module._state_entries(f"{prefix}{name}.")
-
     def state_dict(self) -> OrderedDict[str, Any]:
         """Copies of the parameters' and persistent buffers' arrays, keyed by dotted name."""
-        state = OrderedDict()
-        for key, owner, attr, is_param in self._state_entries():
-            state[key] = _entry_array(owner, attr, is_param).copy()
-        return state
+        return state.state_dict(self)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True) -> IncompatibleKeys:
         """Copy arrays from ``state_dict`` (name -> NumPy/CuPy array or Tensor) into the parameters
@@ -341,41 +264,7 @@ class Module:
         or unexpected: a single ``ValueError`` lists every such key. Returns the missing and
         unexpected keys.
         """
-        entries = {
-            key: (owner, attr, is_param) for key, owner, attr, is_param in self._state_entries()
-        }
-        values = {k: (v.data if isinstance(v, Tensor) else v) for k, v in state_dict.items()}
-        missing = [k for k in entries if k not in values]
-        unexpected = [k for k in values if k not in entries]
-        problems = []
-        for key, (owner, attr, is_param) in entries.items():
-            if key not in values:
-                continue
-            target = _entry_array(owner, attr, is_param)
-            shape = tuple(np.shape(values[key]))
-            if shape != tuple(target.shape):
-                problems.append(
-                    f"  wrong shape: {key}: expected {tuple(target.shape)}, got {shape}"
-                )
-        if strict:
-            problems = (
-                [f"  missing: {k}" for k in missing]
-                + [f"  unexpected: {k}" for k in unexpected]
-                + problems
-            )
-        if problems:
-            raise ValueError(
-                f"load_state_dict into {type(self).__name__} failed, nothing loaded:\n"
-                + "\n".join(problems)
-            )
-        for key, (owner, attr, is_param) in entries.items():
-            if key in values:
-                target = _entry_array(owner, attr, is_param)
-                value = values[key]
-                if is_cupy_array(value) and not is_cupy_array(target):
-                    value = value.get()
-                target[...] = array_module(target).asarray(value).astype(target.dtype, copy=False)
-        return IncompatibleKeys(missing, unexpected)
+        return state.load_state_dict(self, state_dict, strict)
 
     # ----------------------------------------------------------------------- printing
     def extra_repr(self) -> str:
