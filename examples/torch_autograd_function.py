@@ -3,14 +3,19 @@
 
 The backward recomputes what it needs from the saved inputs (cudcn keeps no hidden state), so the
 wrapper is a dozen lines. CPU tensors become NumPy arrays (Numba backend); CUDA tensors become CuPy
-arrays through DLPack without a copy (CUDA backend; needs CuPy). The script checks the wrapper with
-``torch.autograd.gradcheck`` and, when torchvision is present, compares it with
+arrays through DLPack without a copy (CUDA backend; needs CuPy). float16 and bfloat16 tensors go
+through too: NumPy has no bfloat16 of its own, so a CPU bfloat16 tensor is viewed as
+``ml_dtypes.bfloat16`` (its bits, no copy). The script checks the wrapper with
+``torch.autograd.gradcheck`` in float64, checks float16 and bfloat16 against the float64 result
+within cudcn's derived tolerance, and, when torchvision is present, compares it with
 ``torchvision.ops.deform_conv2d``. Without torch it prints why it skipped and exits 0.
 
 Run: python examples/torch_autograd_function.py
 """
 
 import sys
+
+import numpy as np
 
 try:
     import torch
@@ -19,6 +24,7 @@ except ImportError:
     sys.exit(0)
 
 import cudcn
+from cudcn.testing import assert_allclose_to_reference
 
 
 def _to_array(t):
@@ -29,12 +35,19 @@ def _to_array(t):
     if t.is_cuda:
         import cupy
 
-        return cupy.from_dlpack(t)
+        return cupy.from_dlpack(t)  # bfloat16 needs a CuPy with the dtype (cudcn info says)
+    if t.dtype == torch.bfloat16:  # torch's .numpy() refuses bfloat16: reinterpret the bits
+        return t.view(torch.int16).numpy().view(cudcn.dtypes.bfloat16)
     return t.numpy()
 
 
 def _to_tensor(a, like):
-    return None if a is None else torch.as_tensor(a, device=like.device)
+    """The cudcn result ``a`` as a tensor on ``like``'s device (sharing memory where it can)."""
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray) and cudcn.dtypes.is_bfloat16(a.dtype):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(like.device)
+    return torch.as_tensor(a, device=like.device)
 
 
 class DeformConv2dFunction(torch.autograd.Function):
@@ -83,6 +96,25 @@ if __name__ == "__main__":
 
     ok = torch.autograd.gradcheck(fn, (x, offset, weight, bias, mask), eps=1e-6, atol=1e-5)
     print("torch.autograd.gradcheck through cudcn:", ok)
+
+    # float16 and bfloat16: output and gradients against float64 on the same rounded inputs, within
+    # cudcn's tolerance for a 16-bit result (float32 work, one rounding at the end)
+    for dtype, name in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
+        low = [t.detach().to(dtype).requires_grad_() for t in (x, offset, weight, bias, mask)]
+        wide = [t.detach().double().requires_grad_() for t in low]
+        out_low, out_wide = fn(*low), fn(*wide)
+        out_low.sum().backward()
+        out_wide.sum().backward()
+        assert out_low.dtype == dtype and all(t.grad.dtype == dtype for t in low)
+        names = ("input", "offset", "weight", "bias", "mask")
+        pairs = [("output", out_low, out_wide)] + [
+            (f"grad {n}", a.grad, b.grad) for n, a, b in zip(names, low, wide, strict=True)
+        ]
+        for what, a, b in pairs:
+            got = a.detach().float().numpy()  # exact: every 16-bit value is a float32
+            want = b.detach().numpy()
+            assert_allclose_to_reference(got, want, _to_array(a).dtype, name=f"{name} {what}")
+        print(f"{name} through cudcn: output and gradients within the derived tolerance")
 
     try:
         from torchvision.ops import deform_conv2d as tv_deform_conv2d

@@ -46,14 +46,16 @@ def test_custom_training_loop(tmp_path):
 
 
 def test_torch_autograd_function(tmp_path):
-    """Passes with torch (gradcheck through cudcn, equal to torchvision) and without it (skips with
-    a visible message and exit code 0)."""
+    """Passes with torch (gradcheck through cudcn, float16 and bfloat16 tensors within the derived
+    tolerance, equal to torchvision) and without it (skips with a visible message and exit 0)."""
     result = run_example("torch_autograd_function.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     if importlib.util.find_spec("torch") is None:
         assert result.stdout.startswith("skipped: torch not installed")
     else:
         assert "torch.autograd.gradcheck through cudcn: True" in result.stdout
+        for dtype in ("float16", "bfloat16"):
+            assert f"{dtype} through cudcn: output and gradients within" in result.stdout
         if importlib.util.find_spec("torchvision") is not None:
             assert "largest difference to torchvision" in result.stdout
 
