@@ -4,8 +4,10 @@
 The callbacks receive NumPy arrays on the host and run cudcn's CPU backend; cudcn keeps no state
 between forward and backward (the backward recomputes what it needs from the saved inputs), so the
 residuals are just the inputs. The script checks the reverse-mode gradients with
-``jax.test_util.check_grads`` in float64, under ``jax.jit`` too, and compares the forward with cudcn's
-own. Without JAX it prints why it skipped and exits 0.
+``jax.test_util.check_grads`` in float64, under ``jax.jit`` too, compares the forward with cudcn's
+own, and checks float16 and bfloat16 (JAX's bfloat16 is ``ml_dtypes.bfloat16``, which cudcn takes)
+against float64 within cudcn's derived 16-bit tolerance. Without JAX it prints why it skipped and
+exits 0.
 
 Run: python examples/jax_custom_vjp.py   (needs: pip install jax)
 """
@@ -24,6 +26,7 @@ import numpy as np
 from jax.test_util import check_grads
 
 import cudcn
+from cudcn.testing import assert_allclose_to_reference
 
 jax.config.update("jax_enable_x64", True)
 
@@ -102,6 +105,25 @@ def main() -> None:
                                           dilation, mask)  # fmt: skip
     (tape**2).sum().backward()
     print(f"input gradient equals cudcn's tape: {np.allclose(grads[0], out_tape.grad, rtol=1e-12)}")
+    for dtype in (jnp.float16, jnp.bfloat16):
+        check_half_precision(f, args, dtype)
+
+
+def check_half_precision(f, args, dtype) -> None:
+    """``f``'s output and the gradients of ``sum(f)`` in ``dtype``, under ``jax.jit``, against float64
+    on the same rounded inputs, within cudcn's tolerance for a 16-bit result."""
+    low = tuple(a.astype(dtype) for a in args)
+    wide = tuple(a.astype(jnp.float64) for a in low)
+    argnums = tuple(range(len(args)))
+    names = ("output", "grad input", "grad offset", "grad weight", "grad bias", "grad mask")
+    results = []
+    for inputs in (low, wide):
+        grads = jax.jit(jax.grad(lambda *a: f(*a).sum(), argnums))(*inputs)
+        results.append([np.asarray(jax.jit(f)(*inputs)), *(np.asarray(g) for g in grads)])
+    for name, got, want in zip(names, *results, strict=True):
+        assert got.dtype == np.dtype(dtype), (name, got.dtype)
+        assert_allclose_to_reference(got.astype(np.float64), want, got.dtype, name=name)
+    print(f"{np.dtype(dtype).name}: output and gradients within the derived tolerance of float64")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ def test_export_onnx(tmp_path):
 
 
 def test_jax_custom_vjp(tmp_path):
-    """Passes with JAX (check_grads in float64) and without it (skips visibly, exit code 0)."""
+    """Passes with JAX (check_grads in float64, float16 and bfloat16 within the derived tolerance)
+    and without it (skips visibly, exit code 0)."""
     result = run_example("jax_custom_vjp.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     if importlib.util.find_spec("jax") is None:
@@ -104,3 +105,5 @@ def test_jax_custom_vjp(tmp_path):
     else:
         assert "check_grads (reverse mode, float64) passed: True" in result.stdout
         assert "input gradient equals cudcn's tape: True" in result.stdout
+        for dtype in ("float16", "bfloat16"):
+            assert f"{dtype}: output and gradients within the derived tolerance" in result.stdout
