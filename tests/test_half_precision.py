@@ -59,6 +59,31 @@ def test_deform_roi_pool_keeps_a_subpixel_offset_at_x_1500(backend) -> None:
     assert abs(float(out.ravel()[0]) - SHIFT) <= 2.0**-13 + 2.0**-12, out
 
 
+@pytest.mark.torch
+def test_the_position_trap_side_by_side_with_torchvision() -> None:
+    """The same 1x1 sampling at 1500 + 0.3 through torchvision's CPU deform_conv2d, for the record:
+    cudcn's float16 keeps float16(0.3) and equals its float32 result rounded once; torchvision's
+    float32 agrees with cudcn's float32. torchvision's float16 value is printed, not asserted (it
+    is their behaviour: 0.0 with torchvision 0.29.1, the offset lost)."""
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    torchvision = pytest.importorskip("torchvision", reason="torchvision not installed")
+    offset = np.zeros((1, 2, 1, WIDTH), np.float16)
+    offset[:, 1] = SHIFT
+    weight = np.ones((1, 1, 1, 1), np.float16)
+    ours = {dt: deform_conv2d_forward(*(a.astype(dt) for a in (row(), offset, weight)))
+            for dt in (np.float16, np.float32)}  # fmt: skip
+    assert ours[np.float16][0, 0, 0, ORIGIN] == np.float16(SHIFT)
+    np.testing.assert_array_equal(ours[np.float16], ours[np.float32].astype(np.float16))
+    theirs = {}
+    for dt in (np.float16, np.float32):
+        args = [torch.from_numpy(a.astype(dt)) for a in (row(), offset, weight)]
+        theirs[dt] = torchvision.ops.deform_conv2d(*args).numpy()
+    np.testing.assert_array_equal(theirs[np.float32], ours[np.float32])
+    print(f"at x = 1500 + 0.3: cudcn float16 {float(ours[np.float16][0, 0, 0, ORIGIN])}, "
+          f"torchvision {torchvision.__version__} float16 {float(theirs[np.float16][0, 0, 0, ORIGIN])}, "
+          f"float32 {float(theirs[np.float32][0, 0, 0, ORIGIN])}")  # fmt: skip
+
+
 def _conv_inputs(rng: np.random.Generator) -> list[np.ndarray]:
     return [
         rng.standard_normal((2, 4, 6, 7)),  # input
