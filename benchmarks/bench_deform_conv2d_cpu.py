@@ -8,9 +8,11 @@ environment (it is never a test dependency), e.g.::
 cudcn is called through ``cudcn.functional.deform_conv2d`` on ``cudcn.Tensor`` inputs that require
 gradients, ``fwd`` under ``cudcn.no_grad()``, ``f+b`` as the forward plus ``.backward(grad)`` giving
 every gradient; torch's ``conv2d`` and ``torchvision.ops.deform_conv2d`` the same way, on
-``torch.set_num_threads(os.cpu_count())``. float32, 3x3, padding 1, bias; cudcn and torchvision with
-and without mask. Medians (ms) over ``--repeats`` turns; the contenders take turns within each repeat,
-each after a short pause, so that a busy machine slows them alike (torchvision's slow backward gets
+``torch.set_num_threads(os.cpu_count())``. float32 (``--dtype float16`` or ``bfloat16`` for the
+16-bit path: every contender gets the same rounded inputs; one that has no kernel for the dtype is
+reported "n/a" with its error), 3x3, padding 1, bias; cudcn and torchvision with and without mask.
+Medians (ms) over ``--repeats`` turns; the contenders take turns within each repeat, each after a
+short pause, so that a busy machine slows them alike (torchvision's slow backward gets
 ``--tv-repeats``). Ratios: ``f+b/conv`` and ``fwd/conv`` (cudcn over the plain convolution) and
 ``tv/f+b`` (torchvision over cudcn). A second row per shape gives the fastest repeat of each (on a
 machine shared with other jobs, the least disturbed).
@@ -80,9 +82,9 @@ def medians_ms(
     return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
-def inputs(b: int, c: int, h: int, seed: int = 0) -> dict[str, np.ndarray]:
+def inputs(b: int, c: int, h: int, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {
+    arrays = {
         "input": rng.standard_normal((b, c, h, h), dtype=np.float32),
         "offset": rng.uniform(-3, 3, (b, 18, h, h)).astype(np.float32),
         "weight": (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32),
@@ -90,6 +92,7 @@ def inputs(b: int, c: int, h: int, seed: int = 0) -> dict[str, np.ndarray]:
         "mask": rng.uniform(0, 1, (b, 9, h, h)).astype(np.float32),
         "grad_out": rng.standard_normal((b, c, h, h), dtype=np.float32),
     }
+    return {k: v.astype(dtype) for k, v in arrays.items()}
 
 
 def cudcn_fns(a: dict[str, np.ndarray], masked: bool) -> dict[str, Callable[[], object]]:
@@ -130,8 +133,13 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     import torch
     import torchvision
 
+    def as_torch(v: np.ndarray):
+        if cudcn.dtypes.is_bfloat16(v.dtype):  # torch takes no ml_dtypes array: the same bits
+            return torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(v)
+
     torch.set_num_threads(os.cpu_count() or 1)
-    t = {k: torch.from_numpy(v) for k, v in a.items()}
+    t = {k: as_torch(v) for k, v in a.items()}
     leaves = {
         k: t[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")
     }
@@ -161,13 +169,20 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
 
         return run
 
-    return {
+    fns = {
         "conv fwd": forward_only(lambda: conv(False)),
         "conv f+b": with_backward(lambda: conv(True)),
         "tv fwd": forward_only(lambda: tv(True, False)),
         "tv f+b": with_backward(lambda: tv(True, True)),
         "tv f+b nomask": with_backward(lambda: tv(False, True)),
     }
+    for name, fn in list(fns.items()):  # one call each: drop what has no kernel for the dtype
+        try:
+            fn()
+        except RuntimeError as exc:
+            print(f"{name}: n/a in {a['input'].dtype} ({str(exc).splitlines()[0][:100]})")
+            del fns[name]
+    return fns
 
 
 def phase_breakdown(a: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
@@ -213,10 +228,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tv-repeats", type=int, default=3)
     parser.add_argument("--shapes", type=int, default=len(SHAPES), help="the first N shapes only")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     args = parser.parse_args()
+    dtype = cudcn.dtypes.bfloat16 if args.dtype == "bfloat16" else np.dtype(args.dtype)
     have_torch = all(importlib.util.find_spec(m) for m in ("torch", "torchvision"))
     first_call_ms()  # fills the Numba cache if it is cold
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.dtype}")
     cols = ["fwd", "f+b", "f+b nomask", "array f+b"]
     if have_torch:
         cols += ["conv fwd", "conv f+b", "tv fwd", "tv f+b", "tv f+b nomask"]
@@ -224,20 +241,21 @@ def main() -> None:
     print(f"{'B,C,H=W':<18}" + "".join(f"{c:>14}" for c in cols))
     breakdowns = {}
     for b, c, h in SHAPES[: args.shapes]:
-        a = inputs(b, c, h)
+        a = inputs(b, c, h, dtype=dtype)
         masked, plain = cudcn_fns(a, True), cudcn_fns(a, False)
         fns = {"fwd": masked["fwd"], "f+b": masked["f+b"], "f+b nomask": plain["f+b"]}
         fns["array f+b"] = array_level(a)
         fns |= torch_fns(a) if have_torch else {}
         reps = {k: args.tv_repeats if k.startswith("tv f+b") else args.repeats for k in fns}
         medians, fastest = medians_ms(fns, reps)
+        ratios = {"fwd/conv": ("fwd", "conv fwd"), "f+b/conv": ("f+b", "conv f+b"),
+                  "nomask/conv": ("f+b nomask", "conv f+b"), "tv/f+b": ("tv f+b", "f+b")}  # fmt: skip
         for label, r in (("", medians), (" fastest", fastest)):
-            if have_torch:
-                r["fwd/conv"] = r["fwd"] / r["conv fwd"]
-                r["f+b/conv"] = r["f+b"] / r["conv f+b"]
-                r["nomask/conv"] = r["f+b nomask"] / r["conv f+b"]
-                r["tv/f+b"] = r["tv f+b"] / r["f+b"]
-            row = f"{f'{b},{c},{h}{label}':<18}" + "".join(f"{r[c]:14.2f}" for c in cols)
+            for name, (num, den) in ratios.items():
+                if num in r and den in r:
+                    r[name] = r[num] / r[den]
+            cells = (f"{r[c]:14.2f}" if c in r else f"{'n/a':>14}" for c in cols)
+            row = f"{f'{b},{c},{h}{label}':<18}" + "".join(cells)
             print(row, flush=True)
         r = medians
         breakdowns[(b, c, h)] = phase_breakdown(a, args.repeats) | {
