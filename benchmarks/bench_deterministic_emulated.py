@@ -7,6 +7,10 @@ numbers. The two modes take turns within each repeat; medians in ms and their ra
 each mode's results are checked: deterministic twice gives the same bits, and the two modes agree
 within the atomic sums' summation-order bound.
 
+Last, the design the mode did not take, measured for the choice: sort-by-destination with segmented
+sums, as a float32 NumPy prototype of the conv input gradient (its pairs, memory, sort and sums),
+checked against the fixed-point result.
+
 Run: python benchmarks/bench_deterministic_emulated.py [--repeats 9] [--dtypes float32 float16]
 """
 
@@ -22,6 +26,7 @@ import numpy as np
 
 import cudcn
 import cudcn.backends.emulated as emulated
+from cudcn import reference
 from cudcn.testing import summation_order_tolerance
 
 CONV = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
@@ -36,15 +41,22 @@ def _rois(rng: np.random.Generator, n: int, batch: int, size: float) -> np.ndarr
     return np.column_stack([rng.integers(0, batch, n), corners, corners + sides])
 
 
-def cases(dtype) -> dict[str, tuple[str, Callable[[], list[np.ndarray]], int]]:
-    """name -> (shape text, backward call returning the scattered gradients, terms per element)."""
+def conv_inputs(dtype, b: int = 4, c: int = 32, h: int = 28) -> tuple[np.ndarray, ...]:
+    """(grad_out, input, offset, weight, mask) of the conv case: 3x3, padding 1, offsets in +-2."""
     rng = np.random.default_rng(0)
-    b, c, h = 4, 32, 28
     x = rng.standard_normal((b, c, h, h)).astype(dtype)
     offset = rng.uniform(-2, 2, (b, 18, h, h)).astype(dtype)
     weight = (rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
     mask = rng.uniform(0, 1, (b, 9, h, h)).astype(dtype)
     grad = rng.standard_normal((b, c, h, h)).astype(dtype)
+    return grad, x, offset, weight, mask
+
+
+def cases(dtype) -> dict[str, tuple[str, Callable[[], list[np.ndarray]], int]]:
+    """name -> (shape text, backward call returning the scattered gradients, terms per element)."""
+    rng = np.random.default_rng(1)
+    grad, x, offset, weight, mask = conv_inputs(dtype)
+    b, c, h = x.shape[:3]
 
     def conv() -> list[np.ndarray]:
         grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)
@@ -104,6 +116,61 @@ def time_modes(run: Callable[[], object], repeats: int) -> tuple[float, float]:
     return statistics.median(times[False]) * 1e3, statistics.median(times[True]) * 1e3
 
 
+def sort_by_destination(grad, x, offset, weight, mask) -> tuple[np.ndarray, dict[str, float]]:
+    """The other deterministic design, for the conv input gradient: every contribution written as a
+    (destination, value) pair in a fixed slot, a stable sort by destination, then one sum per
+    destination in slot order. A float32 NumPy prototype on the host (3x3, stride 1, padding 1, one
+    group): returns the input gradient and ms per phase, plus the pairs' count and MiB."""
+    t0 = time.perf_counter()
+    batch, channels, height, width = x.shape
+    gcol = np.einsum("ock,bohw->bckhw", weight.reshape(channels, channels, 9), grad)
+    oy = np.arange(height, dtype=np.float32)[:, None]
+    ox = np.arange(width, dtype=np.float32)[None, :]
+    plane = (np.arange(batch)[:, None] * channels + np.arange(channels)[None, :]) * height
+    keys, values = [], []
+    for k in range(9):
+        y = oy - 1 + k // 3 + offset[:, 2 * k]  # (B, H_out, W_out)
+        xx = ox - 1 + k % 3 + offset[:, 2 * k + 1]
+        for corner in reference.bilinear_corners(y, xx, height, width):
+            dest = (plane[:, :, None, None] + corner.row[:, None]) * width + corner.col[:, None]
+            value = gcol[:, :, k] * (corner.w * mask[:, k])[:, None]
+            keep = np.broadcast_to(corner.ok[:, None], dest.shape)
+            keys.append(dest[keep].astype(np.int32))
+            values.append(value[keep].astype(np.float32))
+    keys, values = np.concatenate(keys), np.concatenate(values)
+    t1 = time.perf_counter()
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    t2 = time.perf_counter()
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    g_input = np.zeros(x.size, np.float32)
+    g_input[keys[starts]] = np.add.reduceat(values, starts)
+    t3 = time.perf_counter()
+    mib = (keys.nbytes + values.nbytes + order.nbytes) / 2**20
+    phases = {"pairs": (t1 - t0) * 1e3, "sort": (t2 - t1) * 1e3, "reduce": (t3 - t2) * 1e3}
+    return g_input.reshape(x.shape), phases | {"count": float(keys.size), "MiB": mib}
+
+
+def compare_designs(repeats: int) -> None:
+    """Fixed point (the emulated kernels) against the sort prototype, conv input gradient, float32."""
+    grad, x, offset, weight, mask = conv_inputs(np.float32)
+    with cudcn.deterministic():
+        fixed = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)[0]
+    runs = [sort_by_destination(grad, x, offset, weight, mask) for _ in range(repeats)]
+    sorted_sum, _ = runs[0]
+    bound = summation_order_tolerance(np.float32, np.abs(fixed).max() + 1.0, 9 * 4 * x.shape[1])
+    diff = float(np.abs(sorted_sum.astype(np.float64) - fixed).max())
+    if not diff <= bound:
+        raise SystemExit(f"the sort prototype differs from the fixed-point sums by {diff:.3g}")
+    med = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
+    print(f"\nsort-by-destination prototype, conv input gradient {tuple(x.shape)}, float32: "
+          f"{int(med['count'])} pairs ({med['MiB']:.0f} MiB with the sort's index), making them "
+          f"{med['pairs']:.1f} ms, stable sort {med['sort']:.1f} ms, segmented sums "
+          f"{med['reduce']:.1f} ms (medians of {repeats}); equals the fixed-point sums within "
+          f"{diff:.2g} (bound {bound:.2g}). The fixed-point path's extra memory: one int64 per "
+          f"input element, {x.size * 8 / 2**20:.1f} MiB.")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -122,6 +189,7 @@ def main() -> None:
             check(op, run, terms, dtype)
             atomic, det = time_modes(run, args.repeats)
             print(f"{op:<18}{name:<10}{shape:<34}{atomic:10.1f}{det:11.1f}{det / atomic:7.2f}")
+    compare_designs(max(3, args.repeats // 3))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
