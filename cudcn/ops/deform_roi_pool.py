@@ -236,8 +236,10 @@ def deform_roi_pool(
 
     Precision: float32 and float64 compute in their own dtype; float16 and bfloat16 are read as
     stored and computed in float32 (RoI geometry, sample positions, weights, the bin sums and the
-    gradients' scatters), each result rounded once to the input dtype. GPU gradients are atomic
-    scatters (last bits vary run to run) unless under ``cudcn.deterministic()``.
+    gradients' scatters), each result rounded once to the input dtype. The CPU backend computes the
+    RoI geometry, sample positions and the offset gradient in float64 for every dtype (at least as
+    precise). GPU gradients are atomic scatters (last bits vary run to run) unless under
+    ``cudcn.deterministic()``.
 
     Example:
         >>> import numpy as np, cudcn
