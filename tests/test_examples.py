@@ -23,6 +23,7 @@ def test_every_example_is_covered():
         "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
         "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py", "deformable_roi_digits.py",
         "data_parallel.py",  # on 2 ranks in tests/test_distributed.py
+        "half_precision_training.py",
     }  # fmt: skip
 
 
@@ -58,6 +59,22 @@ def test_torch_autograd_function(tmp_path):
             assert f"{dtype} through cudcn: output and gradients within" in result.stdout
         if importlib.util.find_spec("torchvision") is not None:
             assert "largest difference to torchvision" in result.stdout
+
+
+def test_half_precision_training(tmp_path):
+    """--quick (40 steps: too short for a meaningful accuracy): every loss falls (else exit 1), the
+    float16 run's first step overflows and is skipped, the bfloat16 checkpoint round trip keeps
+    the predictions, and np.errstate keeps NumPy's RuntimeWarnings out."""
+    result = run_example("half_precision_training.py", "--quick", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dtypes = ("float32", "float16", "bfloat16")
+    table = [line.split() for line in result.stdout.splitlines() if " -> " in line]
+    rows = {row[0]: row for row in table if row[0] in dtypes}  # dtype, loss, ->, loss, skipped
+    assert set(rows) == set(dtypes), result.stdout
+    skipped = {name: int(row[4]) for name, row in rows.items()}
+    assert skipped["float16"] >= 1 and skipped["float32"] == skipped["bfloat16"] == 0
+    assert "checkpoint round trip gives the same predictions: True" in result.stdout
+    assert "RuntimeWarning" not in result.stderr, result.stderr
 
 
 def test_deformable_digits_takes_the_demo_flags(tmp_path):
