@@ -117,8 +117,13 @@ class ScatterTarget:
         """Deterministic mode: target += the fixed-point sums, converted back (in place)."""
         if self.scale == 0.0:
             return
-        sums = self.fixed.view(np.int64).astype(np.float64) / self.scale
-        self.target += sums.reshape(self.target.shape).astype(self.target.dtype)
+        # One pass to float64 (scaling by a power of two is exact, like the division it replaces)
+        # and one add into the target, computed in float64 and rounded once: the target holds only
+        # zeros or non-finite sums, so this equals rounding the sums first, bit for bit.
+        sums = self.fixed.view(np.int64) * (1.0 / self.scale)
+        self.xp.add(
+            self.target, sums.reshape(self.target.shape), out=self.target, casting="same_kind"
+        )
 
 
 def finite_abs_sum(xp: Any, a: Any) -> float:
