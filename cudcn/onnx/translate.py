@@ -169,23 +169,23 @@ def _linear(b: GraphBuilder, node: Any, out: Tensor) -> str:
     return b.node("Add", [value, bias]) if bias else value
 
 
-def _max_pool2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
+def _pool(b: GraphBuilder, node: Any, out: Tensor, op_type: str, **attributes: Any) -> str:
+    """A ``MaxPool`` / ``AveragePool`` node with the pooling's kernel, strides and pads."""
     geo = node.geo
     (x,) = node._trace_inputs
     return b.node(
-        "MaxPool", [b.value(x, out.dtype)], kernel_shape=list(geo.kernel),
-        strides=list(geo.stride), pads=_pads(geo.padding),
+        op_type, [b.value(x, out.dtype)], kernel_shape=list(geo.kernel),
+        strides=list(geo.stride), pads=_pads(geo.padding), **attributes,
     )  # fmt: skip
+
+
+def _max_pool2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
+    return _pool(b, node, out, "MaxPool")
 
 
 def _avg_pool2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
-    geo = node.geo
-    (x,) = node._trace_inputs
-    return b.node(
-        "AveragePool", [b.value(x, out.dtype)], kernel_shape=list(geo.kernel),
-        strides=list(geo.stride), pads=_pads(geo.padding),
-        count_include_pad=int(node._trace_params["count_include_pad"]),
-    )  # fmt: skip
+    include_pad = int(node._trace_params["count_include_pad"])
+    return _pool(b, node, out, "AveragePool", count_include_pad=include_pad)
 
 
 def _adaptive_avg_pool2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
