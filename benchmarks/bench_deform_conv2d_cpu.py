@@ -41,10 +41,13 @@ import cudcn
 from cudcn.backends import cpu
 from cudcn.backends.cpu.deform_conv2d import record_phases
 from cudcn.functional import deform_conv2d
+from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 SHAPES = [(2, 64, 56), (1, 256, 32), (8, 128, 28), (64, 32, 7)]  # (B, C_in = C_out, H = W)
 SETTLE_S = 0.2
-PARAMS = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1, "offset_groups": 1}
+PARAMS = DeformConv2dParams(
+    stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1
+)
 
 FIRST_CALL = """
 import time
@@ -123,8 +126,8 @@ def array_level(a: dict[str, np.ndarray]) -> Callable[[], object]:
     args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"])
 
     def run():
-        cpu.deform_conv2d_forward(*args, **PARAMS)
-        cpu.deform_conv2d_backward(a["grad_out"], *args, **PARAMS)
+        cpu.deform_conv2d_forward(*args, PARAMS)
+        cpu.deform_conv2d_backward(a["grad_out"], *args, PARAMS)
 
     return run
 

@@ -27,11 +27,16 @@ import numpy as np
 import cudcn
 import cudcn.backends.emulated as emulated
 from cudcn import reference
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 from cudcn.testing import summation_order_tolerance
 
-CONV = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
-ROI = dict(pooled_h=7, pooled_w=7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1, aligned=True)
-PSROI = dict(spatial_scale=0.25, output_dim=8, group_size=7, pooled_size=7, part_size=7,
+CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
+ROI = DeformRoIPoolParams(
+    pooled_h=7, pooled_w=7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1, aligned=True
+)
+PSROI = DeformPSRoIPoolParams(spatial_scale=0.25, output_dim=8, group_size=7, pooled_size=7, part_size=7,
              sample_per_part=2, trans_std=0.1)  # fmt: skip
 
 
@@ -59,7 +64,7 @@ def cases(dtype) -> dict[str, tuple[str, Callable[[], list[np.ndarray]], int]]:
     b, c, h = x.shape[:3]
 
     def conv() -> list[np.ndarray]:
-        grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)
+        grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
         return [grads[0]]  # the input gradient is the scattered one
 
     feat = rng.standard_normal((2, 64, 50, 50)).astype(dtype)
@@ -68,14 +73,14 @@ def cases(dtype) -> dict[str, tuple[str, Callable[[], list[np.ndarray]], int]]:
     roi_grad = rng.standard_normal((256, 64, 7, 7)).astype(dtype)
 
     def roi() -> list[np.ndarray]:
-        return list(emulated.deform_roi_pool_backward(roi_grad, feat, rois, roi_offset, **ROI))
+        return list(emulated.deform_roi_pool_backward(roi_grad, feat, rois, roi_offset, ROI))
 
     ps_feat = rng.standard_normal((2, 8 * 49, 50, 50)).astype(dtype)
     trans = rng.uniform(-1, 1, (256, 2, 7, 7)).astype(dtype)
     ps_grad = rng.standard_normal((256, 8, 7, 7)).astype(dtype)
 
     def psroi() -> list[np.ndarray]:
-        return list(emulated.deform_psroi_pool_backward(ps_grad, ps_feat, rois, trans, **PSROI))
+        return list(emulated.deform_psroi_pool_backward(ps_grad, ps_feat, rois, trans, PSROI))
 
     return {
         "deform_conv2d": (f"{b}x{c}x{h}x{h}, 3x3", conv, 9 * 4 * c),
@@ -155,7 +160,7 @@ def compare_designs(repeats: int) -> None:
     """Fixed point (the emulated kernels) against the sort prototype, conv input gradient, float32."""
     grad, x, offset, weight, mask = conv_inputs(np.float32)
     with cudcn.deterministic():
-        fixed = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)[0]
+        fixed = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)[0]
     runs = [sort_by_destination(grad, x, offset, weight, mask) for _ in range(repeats)]
     sorted_sum, _ = runs[0]
     bound = summation_order_tolerance(np.float32, np.abs(fixed).max() + 1.0, 9 * 4 * x.shape[1])

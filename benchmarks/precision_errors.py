@@ -19,6 +19,9 @@ import numpy as np
 
 import cudcn
 from cudcn import dtypes, ops, reference
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 
 CONV = {"stride": 1, "padding": 1, "dilation": 1}
 ROI = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "gamma": 0.1}
@@ -26,9 +29,10 @@ ALIGN = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "ali
 PSROI = {"spatial_scale": 0.25, "output_dim": 8, "group_size": 3, "pooled_size": 3,
          "sample_per_part": 2, "trans_std": 0.1}  # fmt: skip
 REFERENCE_PARAMS = {
-    "deform_roi_pool": {"pooled_h": 7, "pooled_w": 7, "spatial_scale": 0.25, "sampling_ratio": 2,
-                        "gamma": 0.1, "aligned": True},
-    "deform_psroi_pool": {**PSROI, "part_size": 3},
+    "deform_conv2d": DeformConv2dParams((1, 1), (1, 1), (1, 1), groups=1, offset_groups=1),
+    "deform_roi_pool": DeformRoIPoolParams(7, 7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1,
+                                           aligned=True),
+    "deform_psroi_pool": DeformPSRoIPoolParams(**{**PSROI, "part_size": 3}),
 }  # fmt: skip
 
 
@@ -66,21 +70,15 @@ def run(op: str, arrays: list, grad_out) -> list:
 
 def truth(op: str, arrays: list, grad_out: np.ndarray) -> list:
     """The float64 reference on the (already rounded) inputs."""
-    if op == "deform_conv2d":
-        p = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1,
-             "offset_groups": 1}  # fmt: skip
-        x, offset, weight, bias, mask = arrays
-        return [reference.deform_conv2d_forward(x, offset, weight, bias, mask, **p),
-                *reference.deform_conv2d_backward(grad_out, x, offset, weight, bias, mask, **p)]  # fmt: skip
     if op == "roi_align":  # deform_roi_pool without offset, aligned
         p = REFERENCE_PARAMS["deform_roi_pool"]
         args = [*arrays[:2], None]
-        return [reference.deform_roi_pool_forward(*args, **p),
-                reference.deform_roi_pool_backward(grad_out, *args, **p)[0]]  # fmt: skip
+        return [reference.deform_roi_pool_forward(*args, p),
+                reference.deform_roi_pool_backward(grad_out, *args, p)[0]]  # fmt: skip
     forward = getattr(reference, f"{op}_forward")
     backward = getattr(reference, f"{op}_backward")
-    return [forward(*arrays, **REFERENCE_PARAMS[op]),
-            *backward(grad_out, *arrays, **REFERENCE_PARAMS[op])]  # fmt: skip
+    return [forward(*arrays, REFERENCE_PARAMS[op]),
+            *backward(grad_out, *arrays, REFERENCE_PARAMS[op])]  # fmt: skip
 
 
 def error(got: np.ndarray, want: np.ndarray, dtype) -> float:

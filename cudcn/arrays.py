@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+Array = Any  # a numpy.ndarray or a cupy.ndarray: one alias for the whole package
+
 
 def is_cupy_array(a: Any) -> bool:
     """True for a CuPy ndarray, decided without importing CuPy."""

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ from cudcn import dtypes, functional, reference
 from cudcn.autograd import Tensor
 from cudcn.backends import use_backend
 from cudcn.dtypes import FLOAT_DTYPES, check_library_dtype, eps
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 from cudcn.testing import gradcheck, poison_outputs, to_numpy
 
 Inputs = dict[str, Any]
@@ -62,7 +65,9 @@ def _rois(rng: np.random.Generator, n: int, batch: int, size: float) -> np.ndarr
     )
 
 
-_CONV = {"stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 2, "offset_groups": 2}
+_CONV = DeformConv2dParams(
+    stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, offset_groups=2
+)
 
 
 def _deform_conv2d_inputs(rng: np.random.Generator) -> Inputs:
@@ -81,11 +86,13 @@ DEFORM_CONV2D = OpCheck(
     _deform_conv2d_inputs,
     lambda **a: functional.deform_conv2d(**a, padding=1),
     _CONV_ORDER,
-    lambda a: reference.deform_conv2d_forward(*(a[k] for k in _CONV_ORDER), **_CONV),
-    lambda g, a: reference.deform_conv2d_backward(g, *(a[k] for k in _CONV_ORDER), **_CONV),
+    lambda a: reference.deform_conv2d_forward(*(a[k] for k in _CONV_ORDER), _CONV),
+    lambda g, a: reference.deform_conv2d_backward(g, *(a[k] for k in _CONV_ORDER), _CONV),
 )
 
-_ROI = {"pooled_h": 2, "pooled_w": 3, "spatial_scale": 0.5, "sampling_ratio": 2, "gamma": 0.1}
+_ROI = DeformRoIPoolParams(
+    pooled_h=2, pooled_w=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.1, aligned=True
+)
 
 
 def _roi_inputs(rng: np.random.Generator, with_offset: bool) -> Inputs:
@@ -102,32 +109,24 @@ DEFORM_ROI_POOL = OpCheck(
         **a, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=2, gamma=0.1
     ),
     ("input", "offset"),
-    lambda a: reference.deform_roi_pool_forward(
-        a["input"], a["rois"], a["offset"], **_ROI, aligned=True
-    ),
-    lambda g, a: reference.deform_roi_pool_backward(
-        g, a["input"], a["rois"], a["offset"], **_ROI, aligned=True
-    ),
+    lambda a: reference.deform_roi_pool_forward(a["input"], a["rois"], a["offset"], _ROI),
+    lambda g, a: reference.deform_roi_pool_backward(g, a["input"], a["rois"], a["offset"], _ROI),
 )
 
-_ALIGN = {**_ROI, "gamma": 0.0}
+_ALIGN = replace(_ROI, gamma=0.0, aligned=False)
 ROI_ALIGN = OpCheck(
     "roi_align",
     lambda rng: _roi_inputs(rng, False),
     lambda **a: functional.roi_align(**a, output_size=(2, 3), spatial_scale=0.5, sampling_ratio=2),
     ("input",),
-    lambda a: reference.deform_roi_pool_forward(
-        a["input"], a["rois"], None, **_ALIGN, aligned=False
-    ),
-    lambda g, a: reference.deform_roi_pool_backward(
-        g, a["input"], a["rois"], None, **_ALIGN, aligned=False
-    )[:1],
+    lambda a: reference.deform_roi_pool_forward(a["input"], a["rois"], None, _ALIGN),
+    lambda g, a: reference.deform_roi_pool_backward(g, a["input"], a["rois"], None, _ALIGN)[:1],
 )
 
-_PSROI = {
-    "spatial_scale": 0.5, "output_dim": 2, "group_size": 2, "pooled_size": 2, "part_size": 2,
-    "sample_per_part": 2, "trans_std": 0.1,
-}  # fmt: skip
+_PSROI = DeformPSRoIPoolParams(
+    spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=2, part_size=2, sample_per_part=2,
+    trans_std=0.1,
+)  # fmt: skip
 DEFORM_PSROI_POOL = OpCheck(
     "deform_psroi_pool",
     lambda rng: {
@@ -135,12 +134,10 @@ DEFORM_PSROI_POOL = OpCheck(
         "rois": _rois(rng, 3, 2, 12.0),
         "trans": rng.uniform(-1.0, 1.0, (3, 2, 2, 2)),
     },
-    lambda **a: functional.deform_psroi_pool(**a, **_PSROI),
+    lambda **a: functional.deform_psroi_pool(**a, **asdict(_PSROI)),
     ("input", "trans"),
-    lambda a: reference.deform_psroi_pool_forward(a["input"], a["rois"], a["trans"], **_PSROI),
-    lambda g, a: reference.deform_psroi_pool_backward(
-        g, a["input"], a["rois"], a["trans"], **_PSROI
-    ),
+    lambda a: reference.deform_psroi_pool_forward(a["input"], a["rois"], a["trans"], _PSROI),
+    lambda g, a: reference.deform_psroi_pool_backward(g, a["input"], a["rois"], a["trans"], _PSROI),
 )
 
 CHECKS = (DEFORM_CONV2D, DEFORM_ROI_POOL, ROI_ALIGN, DEFORM_PSROI_POOL)

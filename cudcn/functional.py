@@ -13,11 +13,12 @@ from cudcn.ops.activation import dropout, log_softmax, relu
 from cudcn.ops.conv import conv2d
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool
-from cudcn.ops.deform_roi_pool import deform_roi_pool, roi_align
+from cudcn.ops.deform_roi_pool import deform_roi_pool
 from cudcn.ops.linear import linear
 from cudcn.ops.loss import cross_entropy, mse_loss, smooth_l1_loss
 from cudcn.ops.norm import batch_norm
 from cudcn.ops.pool import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
+from cudcn.ops.roi_align import roi_align
 
 Array = Any
 

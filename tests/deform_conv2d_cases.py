@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+
 
 @dataclass(frozen=True)
 class Case:
@@ -25,6 +27,12 @@ class Case:
     offset_groups: int = 1
     mask: bool = True
     bias: bool = True
+
+    def params(self) -> DeformConv2dParams:
+        """The parameters object the reference and the backends take."""
+        return DeformConv2dParams(
+            self.stride, self.padding, self.dilation, self.groups, self.offset_groups
+        )
 
     def out_size(self) -> tuple[int, int]:
         kh, kw = self.kernel

@@ -27,11 +27,14 @@ import numpy as np
 import cudcn.backends.emulated as emulated
 from cudcn import dtypes, reference
 from cudcn.backends import deterministic, poisoning
-from cudcn.backends.cuda import deform_conv2d as dc_launch
-from cudcn.backends.cuda import launch
+from cudcn.backends.launch import common as launch
+from cudcn.backends.launch import deform_conv2d as dc_launch
 from cudcn.dtypes import computed_in_float32
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 
-SMALL_LAUNCHES = {"THREADS_PER_BLOCK": 32, "MAX_BLOCKS": 2}  # set on cudcn.backends.cuda.launch
+SMALL_LAUNCHES = {"THREADS_PER_BLOCK": 32, "MAX_BLOCKS": 2}  # set on cudcn.backends.launch.common
 COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
 INDEX_LIMITS = (launch.INDEX32_LIMIT, 0)  # 0: every launch takes the long long instantiations
 mismatches: list[str] = []
@@ -68,8 +71,7 @@ def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, paddi
     bias = rng.standard_normal(out_channels).astype(dtype)
     mask = rng.uniform(0.1, 1, (batch, taps, out_h, out_w)).astype(dtype) if use_mask else None
     grad_out = rng.standard_normal((batch, out_channels, out_h, out_w)).astype(dtype)
-    p = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-             offset_groups=offset_groups)  # fmt: skip
+    p = DeformConv2dParams(stride, padding, dilation, groups, offset_groups)
     check_op("deform_conv2d", seed, dtype, (x, offset, weight, bias, mask), grad_out, p)
 
 
@@ -90,8 +92,8 @@ def roi(seed, dtype, aligned, sampling_ratio, use_offset) -> None:
     offset = rng.uniform(-3, 3, (7, 2, 3, 2)).astype(dtype) if use_offset else None
     if use_offset:
         offset.flat[::5] = np.round(offset.flat[::5])
-    p = dict(pooled_h=3, pooled_w=2, spatial_scale=0.5, sampling_ratio=sampling_ratio,
-             gamma=0.2, aligned=aligned)  # fmt: skip
+    p = DeformRoIPoolParams(3, 2, spatial_scale=0.5, sampling_ratio=sampling_ratio, gamma=0.2,
+                            aligned=aligned)  # fmt: skip
     grad_out = rng.standard_normal((7, 3, 3, 2)).astype(dtype)
     check_op("deform_roi_pool", seed, dtype, (x, rois, offset), grad_out, p)
 
@@ -101,8 +103,8 @@ def psroi(seed, dtype, use_trans) -> None:
     x = rng.standard_normal((2, 4 * 4, 7, 6)).astype(dtype)  # output_dim 4, group_size 2
     rois = rois_for(rng, 6, 2, 7, 6, 0.5).astype(dtype)
     trans = rng.uniform(-2, 2, (6, 4, 3, 3)).astype(dtype) if use_trans else None  # 2 classes
-    p = dict(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
-             sample_per_part=2, trans_std=0.2)  # fmt: skip
+    p = DeformPSRoIPoolParams(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3,
+                              part_size=3, sample_per_part=2, trans_std=0.2)  # fmt: skip
     grad_out = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
     check_op("deform_psroi_pool", seed, dtype, (x, rois, trans), grad_out, p)
 
@@ -110,13 +112,13 @@ def psroi(seed, dtype, use_trans) -> None:
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 
 
-def forward_backward(module, op: str, args: tuple, grad_out, params: dict) -> list:
+def forward_backward(module, op: str, args: tuple, grad_out, params) -> list:
     """``[out, *gradients]`` of ``op`` from a backend module (or the reference)."""
     forward, backward = getattr(module, f"{op}_forward"), getattr(module, f"{op}_backward")
-    return [forward(*args, **params), *backward(grad_out, *args, **params)]
+    return [forward(*args, params), *backward(grad_out, *args, params)]
 
 
-def check_op(op: str, seed: int, dtype, args: tuple, grad_out, params: dict) -> None:
+def check_op(op: str, seed: int, dtype, args: tuple, grad_out, params) -> None:
     """The emulated kernels (outputs poisoned) against the reference, or, for 16-bit, against the
     float32 kernels on the widened inputs (:class:`Widened`)."""
     with poisoning():

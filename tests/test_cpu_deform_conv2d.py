@@ -42,35 +42,25 @@ TABLE = [
 SEEDED = [pytest.param(c, SEED + i, id=f"{c.id}-seed{SEED + i}") for i, c in enumerate(TABLE)]
 
 
-def params(case: Case) -> dict:
-    return {
-        "stride": case.stride,
-        "padding": case.padding,
-        "dilation": case.dilation,
-        "groups": case.groups,
-        "offset_groups": case.offset_groups,
-    }
-
-
 def run_cpu(case: Case, inputs: dict, grad_out: np.ndarray):
     """Forward and backward of the CPU backend, outputs NaN-poisoned before the kernels write them."""
     args = [inputs[n] for n in NAMES]
     with poisoning():
-        out = cpu.deform_conv2d_forward(*args, **params(case))
-        grads = cpu.deform_conv2d_backward(grad_out, *args, **params(case))
+        out = cpu.deform_conv2d_forward(*args, case.params())
+        grads = cpu.deform_conv2d_backward(grad_out, *args, case.params())
     return out, grads
 
 
 def check_against_reference(case: Case, inputs: dict, grad_out: np.ndarray, dtype) -> None:
     x64 = {k: None if v is None else v.astype(np.float64) for k, v in inputs.items()}
-    want = reference.deform_conv2d_forward(*(x64[n] for n in NAMES), **params(case))
+    want = reference.deform_conv2d_forward(*(x64[n] for n in NAMES), case.params())
     want_grads = reference.deform_conv2d_backward(
-        grad_out.astype(np.float64), *(x64[n] for n in NAMES), **params(case)
+        grad_out.astype(np.float64), *(x64[n] for n in NAMES), case.params()
     )
     # The size of the computation per output: the same sum over |terms| (bilinear weights >= 0).
     magnitude = {k: None if v is None or k == "offset" else np.abs(v) for k, v in x64.items()}
     magnitude["offset"] = x64["offset"]
-    scale = reference.deform_conv2d_forward(*(magnitude[n] for n in NAMES), **params(case))
+    scale = reference.deform_conv2d_forward(*(magnitude[n] for n in NAMES), case.params())
     out, grads = run_cpu(case, inputs, grad_out)
     assert out.dtype == dtype and out.shape == want.shape
     assert_allclose_to_reference(out, want, dtype, scale=np.maximum(scale, 1e-30), name="output")

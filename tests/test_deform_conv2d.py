@@ -24,10 +24,6 @@ def params(case: Case) -> dict:
     return {"stride": case.stride, "padding": case.padding, "dilation": case.dilation}
 
 
-def backend_params(case: Case) -> dict:
-    return {**params(case), "groups": case.groups, "offset_groups": case.offset_groups}
-
-
 def run_both(backend, case: Case, inputs: dict, grad_out: np.ndarray):
     """Forward and backward on ``backend`` with outputs poisoned; results back on the host."""
     dev = {k: None if v is None else backend.asarray(v) for k, v in inputs.items()}
@@ -46,17 +42,17 @@ def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)
     inputs = make_inputs(case, dtype, seed)
     x64 = {k: None if v is None else v.astype(np.float64) for k, v in inputs.items()}
-    ref_out = reference.deform_conv2d_forward(*(x64[n] for n in NAMES), **backend_params(case))
+    ref_out = reference.deform_conv2d_forward(*(x64[n] for n in NAMES), case.params())
     grad_out = np.random.default_rng(seed + 1).standard_normal(ref_out.shape).astype(dtype)
     ref_grads = reference.deform_conv2d_backward(
-        grad_out.astype(np.float64), *(x64[n] for n in NAMES), **backend_params(case)
+        grad_out.astype(np.float64), *(x64[n] for n in NAMES), case.params()
     )
     out, grads = run_both(backend, case, inputs, grad_out)
     assert out.dtype == dtype
     # Sum of |terms| per output: the reference on absolute values (bilinear weights are >= 0).
     abs_in = {k: None if v is None or k == "offset" else np.abs(v) for k, v in x64.items()}
     abs_in["offset"] = x64["offset"]
-    scale = reference.deform_conv2d_forward(*(abs_in[n] for n in NAMES), **backend_params(case))
+    scale = reference.deform_conv2d_forward(*(abs_in[n] for n in NAMES), case.params())
     assert_allclose_to_reference(out, ref_out, dtype, scale=scale, name=f"output (seed {seed})")
     for name, got, want in zip(NAMES, grads, ref_grads, strict=True):
         if want is None:

@@ -18,6 +18,7 @@ from cudcn.backends import get_backend
 from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.functional import deform_psroi_pool
 from cudcn.ops import deform_psroi_pool_backward, deform_psroi_pool_forward
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 
 SEED = 20261125
@@ -52,6 +53,10 @@ class Case:
             "trans_std": self.trans_std,
         }
 
+    def op_params(self) -> DeformPSRoIPoolParams:
+        """The parameters object the reference and the backends take."""
+        return DeformPSRoIPoolParams(**self.params())
+
 
 CASES = [
     Case("basic"),
@@ -85,8 +90,8 @@ def run_both(backend, case: Case, x, rois, trans, grad_out):
     dev = [None if a is None else backend.asarray(a) for a in (x, rois, trans)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        out = module.deform_psroi_pool_forward(*dev, **case.params())
-        grads = module.deform_psroi_pool_backward(backend.asarray(grad_out), *dev, **case.params())
+        out = module.deform_psroi_pool_forward(*dev, case.op_params())
+        grads = module.deform_psroi_pool_backward(backend.asarray(grad_out), *dev, case.op_params())
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
@@ -95,9 +100,9 @@ def run_both(backend, case: Case, x, rois, trans, grad_out):
 def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)
     x, rois, trans = make_inputs(case, dtype, seed)
-    ref_out = reference.deform_psroi_pool_forward(x, rois, trans, **case.params())
+    ref_out = reference.deform_psroi_pool_forward(x, rois, trans, case.op_params())
     grad_out = np.random.default_rng(seed + 1).standard_normal(ref_out.shape).astype(dtype)
-    ref_grads = reference.deform_psroi_pool_backward(grad_out, x, rois, trans, **case.params())
+    ref_grads = reference.deform_psroi_pool_backward(grad_out, x, rois, trans, case.op_params())
     out, grads = run_both(backend, case, x, rois, trans, grad_out)
     assert out.dtype == dtype and out.shape == ref_out.shape
     # float32 backends round sample coordinates (< 2 * the largest coordinate, in pixels): their
@@ -106,7 +111,7 @@ def test_matches_reference(backend, case, dtype):
         2 * (float(np.abs(rois[:, 1:]).max()) + 1) * case.spatial_scale * (1 + case.trans_std) + 1
     )
     coords = 2 * float(np.abs(x).max()) * reach
-    scale = reference.deform_psroi_pool_forward(np.abs(x), rois, trans, **case.params()) + coords
+    scale = reference.deform_psroi_pool_forward(np.abs(x), rois, trans, case.op_params()) + coords
     assert_allclose_to_reference(out, ref_out, dtype, scale=scale, name=f"output (seed {seed})")
     g_scale = float(np.abs(grad_out).max()) * (1 + coords)
     for name, got, want in zip(("input", "trans"), grads, ref_grads, strict=True):

@@ -22,6 +22,7 @@ from cudcn.ops import (
     roi_align_backward,
     roi_align_forward,
 )
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 from cudcn.testing import (
     assert_allclose_to_reference,
     assert_equal_up_to_summation_order,
@@ -64,15 +65,10 @@ class Case:
     aligned: bool = True
     offset: bool = True
 
-    def params(self) -> dict:
-        return {
-            "pooled_h": self.pooled[0],
-            "pooled_w": self.pooled[1],
-            "spatial_scale": self.spatial_scale,
-            "sampling_ratio": self.sampling_ratio,
-            "gamma": self.gamma,
-            "aligned": self.aligned,
-        }
+    def params(self) -> DeformRoIPoolParams:
+        """The parameters object the reference and the backends take."""
+        p = (self.spatial_scale, self.sampling_ratio, self.gamma, self.aligned)
+        return DeformRoIPoolParams(*self.pooled, *p)
 
 
 CASES = [
@@ -110,8 +106,8 @@ def run_both(backend, case: Case, x, rois, offset, grad_out):
     dev = [None if a is None else backend.asarray(a) for a in (x, rois, offset)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        out = module.deform_roi_pool_forward(*dev, **case.params())
-        grads = module.deform_roi_pool_backward(backend.asarray(grad_out), *dev, **case.params())
+        out = module.deform_roi_pool_forward(*dev, case.params())
+        grads = module.deform_roi_pool_backward(backend.asarray(grad_out), *dev, case.params())
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
@@ -120,14 +116,14 @@ def run_both(backend, case: Case, x, rois, offset, grad_out):
 def test_matches_reference(backend, case, dtype):
     seed = SEED + CASES.index(case)
     x, rois, offset = make_inputs(case, dtype, seed)
-    ref_out = reference.deform_roi_pool_forward(x, rois, offset, **case.params())
+    ref_out = reference.deform_roi_pool_forward(x, rois, offset, case.params())
     grad_out = np.random.default_rng(seed + 1).standard_normal(ref_out.shape).astype(dtype)
-    ref_grads = reference.deform_roi_pool_backward(grad_out, x, rois, offset, **case.params())
+    ref_grads = reference.deform_roi_pool_backward(grad_out, x, rois, offset, case.params())
     out, grads = run_both(backend, case, x, rois, offset, grad_out)
     assert out.dtype == dtype and out.shape == ref_out.shape
     coords = coordinate_scale(x, rois, case)
     # Output: the per-bin mean of |terms| (the reference on |x|) plus the coordinate rounding bound.
-    scale = reference.deform_roi_pool_forward(np.abs(x), rois, offset, **case.params()) + coords
+    scale = reference.deform_roi_pool_forward(np.abs(x), rois, offset, case.params()) + coords
     assert_allclose_to_reference(out, ref_out, dtype, scale=scale, name=f"output (seed {seed})")
     g_scale = float(np.abs(grad_out).max()) * (1 + coords)
     for name, got, want in zip(("input", "offset"), grads, ref_grads, strict=True):

@@ -16,9 +16,12 @@ import cudcn
 import cudcn.backends.emulated as emulated
 from cudcn import dtypes, reference
 from cudcn.backends.cpu import deform_roi_pool_backward as cpu_roi_backward
-from cudcn.backends.cuda import launch
 from cudcn.backends.emulated import build as host_build
+from cudcn.backends.launch import common as launch
 from cudcn.dtypes import FLOAT_DTYPES
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 from cudcn.testing import assert_allclose_to_reference, summation_order_tolerance
 
 pytestmark = pytest.mark.skipif(
@@ -27,9 +30,11 @@ pytestmark = pytest.mark.skipif(
 SEED = 9091
 SCHEDULES = [("concurrent", "3", "0"), ("concurrent", "2", "1"), ("concurrent", "1", "2"),
              ("serial", "1", "3"), ("serial", "2", "4"), ("concurrent", "3", "5")]  # fmt: skip
-CONV = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
-ROI = dict(pooled_h=3, pooled_w=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.3, aligned=True)
-PSROI = dict(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
+CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
+ROI = DeformRoIPoolParams(
+    pooled_h=3, pooled_w=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.3, aligned=True
+)
+PSROI = DeformPSRoIPoolParams(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
              sample_per_part=2, trans_std=0.3)  # fmt: skip
 
 
@@ -55,10 +60,10 @@ def _inputs(op: str, dtype, seed: int = SEED) -> tuple:
 def _backward(op: str, args: tuple) -> list[np.ndarray]:
     if op == "deform_conv2d":
         grad, x, offset, weight, mask = args
-        grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)
+        grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
         return [grads[0], grads[1], grads[4]]
     function = getattr(emulated, f"{op}_backward")
-    return list(function(*args, **(PSROI if op == "deform_psroi_pool" else ROI)))
+    return list(function(*args, PSROI if op == "deform_psroi_pool" else ROI))
 
 
 def _under_schedules(monkeypatch, op: str, args: tuple) -> list[list[np.ndarray]]:
@@ -106,9 +111,9 @@ def test_deterministic_mode_is_bitwise_identical_for_every_schedule(monkeypatch,
 def test_deterministic_conv_matches_the_float64_reference():
     grad, x, offset, weight, mask = _inputs("deform_conv2d", np.float64)
     with cudcn.deterministic():
-        got = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)
-    want = reference.deform_conv2d_backward(grad, x, offset, weight, None, mask, **CONV)
-    scale = reference.deform_conv2d_backward(abs(grad), x, offset, abs(weight), None, mask, **CONV)
+        got = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
+    want = reference.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
+    scale = reference.deform_conv2d_backward(abs(grad), x, offset, abs(weight), None, mask, CONV)
     assert_allclose_to_reference(got[0], want[0], np.float64, scale=scale[0] + 1e-300, factor=64,
                                  name="grad_input")  # fmt: skip
 
@@ -141,7 +146,7 @@ def test_deterministic_flag_from_the_environment(monkeypatch):
 
 def test_cpu_backend_is_deterministic_with_or_without_the_mode():
     grad, x, rois, offset = _inputs("deform_roi_pool", np.float32)
-    plain = cpu_roi_backward(grad, x, rois, offset, **ROI)
+    plain = cpu_roi_backward(grad, x, rois, offset, ROI)
     with cudcn.deterministic():
-        again = cpu_roi_backward(grad, x, rois, offset, **ROI)
+        again = cpu_roi_backward(grad, x, rois, offset, ROI)
     assert _identical(list(plain), list(again))

@@ -16,11 +16,11 @@ from deform_conv2d_cases import Case, make_inputs
 
 import cudcn.backends.emulated as emulated
 from cudcn import reference
-from cudcn.backends.cuda import deform_conv2d as dc_launch
-from cudcn.backends.cuda import launch
 from cudcn.backends.cuda.source import KERNEL_DIR, join_source, kernel_source, name_expressions
 from cudcn.backends.emulated import build as host_build
 from cudcn.backends.emulated.loader import host_library
+from cudcn.backends.launch import common as launch
+from cudcn.backends.launch import deform_conv2d as dc_launch
 from cudcn.testing import assert_allclose_to_reference, poison_outputs
 
 pytestmark = pytest.mark.skipif(
@@ -182,21 +182,20 @@ def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype
     if index == "long long":
         monkeypatch.setattr(launch, "INDEX32_LIMIT", 0)
     inputs = make_inputs(case, dtype, SEED)
-    params = dict(stride=case.stride, padding=case.padding, dilation=case.dilation, groups=2,
-                  offset_groups=3)  # fmt: skip
+    params = case.params()
     plan = dc_launch._Plan(emulated.host_kernels("deform_conv2d"), inputs["input"],
-                           inputs["offset"], inputs["weight"], inputs["mask"], **params)  # fmt: skip
+                           inputs["offset"], inputs["weight"], inputs["mask"], params)  # fmt: skip
     assert [stop - start for start, stop in plan.chunks] == [2, 2, 2, 2, 1]
     assert plan.index_name == index
     grad_out = np.random.default_rng(SEED + 1).standard_normal((9, 4, out_h, out_w)).astype(dtype)
     args = [inputs[n] for n in NAMES]
     with poison_outputs():
-        out = emulated.deform_conv2d_forward(*args, **params)
-        grads = emulated.deform_conv2d_backward(grad_out, *args, **params)
+        out = emulated.deform_conv2d_forward(*args, params)
+        grads = emulated.deform_conv2d_backward(grad_out, *args, params)
     x64 = [None if a is None else a.astype(np.float64) for a in args]
-    assert_allclose_to_reference(out, reference.deform_conv2d_forward(*x64, **params), dtype,
+    assert_allclose_to_reference(out, reference.deform_conv2d_forward(*x64, params), dtype,
                                  factor=64, name=f"output (seed {SEED})")  # fmt: skip
-    wanted = reference.deform_conv2d_backward(grad_out.astype(np.float64), *x64, **params)
+    wanted = reference.deform_conv2d_backward(grad_out.astype(np.float64), *x64, params)
     for name, got, want in zip(NAMES, grads, wanted, strict=True):
         assert_allclose_to_reference(got, want, dtype, factor=64, name=f"grad {name} (seed {SEED})")
 
@@ -204,13 +203,13 @@ def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype
 def test_serial_mode_with_one_worker_is_deterministic(monkeypatch) -> None:
     case = Case("atomics", batch=3, in_channels=4, out_channels=4, height=5, width=5)
     inputs = make_inputs(case, np.float32, SEED, offset_scale=0.5)  # many colliding neighbours
-    params = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
+    params = case.params()
     grad_out = np.random.default_rng(SEED).standard_normal((3, 4, 5, 5)).astype(np.float32)
     args = [inputs[n] for n in NAMES]
     monkeypatch.setenv("CUDCN_EMULATED_MODE", "serial")
     monkeypatch.setenv("CUDCN_EMULATED_WORKERS", "1")
-    first = emulated.deform_conv2d_backward(grad_out, *args, **params)
-    second = emulated.deform_conv2d_backward(grad_out, *args, **params)
+    first = emulated.deform_conv2d_backward(grad_out, *args, params)
+    second = emulated.deform_conv2d_backward(grad_out, *args, params)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -20,10 +20,13 @@ import pytest
 
 from cudcn import reference
 from cudcn.backends import get_backend
+from cudcn.ops.deform_conv2d import DeformConv2dParams
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 from cudcn.testing import poison_outputs, reference_tolerance
 
 SEED = 77031
-CONV = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
+CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
 H, W = 5, 6
 
 
@@ -46,16 +49,16 @@ def _run_conv(backend, x, offset, weight, mask, grad):
     dev = [backend.asarray(a) for a in (x, offset, weight, mask, grad)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        out = module.deform_conv2d_forward(dev[0], dev[1], dev[2], None, dev[3], **CONV)
-        grads = module.deform_conv2d_backward(dev[4], dev[0], dev[1], dev[2], None, dev[3], **CONV)
+        out = module.deform_conv2d_forward(dev[0], dev[1], dev[2], None, dev[3], CONV)
+        grads = module.deform_conv2d_backward(dev[4], dev[0], dev[1], dev[2], None, dev[3], CONV)
     return [backend.to_numpy(a) for a in (out, *grads) if a is not None]
 
 
 def _conv_reference(x, offset, weight, mask, grad):
     args = [a.astype(np.float64) for a in (x, offset, weight)]
     m, g = mask.astype(np.float64), grad.astype(np.float64)
-    out = reference.deform_conv2d_forward(*args, None, m, **CONV)
-    grads = reference.deform_conv2d_backward(g, *args, None, m, **CONV)
+    out = reference.deform_conv2d_forward(*args, None, m, CONV)
+    grads = reference.deform_conv2d_backward(g, *args, None, m, CONV)
     return [out, *(a for a in grads if a is not None)]
 
 
@@ -115,12 +118,12 @@ def test_conv_float32_coordinates_that_round_onto_a_kink(backend) -> None:
         )
 
 
-def _run_roi(backend, x, rois, offset, grad, **params):
+def _run_roi(backend, x, rois, offset, grad, params):
     dev = [None if a is None else backend.asarray(a) for a in (x, rois, offset, grad)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        out = module.deform_roi_pool_forward(*dev[:3], **params)
-        grads = module.deform_roi_pool_backward(dev[3], *dev[:3], **params)
+        out = module.deform_roi_pool_forward(*dev[:3], params)
+        grads = module.deform_roi_pool_backward(dev[3], *dev[:3], params)
     return [backend.to_numpy(a) for a in (out, *grads) if a is not None]
 
 
@@ -136,12 +139,13 @@ def test_roi_align_samples_on_its_border_clamp_and_snap(backend, dtype) -> None:
     rois = np.array([[0, sx, sy, sx + 4, sy + 4] for sy, sx in starts], dtype)
     offset = rng.choice(np.array([-1.0, 0.0, 1.0, 0.5]), (len(starts), 2, 4, 4)).astype(dtype)
     grad = rng.standard_normal((len(starts), 2, 4, 4)).astype(dtype)
-    params = dict(pooled_h=4, pooled_w=4, spatial_scale=1.0, sampling_ratio=1, gamma=0.25,
-                  aligned=False)  # fmt: skip
-    got = _run_roi(backend, x, rois, offset, grad, **params)
+    params = DeformRoIPoolParams(
+        pooled_h=4, pooled_w=4, spatial_scale=1.0, sampling_ratio=1, gamma=0.25, aligned=False
+    )
+    got = _run_roi(backend, x, rois, offset, grad, params)
     x64, r64, o64, g64 = (a.astype(np.float64) for a in (x, rois, offset, grad))
-    want = [reference.deform_roi_pool_forward(x64, r64, o64, **params),
-            *reference.deform_roi_pool_backward(g64, x64, r64, o64, **params)]  # fmt: skip
+    want = [reference.deform_roi_pool_forward(x64, r64, o64, params),
+            *reference.deform_roi_pool_backward(g64, x64, r64, o64, params)]  # fmt: skip
     for name, g, w in zip(("output", "grad_input", "grad_offset"), got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=0, atol=_allowed(dtype, w, 64), err_msg=name)
 
@@ -159,16 +163,23 @@ def test_psroi_samples_on_its_limits_and_integers(backend, dtype) -> None:
     rois = np.array([[0, cx, cy, cx + 3, cy + 3] for cy, cx in corners], dtype)
     trans = rng.choice(np.array([-0.5, 0.0, 0.5, 1.0]), (len(corners), 2, 4, 4)).astype(dtype)
     grad = rng.standard_normal((len(corners), 2, 4, 4)).astype(dtype)
-    params = dict(spatial_scale=1.0, output_dim=2, group_size=2, pooled_size=4, part_size=4,
-                  sample_per_part=2, trans_std=0.25)  # fmt: skip
+    params = DeformPSRoIPoolParams(
+        spatial_scale=1.0,
+        output_dim=2,
+        group_size=2,
+        pooled_size=4,
+        part_size=4,
+        sample_per_part=2,
+        trans_std=0.25,
+    )
     dev = [backend.asarray(a) for a in (x, rois, trans, grad)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        got = [module.deform_psroi_pool_forward(*dev[:3], **params),
-               *module.deform_psroi_pool_backward(dev[3], *dev[:3], **params)]  # fmt: skip
+        got = [module.deform_psroi_pool_forward(*dev[:3], params),
+               *module.deform_psroi_pool_backward(dev[3], *dev[:3], params)]  # fmt: skip
     x64, r64, t64, g64 = (a.astype(np.float64) for a in (x, rois, trans, grad))
-    want = [reference.deform_psroi_pool_forward(x64, r64, t64, **params),
-            *reference.deform_psroi_pool_backward(g64, x64, r64, t64, **params)]  # fmt: skip
+    want = [reference.deform_psroi_pool_forward(x64, r64, t64, params),
+            *reference.deform_psroi_pool_backward(g64, x64, r64, t64, params)]  # fmt: skip
     for name, g, w in zip(("output", "grad_input", "grad_trans"), got, want, strict=True):
         g = backend.to_numpy(g)
         np.testing.assert_allclose(g, w, rtol=0, atol=_allowed(dtype, w, 64), err_msg=name)

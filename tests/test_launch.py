@@ -1,4 +1,4 @@
-"""The launch code shared by the CUDA and emulated backends (cudcn/backends/cuda/<op>.py): kernel
+"""The launch code shared by the CUDA and emulated backends (cudcn/backends/launch/<op>.py): kernel
 parameters passed by name in the kernels' order, index types chosen from every array a kernel
 indexes, plane-size guards, and every kernel run with tiny grids (one block of 32 threads, so every
 grid-stride loop wraps), 32- and 64-bit indices, concurrent threads, against the reference."""
@@ -13,22 +13,24 @@ import numpy as np
 import pytest
 import sanitized_kernels
 
-from cudcn.backends.cuda import deform_conv2d as dc_launch
-from cudcn.backends.cuda import deform_psroi_pool as psroi_launch
-from cudcn.backends.cuda import deform_roi_pool as roi_launch
-from cudcn.backends.cuda import launch
 from cudcn.backends.cuda.source import KERNEL_DIR
 from cudcn.backends.emulated import build as host_build
 from cudcn.backends.emulated.loader import host_kernels
+from cudcn.backends.launch import common as launch
+from cudcn.backends.launch import deform_conv2d as dc_launch
+from cudcn.backends.launch import deform_psroi_pool as psroi_launch
+from cudcn.backends.launch import deform_roi_pool as roi_launch
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 
 needs_compiler = pytest.mark.skipif(
     shutil.which(host_build.compiler()) is None, reason="no C++ compiler for the emulated backend"
 )
 _KERNEL = re.compile(r"__global__ void (\w+)\((.*?)\)\s*\{", re.DOTALL)
 PARAMS = {
-    "deform_conv2d": dc_launch.ConvGeometry,
-    "deform_roi_pool": roi_launch.RoiPoolParams,
-    "deform_psroi_pool": psroi_launch.PsroiPoolParams,
+    "deform_conv2d": dc_launch.DeformConv2dKernelParams,
+    "deform_roi_pool": roi_launch.DeformRoIPoolKernelParams,
+    "deform_psroi_pool": psroi_launch.DeformPSRoIPoolKernelParams,
 }
 
 
@@ -43,7 +45,7 @@ def test_named_parameters_follow_the_kernel_signatures(stem: str) -> None:
 
 
 def test_scalars_take_the_parameter_widths() -> None:
-    params = roi_launch.RoiPoolParams(
+    params = roi_launch.DeformRoIPoolKernelParams(
         channels=3, height=4, width=5, pooled_h=2, pooled_w=2, spatial_scale=0.5,
         sampling_ratio=0, gamma=0.1, aligned=1, use_offset=0,
     )  # fmt: skip
@@ -76,9 +78,9 @@ def test_roi_index_type_covers_the_offset_gradient(monkeypatch) -> None:
     grad = rng.standard_normal((3, 1, 2, 2))
     monkeypatch.setattr(launch, "INDEX32_LIMIT", grad.size)  # n fits, the offset does not
     recorder = _Recorder("deform_roi_pool")
-    params = dict(pooled_h=2, pooled_w=2, spatial_scale=1.0, sampling_ratio=2, gamma=0.1,
-                  aligned=True)  # fmt: skip
-    roi_launch.deform_roi_pool_backward(np, recorder, grad, x, rois, offset, **params)
+    params = DeformRoIPoolParams(pooled_h=2, pooled_w=2, spatial_scale=1.0, sampling_ratio=2,
+                                 gamma=0.1, aligned=True)  # fmt: skip
+    roi_launch.deform_roi_pool_backward(np, recorder, grad, x, rois, offset, params)
     assert recorder.names == ["deform_roi_pool_backward<double, long long>"]
 
 
@@ -89,9 +91,9 @@ def test_psroi_index_type_covers_trans(monkeypatch) -> None:
     trans = np.zeros((1, 8, 5, 5))  # 4 classes, 5 x 5 parts: 200 elements, more than the input
     monkeypatch.setattr(launch, "INDEX32_LIMIT", x.size)
     recorder = _Recorder("deform_psroi_pool")
-    params = dict(spatial_scale=1.0, output_dim=4, group_size=1, pooled_size=1, part_size=5,
-                  sample_per_part=2, trans_std=0.1)  # fmt: skip
-    psroi_launch.deform_psroi_pool_forward(np, recorder, x, rois, trans, **params)
+    params = DeformPSRoIPoolParams(spatial_scale=1.0, output_dim=4, group_size=1, pooled_size=1,
+                                   part_size=5, sample_per_part=2, trans_std=0.1)  # fmt: skip
+    psroi_launch.deform_psroi_pool_forward(np, recorder, x, rois, trans, params)
     assert recorder.names == ["deform_psroi_pool_forward<double, long long>"]
 
 
@@ -99,11 +101,9 @@ def test_planes_of_2_31_pixels_are_refused() -> None:
     launch.check_plane(46340, 46340)  # 2_147_395_600 < 2**31: fine
     huge = np.broadcast_to(np.zeros(1), (1, 1, 46341, 46341))  # a view: no memory behind it
     with pytest.raises(ValueError, match="input planes must have < 2\\*\\*31 pixels"):
-        roi_launch._launch_args(huge, None, 1, pooled_h=1, pooled_w=1, spatial_scale=1.0,
-                                sampling_ratio=1, gamma=0.1, aligned=True)  # fmt: skip
+        roi_launch._launch_args(huge, None, 1, DeformRoIPoolParams(1, 1, 1.0, 1, 0.1, True))
     with pytest.raises(ValueError, match="input planes must have < 2\\*\\*31 pixels"):
-        psroi_launch._launch_args(huge, None, 1, spatial_scale=1.0, output_dim=1, group_size=1,
-                                  pooled_size=1, part_size=1, sample_per_part=1, trans_std=0.1)  # fmt: skip
+        psroi_launch._launch_args(huge, None, 1, DeformPSRoIPoolParams(1.0, 1, 1, 1, 1, 1, 0.1))
 
 
 @needs_compiler

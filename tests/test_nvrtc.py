@@ -119,7 +119,7 @@ def test_every_kernel_file_declares_its_instantiations() -> None:
     assert "deform_conv2d" in stems
     for stem in stems:
         names = name_expressions(stem)
-        assert names, f"cudcn.backends.cuda.{stem}.NAME_EXPRESSIONS is empty"
+        assert names, f"cudcn.backends.launch.{stem}.NAME_EXPRESSIONS is empty"
         assert len(set(names)) == len(names), f"{stem}: duplicate name expressions"
         for name in names:
             assert re.fullmatch(r"\w+(<[\w ,*]+>)?", name), f"{stem}: odd name expression {name!r}"

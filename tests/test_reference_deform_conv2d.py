@@ -13,6 +13,7 @@ import pytest
 from scipy.signal import correlate
 
 from cudcn import reference
+from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 NAMES = ("input", "offset", "weight", "bias", "mask")
 
@@ -56,22 +57,15 @@ def make(
         "bias": rng.standard_normal(c_out) if bias else None,
         "mask": rng.uniform(0.1, 1.0, (batch, og * kh * kw, ho, wo)) if mask else None,
     }
-    p = {
-        "stride": stride,
-        "padding": padding,
-        "dilation": dilation,
-        "groups": groups,
-        "offset_groups": og,
-    }
-    return a, p
+    return a, DeformConv2dParams(stride, padding, dilation, groups, og)
 
 
-def forward(a: dict, p: dict) -> np.ndarray:
-    return reference.deform_conv2d_forward(*(a[n] for n in NAMES), **p)
+def forward(a: dict, p: DeformConv2dParams) -> np.ndarray:
+    return reference.deform_conv2d_forward(*(a[n] for n in NAMES), p)
 
 
-def backward(go: np.ndarray, a: dict, p: dict):
-    return reference.deform_conv2d_backward(go, *(a[n] for n in NAMES), **p)
+def backward(go: np.ndarray, a: dict, p: DeformConv2dParams):
+    return reference.deform_conv2d_backward(go, *(a[n] for n in NAMES), p)
 
 
 def scipy_conv(x, w, bias, stride, padding, dilation, groups):
@@ -96,9 +90,7 @@ def scipy_conv(x, w, bias, stride, padding, dilation, groups):
 def test_zero_offset_is_scipy_convolution(seed):
     a, p = make(seed, stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2, og=3, mask=False)
     a["offset"][:] = 0.0
-    want = scipy_conv(
-        a["input"], a["weight"], a["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]
-    )
+    want = scipy_conv(a["input"], a["weight"], a["bias"], p.stride, p.padding, p.dilation, p.groups)
     np.testing.assert_allclose(forward(a, p), want, rtol=1e-12, atol=1e-12)
 
 
@@ -173,16 +165,16 @@ def test_integer_coordinates_use_forward_differences():
     """One pixel, one channel, 1x1 kernel: the value and dvalue/dy at hand-picked rows, x = 1.25."""
     img = np.array([[[[1.0, 2.0, 4.0], [8.0, 16.0, 32.0], [64.0, 128.0, 256.0]]]])
     weight = np.ones((1, 1, 1, 1))
-    p = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1, "offset_groups": 1}
+    p = DeformConv2dParams((1, 1), (0, 0), (1, 1), groups=1, offset_groups=1)
 
     def at(y):
         offset = np.zeros((1, 2, 3, 3))
         offset[0, 0, 0, 0] = y  # output (0, 0) samples (y, 0 + 1.25)
         offset[0, 1, 0, 0] = 1.25
-        out = reference.deform_conv2d_forward(img, offset, weight, None, None, **p)[0, 0, 0, 0]
+        out = reference.deform_conv2d_forward(img, offset, weight, None, None, p)[0, 0, 0, 0]
         go = np.zeros((1, 1, 3, 3))
         go[0, 0, 0, 0] = 1.0
-        g = reference.deform_conv2d_backward(go, img, offset, weight, None, None, **p)[1]
+        g = reference.deform_conv2d_backward(go, img, offset, weight, None, None, p)[1]
         return out, g[0, 0, 0, 0], g[0, 1, 0, 0]
 
     row = lambda r: img[0, 0, r, 1] * 0.75 + img[0, 0, r, 2] * 0.25 if 0 <= r < 3 else 0.0  # noqa: E731
@@ -251,9 +243,9 @@ def test_matches_torchvision(seed):
         t["offset"],
         t["weight"],
         t["bias"],
-        stride=p["stride"],
-        padding=p["padding"],
-        dilation=p["dilation"],
+        stride=p.stride,
+        padding=p.padding,
+        dilation=p.dilation,
         mask=t["mask"],
     )
     out.backward(torch.tensor(go))

@@ -14,7 +14,7 @@ import pytest
 from storage_kernels import library
 
 from cudcn import dtypes
-from cudcn.backends.cuda.launch import launch_1d
+from cudcn.backends.launch.common import launch_1d
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (host build)")
 

@@ -7,7 +7,7 @@
 // fused bilinear_backward is split here into bilinear_scatter (input gradient, atomicAdd) and
 // bilinear_sample_grad (value and derivatives, for the offset and mask gradients).
 //
-// The sampling rule is the SPEC's: the four neighbours floor(y), floor(y) + 1 x floor(x),
+// The sampling rule is docs/spec.md's: the four neighbours floor(y), floor(y) + 1 x floor(x),
 // floor(x) + 1 are weighted bilinearly and a neighbour outside the image counts as 0. A point uses
 // no neighbour unless -1 <= y < height and -1 <= x < width; at y = -1 exactly the formula gives the
 // value 0 (the one neighbour inside has weight 0) and the forward-difference derivative v(0) - 0,

@@ -1,9 +1,9 @@
 // deform_conv2d kernels: deformable im2col (forward), its transpose onto the input (input
 // gradient), and the offset / mask gradient. The GEMMs with the weight run in cuBLAS
-// (cudcn/backends/cuda/deform_conv2d.py); these kernels move samples between the images and the
+// (cudcn/backends/launch/deform_conv2d.py); these kernels move samples between the images and the
 // column buffer.
 //
-// Notation (SPEC): input (B, C, H, W); offset (B, 2 * og * kh * kw, Ho, Wo); mask
+// Notation (docs/spec.md): input (B, C, H, W); offset (B, 2 * og * kh * kw, Ho, Wo); mask
 // (B, og * kh * kw, Ho, Wo). Offset group g, tap k = i * kw + j: offset channel
 // 2 * (g * kh * kw + k) is dy (rows), the next one dx (columns); mask channel g * kh * kw + k.
 // Channel c belongs to offset group c / (C / og). Sampling point of output (oy, ox), tap (i, j):

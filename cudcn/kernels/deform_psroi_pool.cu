@@ -1,7 +1,7 @@
 // deform_psroi_pool kernels: deformable position-sensitive RoI pooling (R-FCN), forward and backward,
 // with the original operator's semantics.
 //
-// Notation (SPEC): input (B, C, H, W) with C = output_dim * group_size^2; rois (R, 5) =
+// Notation (docs/spec.md): input (B, C, H, W) with C = output_dim * group_size^2; rois (R, 5) =
 // (batch_index, x1, y1, x2, y2); trans (R, 2 * num_classes, part, part), channel 2 * cls is x and
 // 2 * cls + 1 is y, cls = ctop / (output_dim / num_classes); output (R, output_dim, pooled, pooled).
 // RoI coordinates are rounded half away from zero (C's round): start = round(x1) * scale - 0.5,
@@ -18,7 +18,7 @@
 // Templates: S is the arrays' storage type and T = compute_t<S> the type of every coordinate,
 // weight and sum (storage.cuh; float for the 16-bit types, whose gradients are scattered into T
 // buffers that the launcher rounds once); I (int or long long) indexes the output and the input,
-// chosen by the launcher (cudcn/backends/cuda/deform_psroi_pool.py). The launcher validated the batch indices.
+// chosen by the launcher (cudcn/backends/launch/deform_psroi_pool.py). The launcher validated the batch indices.
 #include "common.cuh"
 
 // C's round (halves away from zero) for float and double alike.

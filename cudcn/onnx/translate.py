@@ -21,7 +21,7 @@ from cudcn.onnx import ExportError
 from cudcn.onnx.graph import GraphBuilder, describe
 from cudcn.ops.activation import DropoutFunction, LogSoftmaxFunction
 from cudcn.ops.conv import Conv2dFunction
-from cudcn.ops.deform_conv2d import DeformConv2dFunction, check_deform_conv2d
+from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolFunction
 from cudcn.ops.deform_roi_pool import DeformRoIPoolFunction
 from cudcn.ops.linear import LinearFunction
@@ -131,16 +131,14 @@ def _conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
 def _deform_conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
     """ONNX DeformConv: inputs X, W, offset, B, mask (the offset layout is torchvision's)."""
     input, offset, weight, bias, mask = node._trace_inputs
-    geo = check_deform_conv2d(
-        *(_data(a) for a in (input, offset, weight, bias)), *node.conv_params, _data(mask)
-    )
+    p = node.params  # the call's DeformConv2dParams, validated when it ran
     names = [b.value(a, out.dtype) for a in (input, weight, offset, bias, mask)]
     while names[-1] == "":
         names.pop()
     return b.node(
-        "DeformConv", names, kernel_shape=list(geo.kernel), strides=list(geo.stride),
-        pads=_pads(geo.padding), dilations=list(geo.dilation), group=geo.groups,
-        offset_group=geo.offset_groups,
+        "DeformConv", names, kernel_shape=list(_data(weight).shape[2:]), strides=list(p.stride),
+        pads=_pads(p.padding), dilations=list(p.dilation), group=p.groups,
+        offset_group=p.offset_groups,
     )  # fmt: skip
 
 

@@ -9,12 +9,8 @@ a JAX ``custom_vjp``, ...).
 
 from cudcn.ops.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool_backward, deform_psroi_pool_forward
-from cudcn.ops.deform_roi_pool import (
-    deform_roi_pool_backward,
-    deform_roi_pool_forward,
-    roi_align_backward,
-    roi_align_forward,
-)
+from cudcn.ops.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.ops.roi_align import roi_align_backward, roi_align_forward
 
 __all__ = [
     "deform_conv2d_backward",

@@ -1,13 +1,14 @@
-"""deform_psroi_pool: argument checks, backend dispatch, and the autograd Function.
+"""deform_psroi_pool: its parameters object, backend dispatch, and the autograd Function.
 
 Three layers: the backends' launchers (``cudcn.backends.*``), the array-level pair
 :func:`deform_psroi_pool_forward` / :func:`deform_psroi_pool_backward`, and the public differentiable
-:func:`deform_psroi_pool` (re-exported by ``cudcn.functional``).
+:func:`deform_psroi_pool` (re-exported by ``cudcn.functional``). The arguments are validated once,
+into a :class:`DeformPSRoIPoolParams`, which every backend receives unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cudcn.autograd import Function
@@ -26,8 +27,10 @@ Array = Any
 
 
 @dataclass(frozen=True)
-class PSRoIPoolParams:
-    """Normalised parameters of one call: the keyword arguments of the backends' functions."""
+class DeformPSRoIPoolParams:
+    """The parameters of one deform_psroi_pool call, validated against its arrays by :meth:`check`
+    (``part_size`` resolved); passed unchanged, as the last argument, to the reference, the CPU
+    backend and the launch code."""
 
     spatial_scale: float
     output_dim: int
@@ -37,71 +40,72 @@ class PSRoIPoolParams:
     sample_per_part: int
     trans_std: float
 
-
-def check_deform_psroi_pool(
-    input: Array,
-    rois: Array,
-    trans: Array | None,
-    spatial_scale: Any,
-    output_dim: Any,
-    group_size: Any,
-    pooled_size: Any,
-    part_size: Any,
-    sample_per_part: Any,
-    trans_std: Any,
-) -> PSRoIPoolParams:
-    """Validate the arguments of deform_psroi_pool (SPEC) and return the normalised parameters."""
-    check_arrays({"input": input, "rois": rois, "trans": trans})
-    check_ndim("input", input, 4, "(B, C, H, W)")
-    if min(input.shape[2:]) < 1:
-        raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
-    check_rois(rois, int(input.shape[0]))
-    scale = finite_float("spatial_scale", spatial_scale)
-    if scale <= 0:
-        raise ValueError(f"spatial_scale must be > 0, got {scale}")
-    output_dim = positive_int("output_dim", output_dim)
-    group_size = positive_int("group_size", group_size)
-    pooled_size = positive_int("pooled_size", pooled_size)
-    part_size = pooled_size if part_size is None else positive_int("part_size", part_size)
-    sample_per_part = positive_int("sample_per_part", sample_per_part)
-    channels = int(input.shape[1])
-    if output_dim * group_size**2 != channels:
-        raise ValueError(
-            f"input channels must equal output_dim * group_size**2 = {output_dim} * "
-            f"{group_size}**2 = {output_dim * group_size**2}, got {channels}"
+    @classmethod
+    def check(
+        cls,
+        input: Array,
+        rois: Array,
+        trans: Array | None,
+        spatial_scale: Any,
+        output_dim: Any,
+        group_size: Any,
+        pooled_size: Any,
+        part_size: Any,
+        sample_per_part: Any,
+        trans_std: Any,
+    ) -> DeformPSRoIPoolParams:
+        """Validate the arguments of deform_psroi_pool (docs/spec.md) and return its parameters."""
+        check_arrays({"input": input, "rois": rois, "trans": trans})
+        check_ndim("input", input, 4, "(B, C, H, W)")
+        if min(input.shape[2:]) < 1:
+            raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
+        check_rois(rois, int(input.shape[0]))
+        scale = finite_float("spatial_scale", spatial_scale)
+        if scale <= 0:
+            raise ValueError(f"spatial_scale must be > 0, got {scale}")
+        output_dim = positive_int("output_dim", output_dim)
+        group_size = positive_int("group_size", group_size)
+        pooled_size = positive_int("pooled_size", pooled_size)
+        part_size = pooled_size if part_size is None else positive_int("part_size", part_size)
+        sample_per_part = positive_int("sample_per_part", sample_per_part)
+        channels = int(input.shape[1])
+        if output_dim * group_size**2 != channels:
+            raise ValueError(
+                f"input channels must equal output_dim * group_size**2 = {output_dim} * "
+                f"{group_size}**2 = {output_dim * group_size**2}, got {channels}"
+            )
+        if trans is not None:
+            check_ndim("trans", trans, 4, "(R, 2 * num_classes, part_size, part_size)")
+            pairs = int(trans.shape[1])
+            if pairs == 0 or pairs % 2:
+                raise ValueError(
+                    f"trans.shape[1] must be a positive even number 2 * num_classes, got {pairs}"
+                )
+            if output_dim % (pairs // 2):
+                raise ValueError(
+                    f"output_dim ({output_dim}) must be divisible by num_classes = trans.shape[1] // 2 "
+                    f"= {pairs // 2}"
+                )
+            check_shape(
+                "trans", trans, (rois.shape[0], pairs, part_size, part_size),
+                "(R, 2 * num_classes, part_size, part_size)",
+            )  # fmt: skip
+        trans_std = finite_float("trans_std", trans_std)
+        return cls(
+            scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std
         )
-    if trans is not None:
-        check_ndim("trans", trans, 4, "(R, 2 * num_classes, part_size, part_size)")
-        pairs = int(trans.shape[1])
-        if pairs == 0 or pairs % 2:
-            raise ValueError(
-                f"trans.shape[1] must be a positive even number 2 * num_classes, got {pairs}"
-            )
-        if output_dim % (pairs // 2):
-            raise ValueError(
-                f"output_dim ({output_dim}) must be divisible by num_classes = trans.shape[1] // 2 "
-                f"= {pairs // 2}"
-            )
-        check_shape(
-            "trans", trans, (rois.shape[0], pairs, part_size, part_size),
-            "(R, 2 * num_classes, part_size, part_size)",
-        )  # fmt: skip
-    return PSRoIPoolParams(
-        scale, output_dim, group_size, pooled_size, part_size, sample_per_part,
-        finite_float("trans_std", trans_std),
-    )  # fmt: skip
 
 
-def _forward(input: Array, rois: Array, trans: Array | None, p: PSRoIPoolParams) -> Array:
+def run_forward(input: Array, rois: Array, trans: Array | None, p: DeformPSRoIPoolParams) -> Array:
     if rois.shape[0] == 0:
         shape = (0, p.output_dim, p.pooled_size, p.pooled_size)
         return new_output(array_module(input), shape, input.dtype)
     args = [contiguous(a) for a in (input, rois, trans)]
-    return get_backend(input).deform_psroi_pool_forward(*args, **asdict(p))
+    return get_backend(input).deform_psroi_pool_forward(*args, p)
 
 
-def _backward(
-    grad_out: Array, input: Array, rois: Array, trans: Array | None, p: PSRoIPoolParams
+def run_backward(
+    grad_out: Array, input: Array, rois: Array, trans: Array | None, p: DeformPSRoIPoolParams
 ) -> tuple[Array, Array | None]:
     check_arrays({"input": input, "grad_out": grad_out})
     check_shape(
@@ -112,7 +116,7 @@ def _backward(
         xp = array_module(input)
         return xp.zeros_like(input), None if trans is None else xp.zeros_like(trans)
     args = [contiguous(a) for a in (grad_out, input, rois, trans)]
-    return get_backend(input).deform_psroi_pool_backward(*args, **asdict(p))
+    return get_backend(input).deform_psroi_pool_backward(*args, p)
 
 
 def deform_psroi_pool_forward(
@@ -130,9 +134,9 @@ def deform_psroi_pool_forward(
 ) -> Array:
     """Array-level forward of :func:`deform_psroi_pool` (no tape). Same arguments; returns ``out``
     (R, output_dim, pooled_size, pooled_size) of the inputs' library and dtype."""
-    p = check_deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
+    p = DeformPSRoIPoolParams.check(input, rois, trans, spatial_scale, output_dim, group_size,
                                 pooled_size, part_size, sample_per_part, trans_std)  # fmt: skip
-    return _forward(input, rois, trans, p)
+    return run_forward(input, rois, trans, p)
 
 
 def deform_psroi_pool_backward(
@@ -152,22 +156,22 @@ def deform_psroi_pool_backward(
     """Array-level backward of :func:`deform_psroi_pool`: the gradients ``(input, trans)`` given
     ``grad_out`` (R, output_dim, pooled_size, pooled_size); ``None`` for ``trans`` when it was
     ``None``. ``rois`` get no gradient. Recomputes what it needs."""
-    p = check_deform_psroi_pool(input, rois, trans, spatial_scale, output_dim, group_size,
+    p = DeformPSRoIPoolParams.check(input, rois, trans, spatial_scale, output_dim, group_size,
                                 pooled_size, part_size, sample_per_part, trans_std)  # fmt: skip
-    return _backward(grad_out, input, rois, trans, p)
+    return run_backward(grad_out, input, rois, trans, p)
 
 
 class DeformPSRoIPoolFunction(Function):
     """Tape node of deform_psroi_pool; inputs ``(input, rois, trans)``, no grad for rois."""
 
     def forward(self, input, rois, trans, **params):
-        self.params = check_deform_psroi_pool(input, rois, trans, **params)
+        self.params = DeformPSRoIPoolParams.check(input, rois, trans, **params)
         self.save_for_backward(input, rois, trans)
-        return _forward(input, rois, trans, self.params)
+        return run_forward(input, rois, trans, self.params)
 
     def backward(self, grad_out):
         input, rois, trans = self.saved
-        g_input, g_trans = _backward(grad_out, input, rois, trans, self.params)
+        g_input, g_trans = run_backward(grad_out, input, rois, trans, self.params)
         return g_input, None, g_trans
 
 

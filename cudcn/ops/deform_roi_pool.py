@@ -1,14 +1,15 @@
-"""deform_roi_pool and roi_align: argument checks, backend dispatch, and the autograd Function.
+"""deform_roi_pool: its parameters object, backend dispatch, and the autograd Function.
 
 Three layers: the backends' launchers (``cudcn.backends.*``), the array-level pair
 :func:`deform_roi_pool_forward` / :func:`deform_roi_pool_backward`, and the public differentiable
-:func:`deform_roi_pool` and :func:`roi_align` (re-exported by ``cudcn.functional``).
+:func:`deform_roi_pool` (re-exported by ``cudcn.functional``). ``roi_align`` (``cudcn.ops.roi_align``)
+is this op without offsets. The arguments are validated once, into a :class:`DeformRoIPoolParams`,
+which every backend receives unchanged.
 """
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,18 +27,6 @@ from cudcn.ops._checks import (
 )
 
 Array = Any
-
-
-@dataclass(frozen=True)
-class RoIAlignParams:
-    """Normalised parameters of one call: the keyword arguments of the backends' functions."""
-
-    pooled_h: int
-    pooled_w: int
-    spatial_scale: float
-    sampling_ratio: int  # 0 = adaptive
-    gamma: float
-    aligned: bool
 
 
 def check_rois(rois: Array, batch: int) -> None:
@@ -86,47 +75,62 @@ def check_adaptive_grid(rois: Array, pooled_h: int, pooled_w: int, scale: float)
         )
 
 
-def check_deform_roi_pool(
-    input: Array,
-    rois: Array,
-    offset: Array | None,
-    output_size: Any,
-    spatial_scale: Any,
-    sampling_ratio: Any,
-    gamma: Any,
-    aligned: bool = True,
-) -> RoIAlignParams:
-    """Validate the arguments of deform_roi_pool (SPEC) and return the normalised parameters."""
-    check_arrays({"input": input, "rois": rois, "offset": offset})
-    check_ndim("input", input, 4, "(B, C, H, W)")
-    if min(input.shape[2:]) < 1:
-        raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
-    check_rois(rois, int(input.shape[0]))
-    pooled_h, pooled_w = int_pair("output_size", output_size, 1)
-    scale = finite_float("spatial_scale", spatial_scale)
-    if scale <= 0:
-        raise ValueError(f"spatial_scale must be > 0, got {scale}")
-    ratio = positive_int("sampling_ratio", sampling_ratio, minimum=0)
-    if ratio == 0:
-        check_adaptive_grid(rois, pooled_h, pooled_w, scale)
-    if offset is not None:
-        check_ndim("offset", offset, 4, "(R, 2, pooled_h, pooled_w)")
-        check_shape("offset", offset, (rois.shape[0], 2, pooled_h, pooled_w), "(R, 2, ph, pw)")
-    return RoIAlignParams(
-        pooled_h, pooled_w, scale, ratio, finite_float("gamma", gamma), bool(aligned)
-    )
+@dataclass(frozen=True)
+class DeformRoIPoolParams:
+    """The parameters of one deform_roi_pool (or roi_align) call, validated against its arrays by
+    :meth:`check`; passed unchanged, as the last argument, to the reference, the CPU backend and
+    the launch code."""
+
+    pooled_h: int
+    pooled_w: int
+    spatial_scale: float
+    sampling_ratio: int  # 0 = adaptive
+    gamma: float
+    aligned: bool
+
+    @classmethod
+    def check(
+        cls,
+        input: Array,
+        rois: Array,
+        offset: Array | None,
+        output_size: Any,
+        spatial_scale: Any,
+        sampling_ratio: Any,
+        gamma: Any,
+        aligned: Any = True,
+    ) -> DeformRoIPoolParams:
+        """Validate the arguments of deform_roi_pool (docs/spec.md) and return its parameters."""
+        check_arrays({"input": input, "rois": rois, "offset": offset})
+        check_ndim("input", input, 4, "(B, C, H, W)")
+        if min(input.shape[2:]) < 1:
+            raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")
+        check_rois(rois, int(input.shape[0]))
+        pooled_h, pooled_w = int_pair("output_size", output_size, 1)
+        scale = finite_float("spatial_scale", spatial_scale)
+        if scale <= 0:
+            raise ValueError(f"spatial_scale must be > 0, got {scale}")
+        ratio = positive_int("sampling_ratio", sampling_ratio, minimum=0)
+        if ratio == 0:
+            check_adaptive_grid(rois, pooled_h, pooled_w, scale)
+        if offset is not None:
+            layout = "(R, 2, pooled_h, pooled_w)"
+            check_ndim("offset", offset, 4, layout)
+            check_shape("offset", offset, (rois.shape[0], 2, pooled_h, pooled_w), layout)
+        gamma = finite_float("gamma", gamma)
+        return cls(pooled_h, pooled_w, scale, ratio, gamma, bool(aligned))
 
 
-def _forward(input: Array, rois: Array, offset: Array | None, p: RoIAlignParams) -> Array:
+def run_forward(input: Array, rois: Array, offset: Array | None, p: DeformRoIPoolParams) -> Array:
     if rois.shape[0] == 0:
         shape = (0, input.shape[1], p.pooled_h, p.pooled_w)
         return new_output(array_module(input), shape, input.dtype)
     args = [contiguous(a) for a in (input, rois, offset)]
-    return get_backend(input).deform_roi_pool_forward(*args, **asdict(p))
+    return get_backend(input).deform_roi_pool_forward(*args, p)
 
 
-def _backward(
-    grad_out: Array, input: Array, rois: Array, offset: Array | None, p: RoIAlignParams
+def run_backward(
+    grad_out: Array, input: Array, rois: Array, offset: Array | None, p: DeformRoIPoolParams
 ) -> tuple[Array, Array | None]:
     check_arrays({"input": input, "grad_out": grad_out})
     check_shape(
@@ -137,7 +141,7 @@ def _backward(
         xp = array_module(input)
         return xp.zeros_like(input), None if offset is None else xp.zeros_like(offset)
     args = [contiguous(a) for a in (grad_out, input, rois, offset)]
-    return get_backend(input).deform_roi_pool_backward(*args, **asdict(p))
+    return get_backend(input).deform_roi_pool_backward(*args, p)
 
 
 def deform_roi_pool_forward(
@@ -151,10 +155,10 @@ def deform_roi_pool_forward(
 ) -> Array:
     """Array-level forward of :func:`deform_roi_pool` (no tape). Same arguments; returns ``out``
     (R, C, pooled_h, pooled_w) of the inputs' library and dtype."""
-    p = check_deform_roi_pool(
+    p = DeformRoIPoolParams.check(
         input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
     )
-    return _forward(input, rois, offset, p)
+    return run_forward(input, rois, offset, p)
 
 
 def deform_roi_pool_backward(
@@ -170,10 +174,10 @@ def deform_roi_pool_backward(
     """Array-level backward of :func:`deform_roi_pool`: the gradients ``(input, offset)`` given
     ``grad_out`` (R, C, pooled_h, pooled_w); ``None`` for ``offset`` when it was ``None``. ``rois``
     get no gradient. Recomputes what it needs."""
-    p = check_deform_roi_pool(
+    p = DeformRoIPoolParams.check(
         input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
     )
-    return _backward(grad_out, input, rois, offset, p)
+    return run_backward(grad_out, input, rois, offset, p)
 
 
 class DeformRoIPoolFunction(Function):
@@ -181,15 +185,15 @@ class DeformRoIPoolFunction(Function):
 
     def forward(self, input, rois, offset, *, output_size, spatial_scale, sampling_ratio, gamma,
                 aligned):  # fmt: skip
-        self.params = check_deform_roi_pool(
+        self.params = DeformRoIPoolParams.check(
             input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned
         )
         self.save_for_backward(input, rois, offset)
-        return _forward(input, rois, offset, self.params)
+        return run_forward(input, rois, offset, self.params)
 
     def backward(self, grad_out):
         input, rois, offset = self.saved
-        g_input, g_offset = _backward(grad_out, input, rois, offset, self.params)
+        g_input, g_offset = run_backward(grad_out, input, rois, offset, self.params)
         return g_input, None, g_offset
 
 
@@ -252,88 +256,3 @@ def deform_roi_pool(
         input, rois, offset, output_size=output_size, spatial_scale=spatial_scale,
         sampling_ratio=sampling_ratio, gamma=gamma, aligned=True,
     )  # fmt: skip
-
-
-def roi_align(
-    input: Array,
-    rois: Array,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-) -> Array:
-    """RoIAlign with torchvision's signature, defaults and results (``torchvision.ops.roi_align``).
-
-    Args:
-        input: (B, C, H, W).
-        rois: (R, 5) rows ``(batch_index, x1, y1, x2, y2)``, as in :func:`deform_roi_pool`.
-        output_size: ph, or a pair (ph, pw).
-        spatial_scale: input pixels per image unit.
-        sampling_ratio: samples per bin along each axis; ``<= 0`` means ``ceil(roi_size / pooled)``.
-        aligned: True shifts the RoI by -0.5 pixel (pixel-centre model, as :func:`deform_roi_pool`);
-            False (torchvision's default) does not shift, and forces RoI sizes to at least 1 pixel.
-
-    Returns:
-        (R, C, ph, pw), the average of bilinear samples per bin under the rules of
-        :func:`deform_roi_pool` with no offset. Gradients flow to ``input``.
-
-    Precision: as :func:`deform_roi_pool` (16-bit inputs computed in float32, rounded once).
-
-    Example:
-        >>> import numpy as np, cudcn
-        >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
-        >>> rois = np.array([[0.0, 1.0, 1.0, 3.0, 3.0]])
-        >>> cudcn.functional.roi_align(x, rois, 1)[0, 0, 0, 0]
-        np.float64(10.0)
-    """
-    return DeformRoIPoolFunction.apply(
-        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
-    )
-
-
-def _roi_align_params(
-    output_size: Any, spatial_scale: Any, sampling_ratio: Any, aligned: Any
-) -> dict[str, Any]:
-    """roi_align's arguments as deform_roi_pool parameters: no offset, ``sampling_ratio <= 0`` is
-    adaptive (torchvision), torchvision's geometry when not ``aligned``."""
-    if not isinstance(sampling_ratio, numbers.Integral) or isinstance(sampling_ratio, bool):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    return {
-        "output_size": output_size,
-        "spatial_scale": spatial_scale,
-        "sampling_ratio": max(int(sampling_ratio), 0),
-        "gamma": 0.0,
-        "aligned": bool(aligned),
-    }
-
-
-def roi_align_forward(
-    input: Array,
-    rois: Array,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-) -> Array:
-    """Array-level forward of :func:`roi_align` (no tape): (R, C, pooled_h, pooled_w)."""
-    p = check_deform_roi_pool(
-        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
-    )
-    return _forward(input, rois, None, p)
-
-
-def roi_align_backward(
-    grad_out: Array,
-    input: Array,
-    rois: Array,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-    sampling_ratio: int = -1,
-    aligned: bool = False,
-) -> tuple[Array]:
-    """Array-level backward of :func:`roi_align`: ``(g_input,)`` given ``grad_out``
-    (R, C, pooled_h, pooled_w). ``rois`` get no gradient."""
-    p = check_deform_roi_pool(
-        input, rois, None, **_roi_align_params(output_size, spatial_scale, sampling_ratio, aligned)
-    )
-    return (_backward(grad_out, input, rois, None, p)[0],)

@@ -30,6 +30,7 @@ from cudcn.backends.cpu.deform_conv2d_kernels import (
     sum_channels_first,
 )
 from cudcn.backends.cpu.threads import kernel_threads
+from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 Pair = tuple[int, int]
 
@@ -112,9 +113,9 @@ def _columns(x, offset, mask, runs, weight_shape, groups, params) -> np.ndarray:
     return col
 
 
-def _params(stride: Pair, padding: Pair, dilation: Pair) -> tuple[Pair, Pair, Pair]:
-    """Plain-int (h, w) tuples, so that Numba compiles one specialisation."""
-    return tuple((int(p[0]), int(p[1])) for p in (stride, padding, dilation))  # type: ignore[return-value]
+def _params(p: DeformConv2dParams) -> tuple[Pair, Pair, Pair]:
+    """Stride, padding and dilation as plain-int (h, w) tuples: the kernels' arguments."""
+    return p.stride, p.padding, p.dilation
 
 
 def deform_conv2d_forward(
@@ -123,14 +124,9 @@ def deform_conv2d_forward(
     weight: np.ndarray,
     bias: np.ndarray | None,
     mask: np.ndarray | None,
-    *,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-    offset_groups: int,
+    p: DeformConv2dParams,
 ) -> np.ndarray:
-    """Deformable convolution on the CPU; shapes and semantics as ``cudcn.reference``.
+    """Deformable convolution on the CPU; shapes and semantics as ``cudcn.reference.deform_conv2d``.
 
     input (B, C_in, H, W), offset (B, 2·og·K, H_out, W_out), weight (C_out, C_in/groups, kh, kw),
     bias (C_out,) or None, mask (B, og·K, H_out, W_out) or None -> (B, C_out, H_out, W_out)."""
@@ -138,10 +134,10 @@ def deform_conv2d_forward(
     b, c = input.shape[:2]
     c_out, _, kh, kw = weight.shape
     ho, wo = offset.shape[2:]
-    params = _params(stride, padding, dilation)
+    groups, params = p.groups, _params(p)
     out = new_output(np, (b, c_out, ho, wo), input.dtype)
     w_mat = _tap_major(weight, groups)
-    runs = _runs(c, groups, offset_groups)
+    runs = _runs(c, groups, p.offset_groups)
     og_out = c_out // groups
     bias_arr = np.empty(1, input.dtype) if bias is None else bias
     step = _chunk(b, c, kh * kw, ho * wo, input.itemsize)
@@ -168,20 +164,16 @@ def deform_conv2d_backward(
     weight: np.ndarray,
     bias: np.ndarray | None,
     mask: np.ndarray | None,
-    *,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-    offset_groups: int,
+    p: DeformConv2dParams,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Gradients ``(g_input, g_offset, g_weight, g_bias, g_mask)`` on the CPU, shaped like their
-    arguments (``g_bias``/``g_mask`` None when bias/mask are None); semantics as ``cudcn.reference``."""
+    arguments (``g_bias``/``g_mask`` None when bias/mask are None); semantics as
+    ``cudcn.reference.deform_conv2d``."""
     _mark("start")
     b, c = input.shape[:2]
     c_out, cg, kh, kw = weight.shape
     ho, wo = offset.shape[2:]
-    dtype = input.dtype
+    dtype, groups = input.dtype, p.groups
     grads = (
         new_output(np, input.shape, dtype),
         new_output(np, offset.shape, dtype),
@@ -201,9 +193,7 @@ def deform_conv2d_backward(
             b0 > 0,
             g_w,
             *(None if g is None else g[chunk] for g in grads),
-            params=_params(stride, padding, dilation),
-            groups=groups,
-            offset_groups=offset_groups,
+            p,
         )
     g_weight = g_w.reshape(groups, c_out // groups, kh * kw, cg).transpose(0, 1, 3, 2)
     g_weight = np.ascontiguousarray(g_weight).reshape(c_out, cg, kh, kw)
@@ -223,10 +213,7 @@ def _backward_chunk(
     g_input,
     g_offset,
     g_mask,
-    *,
-    params,
-    groups,
-    offset_groups,
+    p: DeformConv2dParams,
 ) -> None:
     """The backward of one batch chunk: adds to ``g_w`` (or sets it unless ``accumulate``) and writes
     the chunk's ``g_input``, ``g_offset`` and ``g_mask`` (when not None).
@@ -236,8 +223,9 @@ def _backward_chunk(
     bc, c = input.shape[:2]
     c_out, cg, kh, kw = weight.shape
     ho, wo = offset.shape[2:]
+    groups, params = p.groups, _params(p)
     og_out = c_out // groups
-    runs = _runs(c, groups, offset_groups)
+    runs = _runs(c, groups, p.offset_groups)
     parts = int(runs[:, 4].max()) + 1
     w_mat = _tap_major(weight, groups)
     go = grad_out.reshape(bc, c_out, ho * wo)

@@ -24,6 +24,7 @@ import numpy as np
 from cudcn.backends import new_output
 from cudcn.backends.cpu.deform_roi_pool import add_tap
 from cudcn.backends.cpu.threads import kernel_threads
+from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 
 
 @numba.njit(cache=True, nogil=True)
@@ -205,11 +206,11 @@ def deform_psroi_pool_grad_trans_kernel(grad_out, input, rois, trans, grad_trans
         grad_trans[r] = acc
 
 
-def _geometry(input, spatial_scale, group_size, pooled_size, part_size, sample_per_part, trans_std):
+def _geometry(input: np.ndarray, p: DeformPSRoIPoolParams) -> tuple:
     """The ``geometry`` tuple of the kernels."""
     height, width = input.shape[2:]
-    return (float(spatial_scale), int(group_size), int(pooled_size), int(part_size),
-            int(sample_per_part), float(trans_std), int(height), int(width))  # fmt: skip
+    return (p.spatial_scale, p.group_size, p.pooled_size, p.part_size, p.sample_per_part,
+            p.trans_std, int(height), int(width))  # fmt: skip
 
 
 def _geometry_inputs(rois: np.ndarray, trans: np.ndarray | None, part_size: int):
@@ -224,21 +225,12 @@ def deform_psroi_pool_forward(
     input: np.ndarray,
     rois: np.ndarray,
     trans: np.ndarray | None,
-    *,
-    spatial_scale: float,
-    output_dim: int,
-    group_size: int,
-    pooled_size: int,
-    part_size: int,
-    sample_per_part: int,
-    trans_std: float,
+    p: DeformPSRoIPoolParams,
 ) -> np.ndarray:
     """(R, output_dim, pooled_size, pooled_size) pooled RoIs; see ``cudcn.ops.deform_psroi_pool``."""
-    rois, trans = _geometry_inputs(rois, trans, part_size)
-    geometry = _geometry(
-        input, spatial_scale, group_size, pooled_size, part_size, sample_per_part, trans_std
-    )
-    out = new_output(np, (rois.shape[0], output_dim, pooled_size, pooled_size), input.dtype)
+    rois, trans = _geometry_inputs(rois, trans, p.part_size)
+    geometry = _geometry(input, p)
+    out = new_output(np, (rois.shape[0], p.output_dim, p.pooled_size, p.pooled_size), input.dtype)
     with kernel_threads():
         deform_psroi_pool_forward_kernel(input, rois, trans, out, geometry)
     return out
@@ -249,22 +241,13 @@ def deform_psroi_pool_backward(
     input: np.ndarray,
     rois: np.ndarray,
     trans: np.ndarray | None,
-    *,
-    spatial_scale: float,
-    output_dim: int,
-    group_size: int,
-    pooled_size: int,
-    part_size: int,
-    sample_per_part: int,
-    trans_std: float,
+    p: DeformPSRoIPoolParams,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients ``(grad_input, grad_trans)``; ``grad_trans`` is None when ``trans`` is None."""
-    rois, trans64 = _geometry_inputs(rois, trans, part_size)
-    geometry = _geometry(
-        input, spatial_scale, group_size, pooled_size, part_size, sample_per_part, trans_std
-    )
+    rois, trans64 = _geometry_inputs(rois, trans, p.part_size)
+    geometry = _geometry(input, p)
     grad_input = np.zeros_like(input)
-    n_blocks = min(numba.get_num_threads(), output_dim)
+    n_blocks = min(numba.get_num_threads(), p.output_dim)
     with kernel_threads():
         deform_psroi_pool_grad_input_kernel(grad_out, rois, trans64, grad_input, geometry, n_blocks)
     if trans is None:

@@ -1,7 +1,7 @@
 """deform_roi_pool on the CPU: Numba kernels for deformable RoIAlign (and roi_align, its offset-free case).
 
-Organised for CPU speed, with the formulas of ``kernels/deform_roi_pool.cu`` and the same helper names
-(``roi_align_geometry``, ``roi_align_grid``, ``roi_align_inside``, ``roi_align_weights``). Where the
+Organised for CPU speed, with the formulas of ``kernels/deform_roi_pool.cu``; RoIAlign's sampling
+rule comes from ``backends/cpu/roi_align.py`` (the names of ``kernels/roi_align.cuh``). Where the
 ``.cu`` kernels give one thread per output element and read NCHW planes, here the image is transposed
 to channels-last (B, H * W, C) and ``roi_align_bin_taps`` lists, once per RoI, the pixels each bin
 reads with their summed weights (a bin's samples share pixels, so small grids merge them); every
@@ -17,73 +17,18 @@ sums are kept in the input's dtype.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
 from cudcn.backends import new_output
+from cudcn.backends.cpu.roi_align import (
+    roi_align_geometry,
+    roi_align_grid,
+    roi_align_inside,
+    roi_align_weights,
+)
 from cudcn.backends.cpu.threads import kernel_threads
-
-
-@numba.njit(cache=True, nogil=True)
-def roi_align_geometry(roi, spatial_scale, aligned):
-    """Batch index, start (y, x) and size (h, w) of one RoI in input pixels. aligned: the -0.5 shift,
-    no minimum size (mmcv); not aligned: no shift and sizes of at least 1 (torchvision)."""
-    shift = 0.5 if aligned else 0.0
-    start_x = roi[1] * spatial_scale - shift
-    start_y = roi[2] * spatial_scale - shift
-    roi_w = (roi[3] * spatial_scale - shift) - start_x
-    roi_h = (roi[4] * spatial_scale - shift) - start_y
-    if not aligned:
-        roi_w = max(roi_w, 1.0)
-        roi_h = max(roi_h, 1.0)
-    return int(roi[0]), start_y, start_x, roi_h, roi_w
-
-
-@numba.njit(cache=True, nogil=True)
-def roi_align_grid(roi_size, pooled, sampling_ratio):
-    """Samples per bin along one axis: ``sampling_ratio``, or ``ceil(roi_size / pooled)`` when 0."""
-    if sampling_ratio > 0:
-        return sampling_ratio
-    return max(math.ceil(roi_size / pooled), 0)
-
-
-@numba.njit(cache=True, nogil=True)
-def roi_align_inside(height, width, y, x):
-    """RoIAlign's range: ``[-1, H] x [-1, W]``; false for NaN."""
-    return y >= -1.0 and y <= height and x >= -1.0 and x <= width
-
-
-@numba.njit(cache=True, nogil=True)
-def roi_align_weights(height, width, y, x):
-    """Taps and fractions of an inside point: clamp to 0, snap to the last row/column.
-
-    Returns ``(y_low, y_high, x_low, x_high, ly, lx, y_moves, x_moves)``; ``y_moves`` is false where
-    the point was clamped or snapped along y (the derivative along y is then 0).
-    """
-    y_moves = y > 0.0
-    x_moves = x > 0.0
-    y = max(y, 0.0)
-    x = max(x, 0.0)
-    y_low = int(y)
-    x_low = int(x)
-    if y_low >= height - 1:
-        y_low = height - 1
-        y_high = y_low
-        y = float(y_low)
-        y_moves = False
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = width - 1
-        x_high = x_low
-        x = float(x_low)
-        x_moves = False
-    else:
-        x_high = x_low + 1
-    return y_low, y_high, x_low, x_high, y - y_low, x - x_low, y_moves, x_moves
-
+from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 
 MERGE_LIMIT = 64  # bins with at most this many corner taps merge the taps that share a pixel
 
@@ -286,18 +231,18 @@ def from_channels_last(input_cl, out):
                 out[b, c, y, x] = input_cl[b, y * width + x, c]
 
 
-def _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned) -> tuple:
+def _geometry(input: np.ndarray, p: DeformRoIPoolParams) -> tuple:
     """The ``geometry`` tuple of the kernels."""
     height, width = input.shape[2:]
-    return (int(pooled_h), int(pooled_w), int(height), int(width), float(spatial_scale),
-            int(sampling_ratio), float(gamma), bool(aligned))  # fmt: skip
+    return (p.pooled_h, p.pooled_w, int(height), int(width), p.spatial_scale, p.sampling_ratio,
+            p.gamma, p.aligned)  # fmt: skip
 
 
-def _geometry_inputs(rois: np.ndarray, offset: np.ndarray | None, pooled_h: int, pooled_w: int):
+def _geometry_inputs(rois: np.ndarray, offset: np.ndarray | None, p: DeformRoIPoolParams):
     """``rois`` and ``offset`` as float64 (the geometry is computed in float64), a zero offset for
     None (it moves nothing): the kernels are compiled once per input dtype only."""
     if offset is None:
-        offset = np.zeros((rois.shape[0], 2, pooled_h, pooled_w))
+        offset = np.zeros((rois.shape[0], 2, p.pooled_h, p.pooled_w))
     return np.ascontiguousarray(rois, np.float64), np.ascontiguousarray(offset, np.float64)
 
 
@@ -305,18 +250,12 @@ def deform_roi_pool_forward(
     input: np.ndarray,
     rois: np.ndarray,
     offset: np.ndarray | None,
-    *,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
+    p: DeformRoIPoolParams,
 ) -> np.ndarray:
     """(R, C, pooled_h, pooled_w) pooled RoIs; see ``cudcn.ops.deform_roi_pool``."""
-    rois, offset = _geometry_inputs(rois, offset, pooled_h, pooled_w)
-    geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
-    out = new_output(np, (rois.shape[0], input.shape[1], pooled_h, pooled_w), input.dtype)
+    rois, offset = _geometry_inputs(rois, offset, p)
+    geometry = _geometry(input, p)
+    out = new_output(np, (rois.shape[0], input.shape[1], p.pooled_h, p.pooled_w), input.dtype)
     with kernel_threads():
         deform_roi_pool_forward_kernel(to_channels_last(input), rois, offset, out, geometry)
     return out
@@ -327,17 +266,11 @@ def deform_roi_pool_backward(
     input: np.ndarray,
     rois: np.ndarray,
     offset: np.ndarray | None,
-    *,
-    pooled_h: int,
-    pooled_w: int,
-    spatial_scale: float,
-    sampling_ratio: int,
-    gamma: float,
-    aligned: bool,
+    p: DeformRoIPoolParams,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Gradients ``(grad_input, grad_offset)``; ``grad_offset`` is None when ``offset`` is None."""
-    rois, offset64 = _geometry_inputs(rois, offset, pooled_h, pooled_w)
-    geometry = _geometry(input, pooled_h, pooled_w, spatial_scale, sampling_ratio, gamma, aligned)
+    rois, offset64 = _geometry_inputs(rois, offset, p)
+    geometry = _geometry(input, p)
     batch, channels, height, width = input.shape
     grad_cl = np.zeros((batch, height * width, channels), input.dtype)
     n_blocks = min(numba.get_num_threads(), channels)

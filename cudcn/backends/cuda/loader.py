@@ -12,8 +12,8 @@ import importlib
 import threading
 from typing import Any
 
-from cudcn.backends.cuda.launch import GetKernel
 from cudcn.backends.cuda.source import kernel_source, name_expressions
+from cudcn.backends.launch.common import GetKernel
 
 # No multiply-add contraction, as in the host build (-ffp-contract=off), so both round alike.
 NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
@@ -23,7 +23,7 @@ _modules: dict[tuple[int, str], Any] = {}
 _kernels: dict[tuple[int, str, str], Any] = {}
 
 
-def cupy() -> Any:
+def import_cupy() -> Any:
     """The ``cupy`` module, imported on first use, with a clear error when it is missing."""
     try:
         return importlib.import_module("cupy")
@@ -50,7 +50,7 @@ def _module(cp: Any, device: int, stem: str) -> Any:
 
 def cuda_kernels(stem: str) -> GetKernel:
     """``get_kernel(name_expression)`` for op ``stem`` on the current CuPy device."""
-    cp = cupy()
+    cp = import_cupy()
     device = cp.cuda.Device().id
 
     def get_kernel(name: str) -> Any:

@@ -9,7 +9,7 @@ Every occurrence is inlined, not only the first: a header first included under a
 compiler skips must still be there for a later unconditional include. The headers' include guards
 keep repeated copies harmless (a test checks every header has one); an include cycle is an error.
 
-Each op's kernel names live in its launch module, ``cudcn.backends.cuda.<stem>``, as the tuple
+Each op's kernel names live in its launch module, ``cudcn.backends.launch.<stem>``, as the tuple
 ``NAME_EXPRESSIONS`` (e.g. ``"deform_conv2d_im2col<float, int>"``): the one list that NVRTC's
 ``name_expressions``, the host build's export table and the compile tests all read.
 """
@@ -30,8 +30,8 @@ def kernel_stems() -> tuple[str, ...]:
 
 
 def name_expressions(stem: str) -> tuple[str, ...]:
-    """The kernel instantiations of ``<stem>.cu``, from its launch module ``cudcn.backends.cuda.<stem>``."""
-    module = importlib.import_module(f"cudcn.backends.cuda.{stem}")
+    """The kernel instantiations of ``<stem>.cu``, from its launch module ``cudcn.backends.launch.<stem>``."""
+    module = importlib.import_module(f"cudcn.backends.launch.{stem}")
     return tuple(module.NAME_EXPRESSIONS)
 
 

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.backends.cuda.launch import GetKernel
 from cudcn.backends.cuda.source import source_files
 from cudcn.backends.emulated.build import TABLE_SYMBOL, build, build_flags, compiler
+from cudcn.backends.launch.common import GetKernel
 from cudcn.dtypes import bfloat16
 
 _C_NAMES = {"f2": "cudcn_half", "bf2": "cudcn_bfloat16", "f4": "float", "f8": "double", "i4": "int",

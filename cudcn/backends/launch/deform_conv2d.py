@@ -2,7 +2,7 @@
 
 The two backends differ only in what they pass here: ``xp`` (``cupy`` / ``numpy``) and
 ``get_kernel(name_expression)`` (a ``RawModule`` lookup / the host build's export table, see
-:mod:`cudcn.backends.cuda.launch`). Everything else, buffers, GEMMs, chunking and the kernel
+:mod:`cudcn.backends.launch.common`). Everything else, buffers, GEMMs, chunking and the kernel
 arguments, is this one code path, so the emulated backend tests exactly what runs on a GPU.
 
 Algorithm, per chunk of the batch (the column buffer is bounded by :data:`COLUMN_BUDGET_BYTES`):
@@ -17,21 +17,7 @@ Algorithm, per chunk of the batch (the column buffer is bounded by :data:`COLUMN
   (atomicAdd, or exact fixed-point sums under ``cudcn.deterministic()``) and
   ``deform_conv2d_col2im_coord`` reduces into ``grad_offset`` and ``grad_mask``.
 
-Adding an op with kernels (e.g. ``deform_roi_pool``):
-
-1. ``cudcn/kernels/<op>.cu``: ``#include "common.cuh"``, templated ``__global__`` kernels written as
-   grid-stride loops (``CUDCN_KERNEL_LOOP``), float -> int through ``to_int``, shared memory through
-   ``CUDCN_SHARED_ARRAY``, nothing CUDA-only outside ``#ifdef __CUDACC__`` (the emulator runs a file
-   that uses ``__syncthreads`` / shared memory / warp primitives in its concurrent mode).
-2. ``cudcn/backends/cuda/<op>.py`` like this module: a ``NAME_EXPRESSIONS`` tuple listing every
-   instantiation (the single list read by NVRTC, the host build and ``tests/test_nvrtc.py``), a
-   :class:`~cudcn.backends.cuda.launch.KernelParams` dataclass naming the kernels' trailing scalars
-   in their order, and ``<op>_forward(xp, get_kernel, ...)`` / ``<op>_backward(xp, get_kernel, ...)``,
-   which pass C-contiguous arrays and explicit NumPy scalars.
-3. The op's stem in ``cudcn.backends.cuda.binding.OPS`` (both backends export it from there), and its
-   dataclass in ``tests/test_launch.py``'s ``PARAMS``.
-
-The NVRTC compile test and both loaders find the new file by its stem; nothing else changes.
+How to add an op through this package: docs/developing.md ("Adding an op").
 """
 
 from __future__ import annotations
@@ -39,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.backends import deterministic_enabled, new_output
-from cudcn.backends.cuda.launch import (
+from cudcn.backends.launch.common import (
     C_TYPES,
     GetKernel,
     KernelParams,
@@ -54,9 +41,7 @@ from cudcn.backends.cuda.launch import (
     launch_1d,
 )
 from cudcn.dtypes import compute_dtype, narrow, widen
-
-Array = Any
-Pair = tuple[int, int]
+from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 NAME_EXPRESSIONS = tuple(
     f"deform_conv2d_{kernel}<{scalar}, {index}>"
@@ -69,7 +54,7 @@ COLUMN_BUDGET_BYTES = 128 * 2**20  # bound on the column buffer of one batch chu
 
 
 @dataclass(frozen=True)
-class ConvGeometry(KernelParams):
+class DeformConv2dKernelParams(KernelParams):
     """The int parameters every deform_conv2d kernel takes after ``n``, in its order."""
 
     batch: int  # images in this launch's chunk
@@ -93,23 +78,29 @@ class ConvGeometry(KernelParams):
 class _Plan:
     """One call's geometry: batch chunks, index type, and the three kernels' launches."""
 
-    def __init__(self, get_kernel: GetKernel, input: Array, offset: Array, weight: Array,
-                 mask: Array | None, *, stride: Pair, padding: Pair, dilation: Pair, groups: int,
-                 offset_groups: int):  # fmt: skip
+    def __init__(
+        self,
+        get_kernel: GetKernel,
+        input: Array,
+        offset: Array,
+        weight: Array,
+        mask: Array | None,
+        p: DeformConv2dParams,
+    ):
         self.batch, self.channels, height, width = (int(s) for s in input.shape)
         self.out_channels, _, kh, kw = (int(s) for s in weight.shape)
         self.out_h, self.out_w = (int(s) for s in offset.shape[2:])
         check_plane(height, width)
         check_plane(self.out_h, self.out_w, "output")
-        self.groups, self.taps, self.dtype = groups, kh * kw, input.dtype
+        self.groups, self.taps, self.dtype = p.groups, kh * kw, input.dtype
         self.compute = compute_dtype(self.dtype)  # of the column buffer, the GEMMs and the scatter
         self.plane = self.out_h * self.out_w
         self.rows = self.channels * self.taps  # rows of the column buffer
-        self.geometry = ConvGeometry(
+        self.geometry = DeformConv2dKernelParams(
             batch=self.batch, channels=self.channels, height=height, width=width,
             out_h=self.out_h, out_w=self.out_w, kernel_h=kh, kernel_w=kw,
-            stride_h=stride[0], stride_w=stride[1], pad_h=padding[0], pad_w=padding[1],
-            dilation_h=dilation[0], dilation_w=dilation[1], offset_groups=offset_groups,
+            stride_h=p.stride[0], stride_w=p.stride[1], pad_h=p.padding[0], pad_w=p.padding[1],
+            dilation_h=p.dilation[0], dilation_w=p.dilation[1], offset_groups=p.offset_groups,
             use_mask=int(mask is not None),
         )  # fmt: skip
         per_item = self.rows * self.plane * self.compute.itemsize
@@ -160,14 +151,18 @@ class _Plan:
         self._launch("col2im_coord", n, chunk, (g_cols, input, offset, mask, g_offset, g_mask))
 
 
-def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: Array,
-                          weight: Array, bias: Array | None, mask: Array | None,
-                          **params: Any) -> Array:  # fmt: skip
-    """Output (B, C_out, H_out, W_out); arguments, and the keyword parameters ``stride``,
-    ``padding``, ``dilation``, ``groups`` and ``offset_groups``, as in ``cudcn.backends``."""
-    input, offset, weight = (xp.ascontiguousarray(a) for a in (input, offset, weight))
-    mask = None if mask is None else xp.ascontiguousarray(mask)
-    plan = _Plan(get_kernel, input, offset, weight, mask, **params)
+def deform_conv2d_forward(
+    xp: Any,
+    get_kernel: GetKernel,
+    input: Array,
+    offset: Array,
+    weight: Array,
+    bias: Array | None,
+    mask: Array | None,
+    p: DeformConv2dParams,
+) -> Array:
+    """Output (B, C_out, H_out, W_out) of C-contiguous arrays validated by ``cudcn.ops``."""
+    plan = _Plan(get_kernel, input, offset, weight, mask, p)
     out = new_output(xp, (plan.batch, plan.out_channels, plan.out_h, plan.out_w), plan.dtype)
     if not plan.chunks:
         return out
@@ -193,16 +188,20 @@ def deform_conv2d_forward(xp: Any, get_kernel: GetKernel, input: Array, offset: 
     return out
 
 
-def deform_conv2d_backward(xp: Any, get_kernel: GetKernel, grad_out: Array, input: Array,
-                           offset: Array, weight: Array, bias: Array | None, mask: Array | None,
-                           **params: Any) -> tuple[Array, ...]:  # fmt: skip
+def deform_conv2d_backward(
+    xp: Any,
+    get_kernel: GetKernel,
+    grad_out: Array,
+    input: Array,
+    offset: Array,
+    weight: Array,
+    bias: Array | None,
+    mask: Array | None,
+    p: DeformConv2dParams,
+) -> tuple[Array, ...]:
     """``(g_input, g_offset, g_weight, g_bias, g_mask)``, shaped like the arguments; ``g_bias`` and
-    ``g_mask`` are None when ``bias`` and ``mask`` are. Keyword parameters as in the forward."""
-    grad_out, input, offset, weight = (
-        xp.ascontiguousarray(a) for a in (grad_out, input, offset, weight)
-    )
-    mask = None if mask is None else xp.ascontiguousarray(mask)
-    plan = _Plan(get_kernel, input, offset, weight, mask, **params)
+    ``g_mask`` are None when ``bias`` and ``mask`` are."""
+    plan = _Plan(get_kernel, input, offset, weight, mask, p)
     # The input gradient (a scatter target) and the weight gradient (a sum of GEMMs) accumulate in
     # the compute dtype and are rounded once at the end; the coordinate kernel rounds its own.
     g_input = xp.zeros(input.shape, dtype=plan.compute)

@@ -1,4 +1,4 @@
-"""Launch helpers shared by every op's launch module (``cudcn.backends.cuda.<op>``).
+"""Launch helpers shared by every op's launch module (``cudcn.backends.launch.<op>``).
 
 A launch module receives ``xp`` (``cupy`` or ``numpy``) and ``get_kernel(name_expression)``, which
 returns a kernel callable as ``kernel(grid, block, args)`` like CuPy's ``RawKernel``: a CuPy kernel of a
@@ -68,7 +68,7 @@ class KernelParams:
     """The trailing scalar parameters of a family of kernels, as named fields in the kernels'
     parameter order, built by keyword so no two can be swapped silently. ``int`` fields are passed
     as ``numpy.int32``, ``float`` fields in the kernels' compute type (float32 for 16-bit
-    storage); ``tests/test_launch.py`` checks every subclass's field names against the ``.cu``
+    storage); a test (``test_launch.py``) checks every subclass's field names against the ``.cu``
     signatures."""
 
     def scalars(self, dtype: Any) -> tuple[Any, ...]:
@@ -175,7 +175,7 @@ def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: 
     if shift is None:  # placeholders the kernel never touches
         shift_arg, grad_shift = xp.zeros((1,), dtype=input.dtype), xp.zeros((1,), dtype=wide)
     else:
-        shift_arg = xp.ascontiguousarray(shift)
+        shift_arg = shift
         grad_shift = xp.zeros(shift.shape, dtype=wide)
     bound_input = bound_shift = None
     if deterministic_enabled():

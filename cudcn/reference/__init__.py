@@ -1,0 +1,28 @@
+"""Plain NumPy float64 definitions of cudcn's ops: the ground truth every backend is tested against.
+
+Readable over fast. One module per op; each function has the signature of the backends' array-level
+function of the same name, ``(arrays..., params)`` with the op's parameters object from
+``cudcn.ops.<op>``, computes in float64 whatever the input dtype and returns float64 arrays. The
+exact semantics are written down in docs/spec.md.
+"""
+
+from cudcn.reference.bilinear import Corner, bilinear_corners
+from cudcn.reference.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
+from cudcn.reference.deform_psroi_pool import (
+    deform_psroi_pool_backward,
+    deform_psroi_pool_forward,
+    round_half_away,
+)
+from cudcn.reference.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+
+__all__ = [
+    "Corner",
+    "bilinear_corners",
+    "deform_conv2d_backward",
+    "deform_conv2d_forward",
+    "deform_psroi_pool_backward",
+    "deform_psroi_pool_forward",
+    "deform_roi_pool_backward",
+    "deform_roi_pool_forward",
+    "round_half_away",
+]
