@@ -1,9 +1,12 @@
 """CPU benchmark of deform_conv2d as users call it, against a plain torch conv2d and torchvision.
 
-Run in a default environment (no thread or BLAS variables set by hand), with torch in its own virtual
-environment (it is never a test dependency), e.g.::
+Run from the repository root in a default environment (no thread or BLAS variables set by hand),
+with torch and torchvision in a virtual environment of their own (they are never a test dependency),
+e.g.::
 
-    .venv-torch/bin/python benchmarks/bench_deform_conv2d_cpu.py
+    python3 -m venv venv-torch && . venv-torch/bin/activate
+    pip install -e . torch torchvision
+    python benchmarks/bench_deform_conv2d_cpu.py
 
 cudcn is called through ``cudcn.functional.deform_conv2d`` on ``cudcn.Tensor`` inputs that require
 gradients, ``fwd`` under ``cudcn.no_grad()``, ``f+b`` as the forward plus ``.backward(grad)`` giving

@@ -1,8 +1,12 @@
 """CPU benchmark of deform_roi_pool / roi_align and deform_psroi_pool against torchvision.
 
-Run in a default environment (no thread variables set by hand), e.g.::
+Run from the repository root in a default environment (no thread variables set by hand), with a
+Python that has cudcn and, for the torchvision rows, torch and torchvision installed::
 
-    PYTHONPATH=. /work/torchenv/bin/python benchmarks/bench_roi_pool.py
+    pip install -e . torch torchvision
+    python benchmarks/bench_roi_pool.py --repeats 10
+
+Without torch or torchvision only cudcn's rows are printed.
 
 Detection-head sizes: 512 RoIs on a 2 x C x 64 x 64 float32 feature map, spatial_scale 1/16 (RoIs
 of 16 to 400 image pixels, some crossing the border), 7 x 7 bins.
