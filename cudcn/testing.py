@@ -24,8 +24,6 @@ from cudcn.autograd import Tensor, no_grad
 from cudcn.backends import array_module, is_cupy_array, poisoning
 from cudcn.dtypes import compute_dtype, eps, is_float_dtype
 
-Array = Any
-
 __all__ = [
     "GradcheckError",
     "assert_allclose_to_reference",

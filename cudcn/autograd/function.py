@@ -28,11 +28,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.autograd.tensor import Tensor
 from cudcn.dtypes import compute_dtype, narrow, widen
 
-Array = Any
 F = TypeVar("F", bound=Callable[..., Any])
 
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_grad", default=True)

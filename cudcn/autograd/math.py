@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.autograd.function import Function
 from cudcn.dtypes import narrow, widen
-
-Array = Any
 
 
 def _shape(x: Any) -> tuple[int, ...]:

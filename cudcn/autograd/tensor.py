@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.arrays import array_module, is_cupy_array
+from cudcn.arrays import Array, array_module, is_cupy_array
 from cudcn.dtypes import describe_floats, is_float_dtype
-
-Array = Any
 
 
 def _as_array(data: Any) -> Array:

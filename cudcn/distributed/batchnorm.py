@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.distributed.comm import Communicator
 from cudcn.ops.norm import BatchNormFunction, _array
 
 __all__ = ["SyncBatchNormFunction", "sync_batch_norm"]
-
-Array = Any
 
 
 class SyncBatchNormFunction(BatchNormFunction):

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module
 from cudcn.dtypes import compute_dtype, is_float_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays, check_shape, finite_float
-
-Array = Any
 
 
 def check_batch_norm(

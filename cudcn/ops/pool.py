@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, mean
 from cudcn.backends import array_module
 from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, int_pair
-
-Array = Any
 
 
 @dataclass(frozen=True)
