@@ -111,6 +111,8 @@ class Neg(Function):
 class Pow(Function):
     """``x ** exponent`` for a real scalar ``exponent`` (a keyword parameter, not differentiated)."""
 
+    exponent: int | float
+
     def forward(self, x: Array, *, exponent: float) -> Array:
         if isinstance(exponent, bool) or not isinstance(exponent, numbers.Real):
             raise TypeError(f"exponent must be a real scalar, got {type(exponent).__name__}")
