@@ -28,7 +28,8 @@ __all__ = ["SyncBatchNormFunction", "sync_batch_norm"]
 class SyncBatchNormFunction(BatchNormFunction):
     """``BatchNormFunction`` whose batch sums are summed over the ranks of ``comm``."""
 
-    def forward(self, input, weight, bias, *, comm, **params):
+    # The extra required keyword ``comm`` is deliberate: SyncBatchNormFunction.apply always gets it.
+    def forward(self, input, weight, bias, *, comm, **params):  # type: ignore[override]
         self.comm = comm
         return super().forward(input, weight, bias, **params)
 

@@ -238,7 +238,7 @@ def _grad_input(grad_out: Array, weight: Array, geo: Conv2dGeometry) -> Array:
 
 def _backward(
     grad_out: Array, input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry,
-    needs: tuple[bool, bool, bool],
+    needs: tuple[bool, ...],
 ) -> tuple[Array | None, Array | None, Array | None]:  # fmt: skip
     """Gradients of (input, weight, bias) in the compute dtype (float32 for 16-bit arguments);
     only those flagged in ``needs`` are computed."""
