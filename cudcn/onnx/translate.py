@@ -131,8 +131,16 @@ def _conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
 def _deform_conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
     """ONNX DeformConv: inputs X, W, offset, B, mask (the offset layout is torchvision's)."""
     input, offset, weight, bias, mask = node._trace_inputs
+    stride, padding, dilation = node.conv_params
     geo = check_deform_conv2d(
-        *(_data(a) for a in (input, offset, weight, bias)), *node.conv_params, _data(mask)
+        _data(input),
+        _data(offset),
+        _data(weight),
+        _data(bias),
+        stride,
+        padding,
+        dilation,
+        _data(mask),
     )
     names = [b.value(a, out.dtype) for a in (input, weight, offset, bias, mask)]
     while names[-1] == "":
