@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
-Array = Any  # a numpy.ndarray or a cupy.ndarray: one alias for the whole package
+# A numpy.ndarray or a cupy.ndarray. CuPy is optional (and imported lazily), so the alias is ``Any``
+# rather than a union of the two; it documents the intent of a signature and is the one place to
+# narrow it later.
+Array: TypeAlias = Any
 
 
 def is_cupy_array(a: Any) -> bool:

@@ -55,7 +55,7 @@ def make_inputs(shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _cudcn_pair(a: dict[str, Any], sync: Callable[[], None]) -> tuple[Callable, Callable]:
-    args = [a[n] for n in ("input", "offset", "weight", "bias")]
+    args = (a["input"], a["offset"], a["weight"], a["bias"])
 
     def forward() -> Any:
         out = deform_conv2d_forward(*args, padding=1, mask=a["mask"])

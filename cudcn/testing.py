@@ -24,8 +24,6 @@ from cudcn.autograd import Tensor, no_grad
 from cudcn.backends import array_module, is_cupy_array, poisoning
 from cudcn.dtypes import compute_dtype, eps, is_float_dtype
 
-Array = Any
-
 __all__ = [
     "GradcheckError",
     "assert_allclose_to_reference",
@@ -161,8 +159,7 @@ def _compare(i: int, tape: np.ndarray, numerical: np.ndarray, atol: float, rtol:
     if not bad.any():
         return
     worst = np.where(np.isnan(excess), np.inf, excess)
-    idx = np.unravel_index(int(np.argmax(worst)), tape.shape)
-    idx = tuple(int(k) for k in idx)
+    idx = tuple(int(k) for k in np.unravel_index(int(np.argmax(worst)), tape.shape))
     a, n = float(tape[idx]), float(numerical[idx])
     raise GradcheckError(
         f"gradcheck: gradient of input {i} differs at index {idx}: tape {a!r}, "

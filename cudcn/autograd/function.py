@@ -28,11 +28,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.autograd.tensor import Tensor
 from cudcn.dtypes import compute_dtype, narrow, widen
 
-Array = Any
 F = TypeVar("F", bound=Callable[..., Any])
 
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_grad", default=True)
@@ -63,6 +62,7 @@ class Trace:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        assert self._token is not None, "Trace.__exit__ without __enter__"
         _trace.reset(self._token)
 
     @contextlib.contextmanager
@@ -158,6 +158,14 @@ class Function:
 
     saved: tuple[Any, ...] = ()
     needs_input_grad: tuple[bool, ...] = ()
+    # Set by ``apply`` on the nodes it records; declared here without values, so an unrecorded node
+    # still lacks them (``Trace.recorded`` tests ``hasattr``).
+    _seq: int  # creation order: backward runs nodes by decreasing _seq
+    _edges: tuple[Function | Tensor | None, ...] | None  # per input; None once released
+    _input_meta: tuple[tuple[tuple[int, ...], Any] | None, ...]  # (shape, dtype) per input
+    _trace_inputs: tuple[Any, ...]  # export trace mode: the inputs, parameters, module scope
+    _trace_params: dict[str, Any]
+    _trace_module: tuple[str, str]
 
     def forward(self, *inputs: Any, **params: Any) -> Array:
         raise NotImplementedError(f"{type(self).__name__} must define forward")
@@ -264,6 +272,7 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
         for i, (edge, g, meta) in enumerate(zip(edges, grads, node._input_meta, strict=True)):
             if edge is None or g is None:
                 continue
+            assert meta is not None  # apply records a (shape, dtype) with every edge
             g = _check_grad(node, i, g, meta)
             if isinstance(edge, Tensor):
                 prev = leaf_grads.get(edge)

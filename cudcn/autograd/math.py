@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.autograd.function import Function
 from cudcn.dtypes import narrow, widen
-
-Array = Any
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -112,6 +110,8 @@ class Neg(Function):
 
 class Pow(Function):
     """``x ** exponent`` for a real scalar ``exponent`` (a keyword parameter, not differentiated)."""
+
+    exponent: int | float
 
     def forward(self, x: Array, *, exponent: float) -> Array:
         if isinstance(exponent, bool) or not isinstance(exponent, numbers.Real):

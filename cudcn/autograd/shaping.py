@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.arrays import array_module, is_cupy_array
+from cudcn.arrays import Array, array_module, is_cupy_array
 from cudcn.autograd.function import Function
 from cudcn.autograd.tensor import Tensor
 from cudcn.dtypes import compute_dtype, narrow, widen
 
-Array = Any
 Axis = int | tuple[int, ...] | None
 
 

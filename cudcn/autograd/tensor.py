@@ -9,14 +9,12 @@ Operators and methods are the differentiable functions of :mod:`cudcn.autograd.m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from cudcn.arrays import array_module, is_cupy_array
+from cudcn.arrays import Array, array_module, is_cupy_array
 from cudcn.dtypes import describe_floats, is_float_dtype
-
-Array = Any
 
 
 def _as_array(data: Any) -> Array:
@@ -217,13 +215,13 @@ class Tensor:
         """``t.reshape(2, 3)`` or ``t.reshape((2, 3))``; one entry may be -1."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _shaping.reshape(self, shape)
+        return _shaping.reshape(self, cast("tuple[int, ...]", shape))
 
     def transpose(self, *axes: int | tuple[int, ...]) -> Tensor:
         """Permute the axes (reverse them when none are given), as ``numpy.transpose``."""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return _shaping.transpose(self, axes or None)
+        return _shaping.transpose(self, cast("tuple[int, ...]", axes) or None)
 
     @property
     def T(self) -> Tensor:

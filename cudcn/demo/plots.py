@@ -109,6 +109,7 @@ def radius_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
                color="tab:gray", label="zoomed test digits (seed 0)")  # fmt: skip
     scales = np.asarray(ctx.settings.sweep_scales)
     for r in deform:
+        assert r.radius_sweep is not None  # measured for every deformable run
         ax.plot(scales, r.radius_sweep.mean(axis=1), "o-", color="tab:red", alpha=0.8,
                 label="centred sweep, mean" if r.seed == 0 else None)  # fmt: skip
     ax.axhline(regular_radius(), color="tab:cyan", ls="--", label="zero offsets")

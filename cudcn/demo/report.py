@@ -9,9 +9,8 @@ counts the seeds in which the first model is higher.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
+import numpy.typing as npt
 
 from cudcn.demo.experiments import FINETUNES, MODEL_NAMES, UNADAPTED, Context, Run
 from cudcn.demo.radius import regular_radius
@@ -19,7 +18,7 @@ from cudcn.demo.radius import regular_radius
 SCALE_BINS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
-def spread(values: Sequence[float], digits: int = 1) -> str:
+def spread(values: npt.ArrayLike, digits: int = 1) -> str:
     """``mean ± sd (min-max)``; just the value for one seed."""
     v = np.asarray(values, dtype=float)
     if v.size == 1:
@@ -27,7 +26,7 @@ def spread(values: Sequence[float], digits: int = 1) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
 
 
-def compare(name_a: str, a: Sequence[float], name_b: str, b: Sequence[float]) -> str:
+def compare(name_a: str, a: npt.ArrayLike, name_b: str, b: npt.ArrayLike) -> str:
     """``name_a − name_b: +d points``, whether the difference is within the seed spread, and in how
     many seeds ``a`` is higher (``a`` and ``b`` list the same seeds in the same order)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
@@ -92,6 +91,12 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def _measured(radius: np.ndarray | None) -> np.ndarray:
+    """A deformable run's sampling radius, which its experiment always measures."""
+    assert radius is not None
+    return radius
+
+
 def _radius_lines(ctx: Context, runs: list[Run]) -> list[str]:
     s = ctx.settings
     out = [
@@ -101,12 +106,12 @@ def _radius_lines(ctx: Context, runs: list[Run]) -> list[str]:
         f" {regular_radius():.2f} px), mean over seeds",
         f"  {'scale':<11}" + "".join(f"{sc:>7.2f}" for sc in s.sweep_scales),
         f"  {'radius px':<11}"
-        + "".join(f"{np.mean([r.radius_sweep[i].mean() for r in runs]):>7.2f}"
+        + "".join(f"{np.mean([_measured(r.radius_sweep)[i].mean() for r in runs]):>7.2f}"
                   for i in range(len(s.sweep_scales))),
     ]  # fmt: skip
     sweep_scale = np.repeat(np.asarray(s.sweep_scales), ctx.digits.test.shape[0])
-    r_sweep = [_pearson(sweep_scale, r.radius_sweep.reshape(-1)) for r in runs]
-    r_test = [_pearson(ctx.test.scale.mean(axis=1), r.radius_test) for r in runs]
+    r_sweep = [_pearson(sweep_scale, _measured(r.radius_sweep).reshape(-1)) for r in runs]
+    r_test = [_pearson(ctx.test.scale.mean(axis=1), _measured(r.radius_test)) for r in runs]
     out.append(
         "  correlation of radius with scale, per digit: centred sweep r = "
         + ", ".join(f"{v:+.2f}" for v in r_sweep)

@@ -160,7 +160,9 @@ def make_proposals(
         top = np.argsort(-key, axis=1)[:, :per_bin]
         ok = np.take_along_axis(inside, top, axis=1)
         g = np.repeat(np.arange(gt.shape[0])[:, None], per_bin, axis=1)
-        rows.append(g[ok]), picks.append(top[ok]), bins.append(np.full(int(ok.sum()), b))
+        rows.append(g[ok])
+        picks.append(top[ok])
+        bins.append(np.full(int(ok.sum()), b))
     g, pick, bins_fg = (np.concatenate(v) for v in (rows, picks, bins))
     boxes_fg = cand[g, pick]
     # background: candidate boxes per canvas, keep the first `background` far from every digit

@@ -72,7 +72,9 @@ class Detector(nn.Module):
         self.box = nn.Linear(hidden, 4, rng=rng)
         if variant in DEFORMABLE:
             pack = nn.DeformRoIPoolPack if variant == "deform" else nn.ModulatedDeformRoIPoolPack
-            self.pool = pack(POOLED, WIDTH, OFFSET_FC, spatial_scale=SCALE, gamma=0.1)
+            self.pool: nn.DeformRoIPool = pack(
+                POOLED, WIDTH, OFFSET_FC, spatial_scale=SCALE, gamma=0.1
+            )
             branch_rng = np.random.default_rng(rng.integers(2**63))  # after the shared draws
             for branch in ("offset_fc", "mask_fc"):
                 layers = [m for m in getattr(self.pool, branch, []) if isinstance(m, nn.Linear)]

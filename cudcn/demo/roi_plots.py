@@ -109,12 +109,14 @@ def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> 
 def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
     p = ctx.proposals
     run = next(r for r in runs if r.variant == "deform" and r.seed == 0)
+    shift = run.shift
+    assert shift is not None  # measured for every deformable variant
     fg = p.digit >= 0
     disp = (p.gt[fg, :2] + p.gt[fg, 2:] - p.rois[fg, 1:3] - p.rois[fg, 3:5]) / 2
     fig = _figure(9, 4)
     for axis, ax in enumerate(fig.subplots(1, 2)):
         name = "xy"[axis]
-        ax.scatter(disp[:, axis], run.shift[fg, axis], s=2, alpha=0.15, color="tab:red")
+        ax.scatter(disp[:, axis], shift[fg, axis], s=2, alpha=0.15, color="tab:red")
         ax.axhline(0, color="k", lw=0.6)
         ax.axvline(0, color="k", lw=0.6)
         ax.set(xlabel=f"object centre − proposal centre, {name} (px)",

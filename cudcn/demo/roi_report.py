@@ -10,6 +10,8 @@ difference counts as no material difference.
 
 from __future__ import annotations
 
+from typing import SupportsIndex
+
 import numpy as np
 
 from cudcn.demo.report import compare, spread
@@ -24,7 +26,7 @@ STRICT = (4, 5)  # the bins of IoU >= 0.8
 MATERIAL = 1.0  # points
 
 
-def bin_label(b: int) -> str:
+def bin_label(b: SupportsIndex) -> str:
     lo, hi = IOU_BINS[b]
     return f"{lo:.1f}-{hi:.1f}"
 
@@ -124,9 +126,9 @@ def claims(ctx: Context, runs: list[Run]) -> list[str]:
                       " IoU) for proposals of IoU >= 0.8",
                       "; ".join(f"{k} {_per_seed(v)}" for k, v in strict.items())))  # fmt: skip
     rx, ry = values(runs, "deform", "r_x"), values(runs, "deform", "r_y")
-    measured = f"r_x {', '.join(f'{x:+.2f}' for x in rx)}; r_y {', '.join(f'{y:+.2f}' for y in ry)}"
+    r_xy = f"r_x {', '.join(f'{x:+.2f}' for x in rx)}; r_y {', '.join(f'{y:+.2f}' for y in ry)}"
     text = "the offsets point toward the object (r >= 0.7 on both axes)"
-    out.append(_claim(bool((rx >= 0.7).all() and (ry >= 0.7).all()), text, measured))
+    out.append(_claim(bool((rx >= 0.7).all() and (ry >= 0.7).all()), text, r_xy))
     if seeds < 3:
         out.append(f"  (with {seeds} seed(s) these say little: the demo's protocol uses 3)")
     return out

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from cudcn.arrays import array_module
+from cudcn.arrays import Array, array_module
 from cudcn.distributed.comm import Communicator
 from cudcn.ops.norm import BatchNormFunction, _array
 
 __all__ = ["SyncBatchNormFunction", "sync_batch_norm"]
 
-Array = Any
-
 
 class SyncBatchNormFunction(BatchNormFunction):
     """``BatchNormFunction`` whose batch sums are summed over the ranks of ``comm``."""
 
-    def forward(self, input, weight, bias, *, comm, **params):
+    # The extra required keyword ``comm`` is deliberate: SyncBatchNormFunction.apply always gets it.
+    def forward(self, input, weight, bias, *, comm, **params):  # type: ignore[override]
         self.comm = comm
         return super().forward(input, weight, bias, **params)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cudcn.arrays import is_cupy_array
+from cudcn.arrays import Array, is_cupy_array
 
 __all__ = [
     "Communicator",
@@ -31,7 +31,6 @@ __all__ = [
     "launched_with_ranks",
 ]
 
-Array = Any
 OPS = ("sum", "mean", "max")
 DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "int32", "int64"))
 BACKENDS = ("auto", "mpi", "nccl", "local")

@@ -10,12 +10,11 @@ import time
 from types import ModuleType
 from typing import Any
 
-from cudcn.arrays import is_cupy_array
+from cudcn.arrays import Array, is_cupy_array
 from cudcn.distributed.comm import Communicator
 
 __all__ = ["MPICommunicator", "import_mpi"]
 
-Array = Any
 INSTALL_HINT = (
     "pip install 'cudcn[distributed]' (mpi4py and the MPICH wheel), or install mpi4py built "
     "against your cluster's MPI"

@@ -10,14 +10,12 @@ checks and any NumPy array.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
-from cudcn.arrays import is_cupy_array
+from cudcn.arrays import Array, is_cupy_array
 from cudcn.distributed.mpi import MPICommunicator
 
 __all__ = ["NCCLCommunicator"]
 
-Array = Any
 CUDA_HINT = (
     "pip install 'cudcn[cuda13]' (or 'cudcn[cuda12]') for CuPy, and NCCL's nvidia-nccl wheel"
 )

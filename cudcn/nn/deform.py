@@ -15,10 +15,10 @@ Offset layout (all three): for offset group g and kernel tap k = i * kw + j, cha
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import sigmoid
 from cudcn.functional import deform_conv2d
 from cudcn.nn import init
@@ -27,8 +27,6 @@ from cudcn.nn.module import Module
 from cudcn.ops._checks import positive_int
 
 __all__ = ["DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack"]
-
-Array = Any
 
 
 class _DeformConvBase(Module):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import flatten, relu, sigmoid
 from cudcn.nn import init
 from cudcn.nn.module import Module, Parameter
@@ -35,8 +36,6 @@ __all__ = [
     "ReLU",
     "Sigmoid",
 ]
-
-Array = Any
 
 
 def empty_parameter(*shape: int) -> Parameter:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from cudcn.autograd import Tensor
 from cudcn.autograd.function import current_trace
 from cudcn.nn import placement, state
 from cudcn.nn.state import IncompatibleKeys
+
+_M = TypeVar("_M", bound="Module")  # the methods that return self return the subclass
 
 __all__ = ["IncompatibleKeys", "Module", "Parameter"]
 
@@ -185,17 +187,17 @@ class Module:
             yield b
 
     # ----------------------------------------------------------------------- modes and devices
-    def train(self, mode: bool = True) -> Module:
+    def train(self: _M, mode: bool = True) -> _M:
         """Set ``training`` on this module and every submodule; returns self."""
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
 
-    def eval(self) -> Module:
+    def eval(self: _M) -> _M:
         """``train(False)``."""
         return self.train(False)
 
-    def requires_grad_(self, requires_grad: bool = True) -> Module:
+    def requires_grad_(self: _M, requires_grad: bool = True) -> _M:
         """Set ``requires_grad`` on every parameter (False freezes them); returns self."""
         for p in self.parameters():
             p.requires_grad = bool(requires_grad)
@@ -209,14 +211,14 @@ class Module:
             else:
                 p.grad[...] = 0
 
-    def apply(self, fn: Callable[[Module], Any]) -> Module:
+    def apply(self: _M, fn: Callable[[Module], Any]) -> _M:
         """Call ``fn`` on every submodule (children first) and then on self; returns self."""
         for module in self.children():
             module.apply(fn)
         fn(self)
         return self
 
-    def to(self, target: Any) -> Module:
+    def to(self: _M, target: Any) -> _M:
         """Move parameters, gradients and buffers to ``"cpu"`` (NumPy), ``"cuda"`` (CuPy, the
         current device) or ``"cuda:N"`` (CuPy, device N), or cast the floating ones to a dtype
         (``np.float64``, ``np.float16``, ``ml_dtypes.bfloat16``); returns self. Parameter objects
@@ -228,26 +230,26 @@ class Module:
         placement.move(self, target)
         return self
 
-    def half(self) -> Module:
+    def half(self: _M) -> _M:
         """``to(numpy.float16)`` (PyTorch's name)."""
         return self.to(np.float16)
 
-    def bfloat16(self) -> Module:
+    def bfloat16(self: _M) -> _M:
         """``to(ml_dtypes.bfloat16)`` (PyTorch's name)."""
         return self.to(dtypes.bfloat16)
 
-    def float(self) -> Module:
+    def float(self: _M) -> _M:
         """``to(numpy.float32)`` (PyTorch's name)."""
         return self.to(np.float32)
 
-    def double(self) -> Module:
+    def double(self: _M) -> _M:
         """``to(numpy.float64)`` (PyTorch's name)."""
         return self.to(np.float64)
 
-    def cpu(self) -> Module:
+    def cpu(self: _M) -> _M:
         return self.to("cpu")
 
-    def cuda(self, device: int | None = None) -> Module:
+    def cuda(self: _M, device: int | None = None) -> _M:
         """``to("cuda")``, or ``to(f"cuda:{device}")`` for a device index."""
         return self.to("cuda" if device is None else f"cuda:{int(device)}")
 

@@ -13,8 +13,7 @@ the convolution offsets), in units of ``gamma`` times the RoI size.
 
 from __future__ import annotations
 
-from typing import Any
-
+from cudcn.arrays import Array
 from cudcn.functional import deform_roi_pool
 from cudcn.nn import init
 from cudcn.nn.containers import Sequential
@@ -23,8 +22,6 @@ from cudcn.nn.module import Module
 from cudcn.ops._checks import int_pair, positive_int
 
 __all__ = ["DeformRoIPool", "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack"]
-
-Array = Any
 
 
 class DeformRoIPool(Module):

@@ -48,7 +48,10 @@ def _array(owner: Module, attr: str, is_param: bool) -> Any:
 
 def state_dict(module: Module) -> OrderedDict[str, Any]:
     """Copies of ``module``'s parameter and persistent buffer arrays, keyed by dotted name."""
-    return OrderedDict((key, _array(*where).copy()) for key, *where in _entries(module))
+    return OrderedDict(
+        (key, _array(owner, attr, is_param).copy())
+        for key, owner, attr, is_param in _entries(module)
+    )
 
 
 def load_state_dict(module: Module, state: Any, strict: bool = True) -> IncompatibleKeys:

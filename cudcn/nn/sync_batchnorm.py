@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from cudcn.arrays import Array
 from cudcn.distributed.batchnorm import sync_batch_norm
 from cudcn.distributed.comm import Communicator, default_communicator
 from cudcn.nn.layers import BatchNorm1d, BatchNorm2d, _BatchNorm
 from cudcn.nn.module import Module
 
 __all__ = ["SyncBatchNorm"]
-
-Array = Any
 
 
 class SyncBatchNorm(_BatchNorm):

@@ -6,16 +6,14 @@ rounds once to the input dtype."""
 from __future__ import annotations
 
 import numbers
-from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, relu
 from cudcn.backends import array_module, is_cupy_array
 from cudcn.dtypes import compute_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays
-
-Array = Any
 
 __all__ = ["dropout", "log_softmax", "relu"]
 

@@ -26,13 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function
 from cudcn.backends import array_module
 from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape, int_pair, positive_int
 from cudcn.ops.norm import channel_sum
-
-Array = Any
 
 CHUNK_BYTES = 4 << 20  # target size of one chunk's column matrix
 
@@ -239,7 +238,7 @@ def _grad_input(grad_out: Array, weight: Array, geo: Conv2dGeometry) -> Array:
 
 def _backward(
     grad_out: Array, input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry,
-    needs: tuple[bool, bool, bool],
+    needs: tuple[bool, ...],
 ) -> tuple[Array | None, Array | None, Array | None]:  # fmt: skip
     """Gradients of (input, weight, bias) in the compute dtype (float32 for 16-bit arguments);
     only those flagged in ``needs`` are computed."""

@@ -5,13 +5,10 @@ result is rounded once to the input dtype."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from cudcn.arrays import Array
 from cudcn.autograd import Function
 from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape
-
-Array = Any
 
 
 def check_linear(input: Array, weight: Array, bias: Array | None) -> None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module, is_cupy_array
 from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape
-
-Array = Any
 
 REDUCTIONS = ("mean", "sum", "none")
 

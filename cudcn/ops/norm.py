@@ -8,14 +8,13 @@ rounded once to the input dtype."""
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, cast
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module
 from cudcn.dtypes import compute_dtype, is_float_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays, check_shape, finite_float
-
-Array = Any
 
 
 def check_batch_norm(
@@ -46,7 +45,8 @@ def check_batch_norm(
             check_shape(name, a, (channels,), "(C,)")
     if not training and (running_mean is None or running_var is None):
         raise ValueError("training=False needs running_mean and running_var, got None")
-    if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+    # cast: typeshed's numbers.Real declares only < and <=, every Real type compares both ways
+    if not isinstance(momentum, numbers.Real) or not 0 <= cast(float, momentum) <= 1:
         raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
     if finite_float("eps", eps) <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function, mean
 from cudcn.backends import array_module
 from cudcn.dtypes import narrow, widen
 from cudcn.ops._checks import check_arrays, check_ndim, int_pair
-
-Array = Any
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,8 @@ class MaxPool2dFunction(Function):
         xp = array_module(input)
         padded = _pad(input, geo.padding, -np.inf)
         taps = geo.taps()
-        out = padded[(slice(None), slice(None), *taps[0])].copy()
+        rows, cols = taps[0]
+        out = padded[:, :, rows, cols].copy()
         argmax = xp.zeros(out.shape, dtype=np.int16)
         for k, (rows, cols) in enumerate(taps[1:], start=1):
             value = padded[:, :, rows, cols]
@@ -131,6 +131,7 @@ class AvgPool2dFunction(Function):
             ones = _pad(xp.ones((1, 1, *input.shape[2:]), input.dtype), geo.padding, 0.0)
             self.divisor = sum(ones[0, 0, rows, cols] for rows, cols in geo.taps())
         self.shape = input.shape
+        assert total is not None  # kernel_size >= 1: at least one tap
         return narrow(total / self.divisor, dtype)
 
     def backward(self, grad_out):  # the tape rounds the gradient to the input's dtype

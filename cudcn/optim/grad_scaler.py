@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -45,7 +45,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)  # the scale is a float32 number, 
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
+    # cast: typeshed's numbers.Real declares only < and <=, every Real type compares both ways
+    if not (math.isfinite(value) and 0 < cast(float, value) <= FLOAT32_MAX):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 

@@ -101,10 +101,12 @@ class Optimizer:
         if not is_half_dtype(p.dtype):
             self._update(p.data, p.grad, state, group)
             return
+        grad = p.grad
+        assert grad is not None  # step() updates only the parameters that have a gradient
         master = state.get("master")
         if master is None or not bool((narrow(master, p.dtype) == p.data).all()):
             master = state["master"] = p.data.astype(compute_dtype(p.dtype))  # (re)synchronised
-        self._update(master, p.grad.astype(master.dtype, copy=False), state, group)
+        self._update(master, grad.astype(master.dtype, copy=False), state, group)
         p.data[...] = narrow(master, p.dtype)
 
     def _update(self, param: Any, grad: Any, state: dict[str, Any], group: dict[str, Any]) -> None:
