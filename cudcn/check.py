@@ -81,13 +81,20 @@ def _deform_conv2d_inputs(rng: np.random.Generator) -> Inputs:
 
 
 _CONV_ORDER = ("input", "offset", "weight", "bias", "mask")
+
+
+def _conv_arrays(a: Inputs) -> tuple[Any, Any, Any, Any, Any]:
+    """The conv's arrays in the reference's order."""
+    return a["input"], a["offset"], a["weight"], a["bias"], a["mask"]
+
+
 DEFORM_CONV2D = OpCheck(
     "deform_conv2d",
     _deform_conv2d_inputs,
     lambda **a: functional.deform_conv2d(**a, padding=1),
     _CONV_ORDER,
-    lambda a: reference.deform_conv2d_forward(*(a[k] for k in _CONV_ORDER), _CONV),
-    lambda g, a: reference.deform_conv2d_backward(g, *(a[k] for k in _CONV_ORDER), _CONV),
+    lambda a: reference.deform_conv2d_forward(*_conv_arrays(a), _CONV),
+    lambda g, a: reference.deform_conv2d_backward(g, *_conv_arrays(a), _CONV),
 )
 
 _ROI = DeformRoIPoolParams(
@@ -278,14 +285,15 @@ def _compare(op: OpCheck, backend: Backend, inputs: Inputs, dtype: Any, seed: in
     grad = np.random.default_rng(seed).standard_normal(want_out.shape)
     grad = grad.astype(dtype).astype(np.float64)
     want_grads = op.reference_backward(grad, rounded)
-    tensors = {k: Tensor(v, requires_grad=True) if k in op.wrt else v for k, v in dev.items()}
+    leaves = {k: Tensor(dev[k], requires_grad=True) for k in op.wrt}
+    tensors = {**dev, **leaves}
     with backend.context(), poison_outputs():
         out = op.call(**dev)
         tape_out = op.call(**tensors)
         tape_out.backward(backend.convert(grad, dtype))
     worst = _worst(out, want_out, dtype)
     for name, want in zip(op.wrt, want_grads, strict=True):
-        worst = max(worst, _worst(tensors[name].grad, want, dtype))
+        worst = max(worst, _worst(leaves[name].grad, want, dtype))
     return worst
 
 

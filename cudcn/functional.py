@@ -7,8 +7,7 @@ constants); if all are plain arrays the result is a plain array of the same libr
 
 from __future__ import annotations
 
-from typing import Any
-
+from cudcn.arrays import Array
 from cudcn.ops.activation import dropout, log_softmax, relu
 from cudcn.ops.conv import conv2d
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
@@ -19,8 +18,6 @@ from cudcn.ops.loss import cross_entropy, mse_loss, smooth_l1_loss
 from cudcn.ops.norm import batch_norm
 from cudcn.ops.pool import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
 from cudcn.ops.roi_align import roi_align
-
-Array = Any
 
 __all__ = [
     "adaptive_avg_pool2d",

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function
 from cudcn.backends import array_module, get_backend, new_output
 from cudcn.ops._checks import check_arrays, check_ndim, check_shape, contiguous, int_pair
-
-Array = Any
-
 
 Pair = tuple[int, int]
 
@@ -199,4 +197,5 @@ class DeformConv2dFunction(Function):
         return run_forward(input, offset, weight, bias, mask, self.params)
 
     def backward(self, grad_out):
-        return run_backward(grad_out, *self.saved, self.params)
+        input, offset, weight, bias, mask = self.saved
+        return run_backward(grad_out, input, offset, weight, bias, mask, self.params)

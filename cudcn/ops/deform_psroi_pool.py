@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function
 from cudcn.backends import array_module, get_backend, new_output
 from cudcn.ops._checks import (
@@ -22,8 +23,6 @@ from cudcn.ops._checks import (
     positive_int,
 )
 from cudcn.ops.deform_roi_pool import check_rois
-
-Array = Any
 
 
 @dataclass(frozen=True)

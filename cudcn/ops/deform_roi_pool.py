@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.arrays import Array
 from cudcn.autograd import Function
 from cudcn.backends import array_module, get_backend, is_cupy_array, new_output
 from cudcn.ops._checks import (
@@ -25,8 +26,6 @@ from cudcn.ops._checks import (
     int_pair,
     positive_int,
 )
-
-Array = Any
 
 
 def check_rois(rois: Array, batch: int) -> None:

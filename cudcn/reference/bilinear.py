@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 
 
+@overload
+def as_float64(a: np.ndarray) -> np.ndarray: ...
+@overload
+def as_float64(a: None) -> None: ...
 def as_float64(a: np.ndarray | None) -> np.ndarray | None:
     """``a`` as a float64 array (None stays None): the references compute in float64 always."""
     return None if a is None else np.asarray(a, dtype=np.float64)

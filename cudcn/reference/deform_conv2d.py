@@ -71,7 +71,8 @@ def deform_conv2d_forward(
     """Deformable convolution, float64. Shapes as in docs/spec.md: input (B, C_in, H, W), offset
     (B, 2·og·K, H_out, W_out), weight (C_out, C_in/groups, kh, kw), bias (C_out,) or None, mask
     (B, og·K, H_out, W_out) or None. Returns (B, C_out, H_out, W_out)."""
-    x, offset, weight, bias, mask = map(as_float64, (input, offset, weight, bias, mask))
+    x, offset, weight = as_float64(input), as_float64(offset), as_float64(weight)
+    bias, mask = as_float64(bias), as_float64(mask)
     c_out, c_per_group, kh, kw = weight.shape
     groups = p.groups
     o_per_group = c_out // groups
@@ -101,7 +102,8 @@ def deform_conv2d_backward(
     float64, shaped like the corresponding arguments; ``g_bias``/``g_mask`` are None when bias/mask are.
     The offset gradient differentiates the floor-based bilinear formula (a forward difference at integer
     coordinates); a sample outside the image, or at a non-finite point, has zero gradients."""
-    grad_out, x, offset, weight, mask = map(as_float64, (grad_out, input, offset, weight, mask))
+    grad_out, x, offset = as_float64(grad_out), as_float64(input), as_float64(offset)
+    weight, mask = as_float64(weight), as_float64(mask)
     channels, height, width = x.shape[1:]
     c_out, c_per_group, kh, kw = weight.shape
     groups, offset_groups = p.groups, p.offset_groups
@@ -135,7 +137,8 @@ def deform_conv2d_backward(
             v = corner.value(img)
             dv_dy += v * corner.dw_dy
             dv_dx += v * corner.dw_dx
-            np.add.at(g_input[b, chans], (slice(None), corner.row, corner.col), gc * m * corner.w)
+            index = (slice(None), corner.row, corner.col)  # NumPy's stub omits slices here
+            np.add.at(g_input[b, chans], index, gc * m * corner.w)  # type: ignore[arg-type]
         ch = 2 * (g * taps + k)
         g_offset[b, ch] = (gc * dv_dy).sum(axis=0) * m
         g_offset[b, ch + 1] = (gc * dv_dx).sum(axis=0) * m

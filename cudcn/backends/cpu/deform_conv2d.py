@@ -94,7 +94,7 @@ def _padded(x: np.ndarray, work: int) -> np.ndarray:
     bc, c, h, w = x.shape
     xpad = np.empty((bc, h + 2, w + 2, c), dtype=x.dtype)
     with kernel_threads(work) as serial:
-        pad_channels_last(x, xpad, serial)
+        pad_channels_last(serial, x, xpad)
     _mark("copy/pad")
     return xpad
 
@@ -108,7 +108,7 @@ def _columns(x, offset, mask, runs, weight_shape, groups, params) -> np.ndarray:
     has_mask = mask is not None
     m = mask if has_mask else np.empty((1, 1, 1, 1), dtype=x.dtype)
     with kernel_threads(col.size) as serial:
-        deform_conv2d_im2col(xpad, offset, m, has_mask, runs, (kh, kw), *params, col, serial)
+        deform_conv2d_im2col(serial, xpad, offset, m, has_mask, runs, (kh, kw), *params, col)
     _mark("sampling")
     return col
 
@@ -152,7 +152,7 @@ def deform_conv2d_forward(
         _mark("GEMM output")
         with kernel_threads(col.size) as serial:
             chunk = out[b0:b1].reshape(b1 - b0, c_out, ho * wo)
-            channels_first(rows, bias_arr, bias is not None, chunk, serial)
+            channels_first(serial, rows, bias_arr, bias is not None, chunk)
         _mark("transpose+bias")
     return out
 
@@ -192,7 +192,9 @@ def deform_conv2d_backward(
             m,
             b0 > 0,
             g_w,
-            *(None if g is None else g[chunk] for g in grads),
+            grads[0][chunk],
+            grads[1][chunk],
+            None if grads[2] is None else grads[2][chunk],
             p,
         )
     g_weight = g_w.reshape(groups, c_out // groups, kh * kw, cg).transpose(0, 1, 3, 2)
@@ -246,9 +248,9 @@ def _backward_chunk(
     m = np.empty((1, 1, 1, 1), dtype=input.dtype) if mask is None else mask
     with kernel_threads(col.size) as serial:
         args = (xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off)
-        deform_conv2d_col2im(*args, g_m, serial)
+        deform_conv2d_col2im(serial, *args, g_m)
         _mark("backward kernel")
-        sum_channels_first(gin, g_input, serial)
+        sum_channels_first(serial, gin, g_input)
         _mark("input-gradient reduction")
     for g in range(groups):
         go_g = go[g * og_out : (g + 1) * og_out]

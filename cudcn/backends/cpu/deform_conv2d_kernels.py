@@ -25,15 +25,18 @@ caller whose object code goes to the cache; a process that compiled the kernels 
 a process that loaded them the second, so the two gave different bits. The channel sums of the
 backward are instead pairwise in an order fixed by the channel count (``channel_sums``).
 
-Each parallel kernel runs a per-task body (``_im2col_row``, ``_col2im_task``, ...) under ``prange``,
-or under a plain loop when its ``serial`` argument says the work is too small to wake Numba's pool
-(``cudcn.backends.cpu.threads``). Tasks depend on the shape only, never on the thread count.
+Each parallel kernel is one ``prange`` loop over a per-task body (``_im2col_row``, ``_col2im_task``,
+...), compiled twice by ``SerialOrParallel``: in parallel, and on the calling thread alone for work too
+small to wake Numba's pool (its first argument, ``serial``; ``cudcn.backends.cpu.threads``). Tasks
+depend on the shape only, never on the thread count.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from cudcn.backends.cpu.threads import SerialOrParallel
 
 
 @njit(cache=True)
@@ -183,25 +186,17 @@ def _im2col_row(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dil
                             col[g, pos, k, d0 + c] = 0
 
 
-@njit(cache=True, parallel=True)
+@SerialOrParallel
 def deform_conv2d_im2col(
-    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, serial
+    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col
 ):
     """Modulated columns ``col[g, n, k, c - g·C_in/groups]`` for every output position n of the chunk.
 
     xpad (Bc, H+2, W+2, C); offset (Bc, 2·og·K, H_out, W_out); mask (Bc, og·K, H_out, W_out) when
     ``has_mask`` (else any 4-d array); runs (R, 5) int64; kernel/stride/padding/dilation (h, w) ints.
-    One task per output row; on the calling thread alone when ``serial`` (as every kernel here)."""
-    if serial:
-        for row in range(xpad.shape[0] * offset.shape[2]):
-            _im2col_row(
-                xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row
-            )
-    else:
-        for row in prange(xpad.shape[0] * offset.shape[2]):
-            _im2col_row(
-                xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row
-            )
+    One task per output row."""
+    for row in prange(xpad.shape[0] * offset.shape[2]):
+        _im2col_row(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col, row)
 
 
 @njit(cache=True)
@@ -260,24 +255,11 @@ def _col2im_task(
                         g_mask[part, b, og * kh * kw + k, oy, ox] = gv
 
 
-@njit(cache=True, parallel=True)
+@SerialOrParallel
 def deform_conv2d_col2im(
-    xpad,
-    offset,
-    mask,
-    has_mask,
-    runs,
-    kernel,
-    stride,
-    padding,
-    dilation,
-    gcol,
-    col,
-    gin,
-    g_off,
+    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, gcol, col, gin, g_off,
     g_mask,
-    serial,
-):
+):  # fmt: skip
     """Fused backward of ``deform_conv2d_im2col`` given the column gradient ``gcol``; it also writes
     the columns themselves into ``col`` (same shape), for the weight gradient.
 
@@ -285,45 +267,9 @@ def deform_conv2d_col2im(
     ``[s·H_out/slices, (s+1)·H_out/slices)``. Writes ``g_off[part]`` (parts, Bc, 2·og·K, H_out, W_out)
     and, when ``has_mask``, ``g_mask[part]`` (parts, Bc, og·K, H_out, W_out) for every element its
     runs cover. One task per (batch item, run, slice)."""
-    tasks = xpad.shape[0] * runs.shape[0] * gin.shape[0]
-    if serial:
-        for task in range(tasks):
-            _col2im_task(
-                xpad,
-                offset,
-                mask,
-                has_mask,
-                runs,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                gcol,
-                col,
-                gin,
-                g_off,
-                g_mask,
-                task,
-            )
-    else:
-        for task in prange(tasks):
-            _col2im_task(
-                xpad,
-                offset,
-                mask,
-                has_mask,
-                runs,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                gcol,
-                col,
-                gin,
-                g_off,
-                g_mask,
-                task,
-            )
+    for task in prange(xpad.shape[0] * runs.shape[0] * gin.shape[0]):
+        _col2im_task(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, gcol,
+                     col, gin, g_off, g_mask, task)  # fmt: skip
 
 
 @njit(cache=True)
@@ -343,15 +289,11 @@ def _pad_row(x, xpad, row):
             xpad[b, h, w + 1, c] = x[b, c, h - 1, w]
 
 
-@njit(cache=True, parallel=True)
-def pad_channels_last(x, xpad, serial):
+@SerialOrParallel
+def pad_channels_last(x, xpad):
     """``xpad[b, h+1, w+1, c] = x[b, c, h, w]`` with a zero border; x (B, C, H, W)."""
-    if serial:
-        for row in range(x.shape[0] * (x.shape[2] + 2)):
-            _pad_row(x, xpad, row)
-    else:
-        for row in prange(x.shape[0] * (x.shape[2] + 2)):
-            _pad_row(x, xpad, row)
+    for row in prange(x.shape[0] * (x.shape[2] + 2)):
+        _pad_row(x, xpad, row)
 
 
 @njit(cache=True)
@@ -369,18 +311,13 @@ def _channels_first_tile(rows, bias, has_bias, out, tile):
             out[b, o, p] = rows[b * npos + p, o] + add
 
 
-@njit(cache=True, parallel=True)
-def channels_first(rows, bias, has_bias, out, serial):
+@SerialOrParallel
+def channels_first(rows, bias, has_bias, out):
     """``out[b, o, p] = rows[b·P + p, o] (+ bias[o])``: GEMM rows (B·P, C_out) to (B, C_out, P).
 
     Tiles of 64 positions keep the rows being transposed in L1."""
-    tiles = out.shape[0] * ((out.shape[2] + 63) // 64)
-    if serial:
-        for tile in range(tiles):
-            _channels_first_tile(rows, bias, has_bias, out, tile)
-    else:
-        for tile in prange(tiles):
-            _channels_first_tile(rows, bias, has_bias, out, tile)
+    for tile in prange(out.shape[0] * ((out.shape[2] + 63) // 64)):
+        _channels_first_tile(rows, bias, has_bias, out, tile)
 
 
 @njit(cache=True)
@@ -397,12 +334,8 @@ def _sum_row(gin, out, row):
             out[b, c, h, w] = acc
 
 
-@njit(cache=True, parallel=True)
-def sum_channels_first(gin, out, serial):
+@SerialOrParallel
+def sum_channels_first(gin, out):
     """``out[b, c, h, w] = Σ_s gin[s, b, h+1, w+1, c]``, summed in slice order; out (B, C, H, W)."""
-    if serial:
-        for row in range(out.shape[0] * out.shape[2]):
-            _sum_row(gin, out, row)
-    else:
-        for row in prange(out.shape[0] * out.shape[2]):
-            _sum_row(gin, out, row)
+    for row in prange(out.shape[0] * out.shape[2]):
+        _sum_row(gin, out, row)

@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numba
 
@@ -32,17 +34,42 @@ _launch_lock = threading.Lock()
 
 def prefer_workqueue() -> None:
     """Select Numba's ``workqueue`` threading layer unless the environment or the program chose one."""
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = LAYER
+    config: Any = numba.config  # numba's type stubs lack its settings
+    if "NUMBA_THREADING_LAYER" not in os.environ and config.THREADING_LAYER == "default":
+        config.THREADING_LAYER = LAYER
 
 
 @contextlib.contextmanager
 def kernel_threads(work: int | None = None) -> Iterator[bool]:
     """Hold the launch lock for the Numba kernels of the block, which write ``work`` elements; yields
-    ``serial``: True when the work is small (waking the pool costs more than it saves: the kernels
-    take a ``serial`` argument and then run on the calling thread alone). All threads for None."""
+    ``serial``: True when the work is small (waking the pool costs more than it saves: a
+    :class:`SerialOrParallel` kernel called with it then runs on the calling thread alone). All
+    threads for None."""
     with _launch_lock:
         yield work is not None and work < SERIAL_WORK
+
+
+class SerialOrParallel:
+    """One Numba loop, written once with ``prange``, compiled twice: ``parallel=True`` (the loop
+    spreads over Numba's threads) and plain (``prange`` is ``range``: the calling thread alone, for
+    work too small to wake the pool). Call it with ``serial`` first, then the loop's arguments.
+
+    Numba's on-disk cache names a function by its module, qualified name and first line, not by its
+    compile flags, so the plain copy gets a qualified name of its own (``<name>_serial``); otherwise
+    the two would load each other's machine code from the cache."""
+
+    def __init__(self, loop: Callable[..., Any]):
+        plain = types.FunctionType(
+            loop.__code__, loop.__globals__, f"{loop.__name__}_serial", loop.__defaults__
+        )
+        plain.__qualname__ = f"{loop.__qualname__}_serial"
+        plain.__doc__ = loop.__doc__
+        self.__doc__ = loop.__doc__
+        self.parallel = numba.njit(cache=True, parallel=True)(loop)
+        self.serial = numba.njit(cache=True)(plain)
+
+    def __call__(self, serial: bool, *args: Any) -> Any:
+        return (self.serial if serial else self.parallel)(*args)
 
 
 prefer_workqueue()  # on import, before any of the backend's kernels can run

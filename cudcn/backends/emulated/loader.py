@@ -101,7 +101,8 @@ def _dims(what: str, value: Any) -> tuple[int, int, int]:
     dims = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
     if not 1 <= len(dims) <= 3 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in dims):
         raise ValueError(f"{what} must be 1 to 3 positive integers, got {value!r}")
-    return (*(int(d) for d in dims), 1, 1)[:3]
+    x, y, z = (*(int(d) for d in dims), 1, 1)[:3]
+    return x, y, z
 
 
 def _environment_int(name: str, default: int, minimum: int) -> int:
