@@ -2,8 +2,8 @@
 
 float32 and float64 compute in themselves. float16 and bfloat16 (``ml_dtypes.bfloat16``; NumPy has no
 bfloat16 of its own) are storage types: every op reads them, computes coordinates, interpolation
-weights and every sum in float32, and rounds each result once to the input dtype (SPEC, "Arrays,
-backends, dtypes").
+weights and every sum in float32, and rounds each result once to the input dtype (docs/spec.md,
+"Arrays, backends and dtypes").
 
 NumPy does not call bfloat16 floating: ``np.dtype(ml_dtypes.bfloat16).kind`` is ``'V'``, so checks
 written as ``dtype.kind == "f"`` or ``np.issubdtype(dtype, np.floating)`` reject it. Use
@@ -121,7 +121,7 @@ def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
     once, to nearest even, to the input dtype (NumPy's ``astype``; ml_dtypes' for bfloat16).
 
     A 16-bit value converts to float32 exactly, so this is computing in float32 from 16-bit storage
-    (SPEC); the CPU backend runs its float32 Numba kernels this way."""
+    (docs/spec.md); the CPU backend runs its float32 Numba kernels this way."""
 
     @functools.wraps(function)
     def run(*arrays: Any, **params: Any) -> Any:

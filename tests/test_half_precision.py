@@ -2,7 +2,7 @@
 reference are the ``test_matches_reference`` tests of each op, parametrized over all four dtypes).
 
 The position trap: torchvision computes sampling positions in float16, where the spacing at 1500 is
-1, so an offset of 0.3 px at x = 1500 is lost. cudcn computes positions in float32 (SPEC).
+1, so an offset of 0.3 px at x = 1500 is lost. cudcn computes positions in float32 (docs/spec.md).
 """
 
 from __future__ import annotations

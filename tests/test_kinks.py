@@ -3,7 +3,7 @@ emulated backend runs the .cu kernels under the GPU's float rules (flushed denor
 contraction, fmin/fmax, saturating conversions; see cudcn/kernels/host_shim.h).
 
 Exact kinks (coordinates built from dyadic numbers, so float32 computes them without rounding) must
-follow SPEC's formula on the kink itself: deform_conv2d's forward difference at integer coordinates,
+follow docs/spec.md's formula on the kink itself: deform_conv2d's forward difference at integer coordinates,
 the value 0 and derivative v(0) at -1 and nothing at H; RoIAlign's border inclusion at -1 and H, its
 clamp at 0 and snap at H - 1; PS-RoI's limits at -0.5 and W - 0.5 and its exact integer samples.
 
