@@ -47,8 +47,7 @@ def make_inputs(shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
     return {
         "input": rng.standard_normal((b, cin, h, w), dtype=np.float32),
         "offset": rng.uniform(-2, 2, (b, 18, h, w)).astype(np.float32),
-        "weight": rng.standard_normal((cout, cin, 3, 3), dtype=np.float32)
-        / float(np.sqrt(9 * cin)),
+        "weight": rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) / float(np.sqrt(9 * cin)),
         "bias": rng.standard_normal(cout, dtype=np.float32),
         "mask": rng.uniform(0, 1, (b, 9, h, w)).astype(np.float32),
     }
@@ -82,12 +81,10 @@ def _torchvision_pair(a: dict[str, np.ndarray]) -> tuple[Callable, Callable] | N
 
     def forward() -> Any:
         with torch.no_grad():
-            return deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1,
-                                 mask=t["mask"])  # fmt: skip
+            return deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
 
     def both() -> None:
-        out = deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1,
-                            mask=t["mask"])  # fmt: skip
+        out = deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], padding=1, mask=t["mask"])
         torch.autograd.grad(out, list(t.values()), torch.ones_like(out))
 
     return forward, both
@@ -127,9 +124,7 @@ def rows(quick: bool = False) -> list[dict[str, Any]]:
 def format_table(table: list[dict[str, Any]]) -> list[str]:
     """Markdown lines: one row per shape, fwd and fwd+bwd per column."""
     columns = [k for k in table[0] if k != "shape"]
-    head = (
-        "| B, C_in, C_out, H, W | " + " | ".join(f"{c} fwd | {c} fwd+bwd" for c in columns) + " |"
-    )
+    head = "| B, C_in, C_out, H, W | " + " | ".join(f"{c} fwd | {c} fwd+bwd" for c in columns) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(columns))]
     for row in table:
         cells = " | ".join(f"{row[c][0]:.2f} | {row[c][1]:.2f}" for c in columns)

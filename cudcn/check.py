@@ -60,14 +60,10 @@ def _smooth_offsets(rng: np.random.Generator, shape: tuple[int, ...], reach: int
 def _rois(rng: np.random.Generator, n: int, batch: int, size: float) -> np.ndarray:
     """``n`` boxes (batch_index, x1, y1, x2, y2) inside a ``size`` x ``size`` image."""
     corners = np.sort(rng.uniform(0.05 * size, 0.95 * size, (n, 2, 2)), axis=1)
-    return np.concatenate(
-        [rng.integers(0, batch, (n, 1)), corners.reshape(n, 4)[:, [0, 2, 1, 3]]], 1
-    )
+    return np.concatenate([rng.integers(0, batch, (n, 1)), corners.reshape(n, 4)[:, [0, 2, 1, 3]]], 1)
 
 
-_CONV = DeformConv2dParams(
-    stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, offset_groups=2
-)
+_CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2, offset_groups=2)
 
 
 def _deform_conv2d_inputs(rng: np.random.Generator) -> Inputs:
@@ -131,9 +127,14 @@ ROI_ALIGN = OpCheck(
 )
 
 _PSROI = DeformPSRoIPoolParams(
-    spatial_scale=0.5, output_dim=2, group_size=2, pooled_size=2, part_size=2, sample_per_part=2,
+    spatial_scale=0.5,
+    output_dim=2,
+    group_size=2,
+    pooled_size=2,
+    part_size=2,
+    sample_per_part=2,
     trans_std=0.1,
-)  # fmt: skip
+)
 DEFORM_PSROI_POOL = OpCheck(
     "deform_psroi_pool",
     lambda rng: {
@@ -173,8 +174,11 @@ def gxx_works() -> tuple[bool, str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "probe.cpp"
         path.write_text(source)
-        result = subprocess.run([cxx, "-std=c++20", str(path), "-o", str(Path(tmp) / "probe")],
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            [cxx, "-std=c++20", str(path), "-o", str(Path(tmp) / "probe")],
+            capture_output=True,
+            text=True,
+        )
     if result.returncode != 0:
         return False, f"{cxx} cannot build C++20: {result.stderr.strip().splitlines()[-1:]}"
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
@@ -222,18 +226,14 @@ def nvrtc_compiles(arch: str = "compute_75") -> tuple[bool, str]:
     from cudcn.backends.cuda.source import kernel_source, kernel_stems, name_expressions
     from cudcn.backends.cuda.toolkit import include_options
 
-    options = [
-        o.encode() for o in (*NVRTC_OPTIONS, *include_options(), f"--gpu-architecture={arch}")
-    ]
+    options = [o.encode() for o in (*NVRTC_OPTIONS, *include_options(), f"--gpu-architecture={arch}")]
     try:
         _, major, minor = nvrtc.nvrtcVersion()
     except RuntimeError as exc:  # cuda.bindings raises when libnvrtc cannot be loaded
         return False, f"NVRTC library not loadable ({exc})"
     count = 0
     for stem in kernel_stems():
-        _, program = nvrtc.nvrtcCreateProgram(
-            kernel_source(stem).encode(), stem.encode(), 0, [], []
-        )
+        _, program = nvrtc.nvrtcCreateProgram(kernel_source(stem).encode(), stem.encode(), 0, [], [])
         try:
             for name in name_expressions(stem):
                 nvrtc.nvrtcAddNameExpression(program, name.encode())
@@ -278,9 +278,7 @@ def _worst(got: Any, want: np.ndarray, dtype: Any) -> float:
 def _compare(op: OpCheck, backend: Backend, inputs: Inputs, dtype: Any, seed: int) -> float:
     """Forward and tape gradients in ``dtype`` against the reference; the worst relative error."""
     dev = {k: None if v is None else backend.convert(v, dtype) for k, v in inputs.items()}
-    rounded = {
-        k: None if v is None else v.astype(dtype).astype(np.float64) for k, v in inputs.items()
-    }
+    rounded = {k: None if v is None else v.astype(dtype).astype(np.float64) for k, v in inputs.items()}
     want_out = op.reference_forward(rounded)
     grad = np.random.default_rng(seed).standard_normal(want_out.shape)
     grad = grad.astype(dtype).astype(np.float64)
@@ -321,21 +319,30 @@ def check_one(op: OpCheck, backend: Backend, seed: int = 0) -> Result:
     start = time.perf_counter()
     inputs = op.make(np.random.default_rng(seed))
     try:
-        errors = {np.dtype(d).name: _compare(op, backend, inputs, d, seed + 1)
-                  for d in reversed(FLOAT_DTYPES)}  # fmt: skip
+        errors = {
+            np.dtype(d).name: _compare(op, backend, inputs, d, seed + 1) for d in reversed(FLOAT_DTYPES)
+        }
         _gradcheck(op, backend, inputs, seed + 2)
     except Exception as exc:  # a failed check or a crash: report it as a failure with its message
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Result(op.name, backend.name, False, f"{type(exc).__name__}: {message}",
-                      time.perf_counter() - start)  # fmt: skip
+        return Result(
+            op.name,
+            backend.name,
+            False,
+            f"{type(exc).__name__}: {message}",
+            time.perf_counter() - start,
+        )
     bad = [d for d, e in errors.items() if not e <= 1.0]
     detail = ", ".join(f"{d} error {e:.2g} of allowed" for d, e in errors.items())
     if bad:
-        return Result(op.name, backend.name, False, f"reference mismatch: {detail}",
-                      time.perf_counter() - start)  # fmt: skip
-    return Result(
-        op.name, backend.name, True, f"{detail}; gradcheck ok", time.perf_counter() - start
-    )
+        return Result(
+            op.name,
+            backend.name,
+            False,
+            f"reference mismatch: {detail}",
+            time.perf_counter() - start,
+        )
+    return Result(op.name, backend.name, True, f"{detail}; gradcheck ok", time.perf_counter() - start)
 
 
 def run_checks(backends: list[Backend], ops: tuple[OpCheck, ...] = CHECKS) -> list[Result]:

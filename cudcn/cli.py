@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="every op on every available backend: reference comparison and gradcheck"
     )
     check.add_argument(
-        "--backend", choices=("cpu", "emulated", "cuda"), action="append",
+        "--backend",
+        choices=("cpu", "emulated", "cuda"),
+        action="append",
         help="check only this backend (repeatable; default: every available one)",
-    )  # fmt: skip
+    )
     bench = sub.add_parser("bench", help="time deform_conv2d on the CPU (and torchvision's)")
     bench.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     demo = sub.add_parser(
@@ -63,18 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="conv: do deformable layers adapt to the digit's scale? roi: does deformable RoI "
         "pooling localise better than RoIAlign? (needs cudcn[examples])",
     )
-    demo.add_argument("which", nargs="?", choices=("conv", "roi"), default="conv",
-                      help="which demo (default conv)")  # fmt: skip
+    demo.add_argument(
+        "which",
+        nargs="?",
+        choices=("conv", "roi"),
+        default="conv",
+        help="which demo (default conv)",
+    )
     demo.add_argument("--all", action="store_true", help="run both demos, conv then roi")
-    demo.add_argument("--quick", action="store_true",
-                      help="tiny smoke run: 1 seed, few digits and steps (under a minute)")  # fmt: skip
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny smoke run: 1 seed, few digits and steps (under a minute)",
+    )
     demo.add_argument("--seeds", type=_positive, help="number of seeds (default 3)")
-    demo.add_argument("--epochs", type=_positive,
-                      help="conv demo only: epochs of training from scratch in (A) and (B) "
-                           "(default 2)")  # fmt: skip
-    demo.add_argument("--out", default="cudcn_demo_out",
-                      help="folder for the pictures (and the conv demo's saved deformable net, "
-                           ".npz and .onnx) (default ./cudcn_demo_out)")  # fmt: skip
+    demo.add_argument(
+        "--epochs",
+        type=_positive,
+        help="conv demo only: epochs of training from scratch in (A) and (B) (default 2)",
+    )
+    demo.add_argument(
+        "--out",
+        default="cudcn_demo_out",
+        help="folder for the pictures (and the conv demo's saved deformable net, "
+        ".npz and .onnx) (default ./cudcn_demo_out)",
+    )
     return parser
 
 
@@ -89,8 +104,18 @@ def cmd_info() -> int:
     from cudcn import check
 
     print(f"cudcn {cudcn.__version__}  (python {platform.python_version()}, {platform.platform()})")
-    packages = ("numpy", "numba", "scipy", "ml-dtypes", "cupy-cuda13x", "cupy-cuda12x", "cuda-bindings",
-                "nvidia-cuda-nvrtc", "nvidia-cuda-runtime", "cuda-pathfinder")  # fmt: skip
+    packages = (
+        "numpy",
+        "numba",
+        "scipy",
+        "ml-dtypes",
+        "cupy-cuda13x",
+        "cupy-cuda12x",
+        "cuda-bindings",
+        "nvidia-cuda-nvrtc",
+        "nvidia-cuda-runtime",
+        "cuda-pathfinder",
+    )
     print("packages: " + ", ".join(f"{p} {_version(p)}" for p in packages))
     gxx, gxx_note = check.gxx_works()
     gpu, gpu_note = check.cuda_device()
@@ -99,8 +124,7 @@ def cmd_info() -> int:
     print(f"  emulated  {'yes' if gxx else 'no '} ({gxx_note})")
     print(f"  cuda      {'yes' if gpu else 'no '} ({gpu_note})")
     print(f"GPU: {gpu_note if gpu else 'none'}")
-    print("dtypes: NumPy float16, bfloat16 (ml_dtypes), float32, float64; "
-          f"CuPy: {check.cupy_dtypes()}")  # fmt: skip
+    print(f"dtypes: NumPy float16, bfloat16 (ml_dtypes), float32, float64; CuPy: {check.cupy_dtypes()}")
     from cudcn.backends.cuda.toolkit import describe_headers
 
     found, where = describe_headers()
@@ -117,21 +141,24 @@ def cmd_check(backends: Sequence[str] | None) -> int:
     wanted = list(dict.fromkeys(backends)) if backends else list(available)
     missing = [b for b in wanted if b not in available]
     if missing:
-        print(f"cudcn check: backend {', '.join(missing)} not available here "
-              f"(available: {', '.join(available)}; see 'cudcn info')", file=sys.stderr)  # fmt: skip
+        print(
+            f"cudcn check: backend {', '.join(missing)} not available here "
+            f"(available: {', '.join(available)}; see 'cudcn info')",
+            file=sys.stderr,
+        )
         return 1
-    print(f"checking {len(check.CHECKS)} ops on {', '.join(wanted)} (first use compiles kernels);"
-          f" errors are max |got - reference| over the allowed {check.TOLERANCE_FACTOR:g} eps(dtype)"
-          " max(1, max |reference|), <= 1 passes")  # fmt: skip
+    print(
+        f"checking {len(check.CHECKS)} ops on {', '.join(wanted)} (first use compiles kernels);"
+        f" errors are max |got - reference| over the allowed {check.TOLERANCE_FACTOR:g} eps(dtype)"
+        " max(1, max |reference|), <= 1 passes"
+    )
     failed = 0
     for name in wanted:
         for op in check.CHECKS:
             r = check.check_one(op, available[name])
             failed += not r.passed
             verdict = "ok  " if r.passed else "FAIL"
-            print(
-                f"  {verdict} {r.op:<18} {r.backend:<9} {r.detail} ({r.seconds:.1f} s)", flush=True
-            )
+            print(f"  {verdict} {r.op:<18} {r.backend:<9} {r.detail} ({r.seconds:.1f} s)", flush=True)
     print(f"{failed} failure(s)" if failed else "all checks passed")
     return 1 if failed else 0
 
@@ -175,9 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:
             prog = f"cudcn {args.command}"
-            raise UsageError(
-                f"{prog}: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')"
-            )
+            raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')")
         if args.command == "demo" and args.which == "roi" and not args.all and args.epochs:
             raise UsageError(
                 "cudcn demo: --epochs applies to the conv demo, not to roi (see 'cudcn demo --help')"

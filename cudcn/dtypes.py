@@ -32,8 +32,11 @@ def __getattr__(name: str) -> Any:
     if name not in ("bfloat16", "FLOAT_DTYPES", "HALF_DTYPES"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     bfloat16 = np.dtype(importlib.import_module("ml_dtypes").bfloat16)
-    values = {"bfloat16": bfloat16, "FLOAT_DTYPES": (float16, bfloat16, float32, float64),
-              "HALF_DTYPES": (float16, bfloat16)}  # fmt: skip
+    values = {
+        "bfloat16": bfloat16,
+        "FLOAT_DTYPES": (float16, bfloat16, float32, float64),
+        "HALF_DTYPES": (float16, bfloat16),
+    }
     globals().update(values)
     return values[name]
 

@@ -69,8 +69,7 @@ def _check_input(i: int, x: Any) -> Tensor:
     data = x.data if isinstance(x, Tensor) else x
     if not (isinstance(data, np.ndarray) or is_cupy_array(data)):
         raise TypeError(
-            f"gradcheck: inputs[{i}] must be a float64 NumPy/CuPy array or Tensor, "
-            f"got {type(x).__name__}"
+            f"gradcheck: inputs[{i}] must be a float64 NumPy/CuPy array or Tensor, got {type(x).__name__}"
         )
     if data.dtype != np.float64:
         why = ""
@@ -212,9 +211,7 @@ def assert_equal_up_to_summation_order(
     err = np.abs(got.astype(np.float64) - want.astype(np.float64))
     bad = ~(err <= allowed)
     if bad.any():
-        idx = tuple(
-            int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, err, -1))), err.shape)
-        )
+        idx = tuple(int(k) for k in np.unravel_index(int(np.argmax(np.where(bad, err, -1))), err.shape))
         raise AssertionError(
             f"{name + ': ' if name else ''}{int(bad.sum())} of {bad.size} elements differ by more "
             f"than the summation-order bound ({terms} terms); worst at {idx}: {got[idx]!r} vs "

@@ -266,8 +266,7 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
             grads = (grads,)
         if len(grads) != len(edges):
             raise RuntimeError(
-                f"{type(node).__name__}.backward returned {len(grads)} gradients for "
-                f"{len(edges)} inputs"
+                f"{type(node).__name__}.backward returned {len(grads)} gradients for {len(edges)} inputs"
             )
         for i, (edge, g, meta) in enumerate(zip(edges, grads, node._input_meta, strict=True)):
             if edge is None or g is None:

@@ -107,14 +107,23 @@ def _no_zoom(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -
 
 
 def _fit(
-    ctx: Context, net: nn.Sequential, params: list[nn.Parameter], steps: int, stream: list[int],
-    transform: Callable[..., data.Zoomed], label: str,
-) -> list[float]:  # fmt: skip
+    ctx: Context,
+    net: nn.Sequential,
+    params: list[nn.Parameter],
+    steps: int,
+    stream: list[int],
+    transform: Callable[..., data.Zoomed],
+    label: str,
+) -> list[float]:
     s = ctx.settings
     feed = batches(
-        ctx.digits.train, ctx.digits.train_labels, s.batch_size, steps,
-        np.random.default_rng(stream), transform,
-    )  # fmt: skip
+        ctx.digits.train,
+        ctx.digits.train_labels,
+        s.batch_size,
+        steps,
+        np.random.default_rng(stream),
+        transform,
+    )
     return train(net, params, Schedule(steps, s.lr, s.batch_size), feed, ctx.device, label)
 
 
@@ -124,8 +133,7 @@ def _evaluate(ctx: Context, run: Run, net: nn.Sequential, sweep: bool) -> Run:
     if not deformable:
         run.correct = predict(net, ctx.test.images, ctx.device) == ctx.test.labels
         if sweep:
-            run.sweep = np.array([(predict(net, z.images, ctx.device) == z.labels).mean()
-                                  for z in ctx.sweep])  # fmt: skip
+            run.sweep = np.array([(predict(net, z.images, ctx.device) == z.labels).mean() for z in ctx.sweep])
         return run
     pred, offsets = predict_with_offsets(net, ctx.test.images, ctx.device)
     run.correct = pred == ctx.test.labels
@@ -150,9 +158,14 @@ def experiment_a(ctx: Context) -> list[Run]:
         for kind in models.KINDS:
             net = _on_device(models.digit_net(kind, np.random.default_rng([seed, 10])), ctx.device)
             losses = _fit(
-                ctx, net, list(net.parameters()), ctx.settings.steps_scratch, [seed, 1],
-                _random_zoom, f"(A) seed {seed} {kind}",
-            )  # fmt: skip
+                ctx,
+                net,
+                list(net.parameters()),
+                ctx.settings.steps_scratch,
+                [seed, 1],
+                _random_zoom,
+                f"(A) seed {seed} {kind}",
+            )
             run = Run(MODEL_NAMES[kind], seed, models.count_parameters(net), losses, np.zeros(0))
             runs.append(_evaluate(ctx, run, net, sweep=True))
             if kind == "deform" and seed == 0:
@@ -176,9 +189,14 @@ def experiment_b(ctx: Context) -> list[Run]:
     for seed in range(s.seeds):
         plain = _on_device(models.digit_net("plain", np.random.default_rng([seed, 10])), ctx.device)
         losses = _fit(
-            ctx, plain, list(plain.parameters()), s.steps_scratch, [seed, 2], _no_zoom,
+            ctx,
+            plain,
+            list(plain.parameters()),
+            s.steps_scratch,
+            [seed, 2],
+            _no_zoom,
             f"(B) seed {seed} pre-train",
-        )  # fmt: skip
+        )
         runs.append(_evaluate(ctx, Run(UNADAPTED, seed, 0, losses, np.zeros(0)), plain, False))
         trained = plain.state_dict()
         for variant, name in FINETUNES.items():
@@ -192,9 +210,14 @@ def experiment_b(ctx: Context) -> list[Run]:
             else:
                 train_params = list(net.parameters())
             losses = _fit(
-                ctx, net, train_params, s.steps_finetune, [seed, 3], _random_zoom,
+                ctx,
+                net,
+                train_params,
+                s.steps_finetune,
+                [seed, 3],
+                _random_zoom,
                 f"(B) seed {seed} {variant}",
-            )  # fmt: skip
+            )
             run = Run(name, seed, sum(int(p.data.size) for p in train_params), losses, np.zeros(0))
             runs.append(_evaluate(ctx, run, net, sweep=False))
     return runs

@@ -34,12 +34,23 @@ def _build(width: int, deform: bool, rng: np.random.Generator) -> nn.Sequential:
 
     c = width
     return nn.Sequential(
-        conv(1, C1), nn.BatchNorm2d(C1), nn.ReLU(), nn.MaxPool2d(2),
-        conv(C1, c), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
-        conv(c, c, deform), nn.BatchNorm2d(c), nn.ReLU(),
-        conv(c, c, deform), nn.BatchNorm2d(c), nn.ReLU(),
-        nn.GlobalAvgPool2d(), nn.Linear(c, 10, rng=rng),
-    )  # fmt: skip
+        conv(1, C1),
+        nn.BatchNorm2d(C1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(C1, c),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(c, c, deform),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        conv(c, c, deform),
+        nn.BatchNorm2d(c),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(c, 10, rng=rng),
+    )
 
 
 def digit_net(kind: str, rng: np.random.Generator) -> nn.Sequential:

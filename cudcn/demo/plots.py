@@ -25,18 +25,14 @@ def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise ImportError(
-            "the demo's pictures need matplotlib: pip install 'cudcn[examples]'"
-        ) from exc
+        raise ImportError("the demo's pictures need matplotlib: pip install 'cudcn[examples]'") from exc
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def _smooth(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Moving average over ``window`` steps, with the step number that ends each window."""
     window = max(1, min(window, values.size))
-    return np.arange(window, values.size + 1), np.convolve(
-        values, np.ones(window) / window, "valid"
-    )
+    return np.arange(window, values.size + 1), np.convolve(values, np.ones(window) / window, "valid")
 
 
 def _mean_curve(runs: list[Run], name: str) -> np.ndarray:
@@ -69,8 +65,11 @@ def accuracy_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
         acc = 100 * np.array([r.sweep for r in runs_a if r.name == name])
         ax.plot(scales, acc.mean(axis=0), "o-", color=COLOURS[kind], label=name)
         ax.fill_between(scales, acc.min(axis=0), acc.max(axis=0), color=COLOURS[kind], alpha=0.15)
-    ax.set(xlabel="digit scale (centred)", ylabel="test accuracy % (band: min-max over seeds)",
-           title="(A) accuracy against digit scale")  # fmt: skip
+    ax.set(
+        xlabel="digit scale (centred)",
+        ylabel="test accuracy % (band: min-max over seeds)",
+        title="(A) accuracy against digit scale",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path)
@@ -87,16 +86,23 @@ def sampling_locations(ctx: Context, path: Path, digit: int = 0) -> Path:
     pts = composite_points(offsets, centre)
     grid = composite_points([np.zeros_like(o) for o in offsets], centre)
     fig = _figure(3.2 * len(picks), 3.6)
-    for ax, img, p, i in zip(np.atleast_1d(fig.subplots(1, len(picks))), images, pts, picks,
-                             strict=True):  # fmt: skip
+    for ax, img, p, i in zip(np.atleast_1d(fig.subplots(1, len(picks))), images, pts, picks, strict=True):
         ax.imshow(img[0], cmap="gray", extent=(-0.5, 27.5, 27.5, -0.5))
         ax.scatter(grid[0, :, 1], grid[0, :, 0], s=6, marker="+", color="tab:cyan", alpha=0.6)
         ax.scatter(p[:, 1], p[:, 0], s=9, color="tab:red")
         ax.scatter([13.5], [13.5], s=40, color="lime", marker="s")
-        ax.set(xlim=(-4.5, 31.5), ylim=(31.5, -4.5), xticks=[], yticks=[],
-               title=f"scale {ctx.settings.sweep_scales[i]:.2f}")  # fmt: skip
-    fig.suptitle("composite sampling points of the 2 stacked deformable layers for the centre output"
-                 " unit (green): learned (red), regular grid (cyan)", fontsize=9)  # fmt: skip
+        ax.set(
+            xlim=(-4.5, 31.5),
+            ylim=(31.5, -4.5),
+            xticks=[],
+            yticks=[],
+            title=f"scale {ctx.settings.sweep_scales[i]:.2f}",
+        )
+    fig.suptitle(
+        "composite sampling points of the 2 stacked deformable layers for the centre output"
+        " unit (green): learned (red), regular grid (cyan)",
+        fontsize=9,
+    )
     fig.savefig(path)
     return path
 
@@ -105,16 +111,31 @@ def radius_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
     fig = _figure(5.5, 4)
     ax = fig.subplots()
     deform = [r for r in runs_a if r.name == MODEL_NAMES["deform"]]
-    ax.scatter(ctx.test.scale.mean(axis=1), deform[0].radius_test, s=3, alpha=0.25,
-               color="tab:gray", label="zoomed test digits (seed 0)")  # fmt: skip
+    ax.scatter(
+        ctx.test.scale.mean(axis=1),
+        deform[0].radius_test,
+        s=3,
+        alpha=0.25,
+        color="tab:gray",
+        label="zoomed test digits (seed 0)",
+    )
     scales = np.asarray(ctx.settings.sweep_scales)
     for r in deform:
         assert r.radius_sweep is not None  # measured for every deformable run
-        ax.plot(scales, r.radius_sweep.mean(axis=1), "o-", color="tab:red", alpha=0.8,
-                label="centred sweep, mean" if r.seed == 0 else None)  # fmt: skip
+        ax.plot(
+            scales,
+            r.radius_sweep.mean(axis=1),
+            "o-",
+            color="tab:red",
+            alpha=0.8,
+            label="centred sweep, mean" if r.seed == 0 else None,
+        )
     ax.axhline(regular_radius(), color="tab:cyan", ls="--", label="zero offsets")
-    ax.set(xlabel="digit scale (mean of the two axis factors)", ylabel="sampling radius (px)",
-           title="(A) sampling radius of the deformable layers")  # fmt: skip
+    ax.set(
+        xlabel="digit scale (mean of the two axis factors)",
+        ylabel="sampling radius (px)",
+        title="(A) sampling radius of the deformable layers",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path)

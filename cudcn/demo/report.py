@@ -69,15 +69,21 @@ def report_a(ctx: Context, runs: list[Run]) -> list[str]:
     out.append(compare(names[2], _pct(groups[names[2]]), names[1], _pct(groups[names[1]])))
     scale = ctx.test.scale.mean(axis=1)
     bins = np.clip(np.digitize(scale, SCALE_BINS[1:-1]), 0, len(SCALE_BINS) - 2)
-    out += ["", "  zoomed test accuracy % by digit scale (mean of the two axis factors), mean over seeds",
-            f"  {'scale':<11}{'digits':>7}{'plain':>16}{'widened':>16}{'deformable':>16}"]  # fmt: skip
+    out += [
+        "",
+        "  zoomed test accuracy % by digit scale (mean of the two axis factors), mean over seeds",
+        f"  {'scale':<11}{'digits':>7}{'plain':>16}{'widened':>16}{'deformable':>16}",
+    ]
     for b in range(len(SCALE_BINS) - 1):
         sel = bins == b
         cells = [100 * np.mean([r.correct[sel].mean() for r in groups[n]]) for n in names]
         label = f"{SCALE_BINS[b]:.1f}-{SCALE_BINS[b + 1]:.1f}"
         out.append(f"  {label:<11}{int(sel.sum()):>7}" + "".join(f"{c:>16.1f}" for c in cells))
-    out += ["", "  centred sweep: every test digit centred at a fixed scale, accuracy %",
-            f"  {'scale':<11}" + "".join(f"{n:>26}" for n in ("plain", "widened", "deformable"))]  # fmt: skip
+    out += [
+        "",
+        "  centred sweep: every test digit centred at a fixed scale, accuracy %",
+        f"  {'scale':<11}" + "".join(f"{n:>26}" for n in ("plain", "widened", "deformable")),
+    ]
     sweep = {n: 100 * np.array([r.sweep for r in groups[n]]) for n in names}
     for i, sc in enumerate(s.sweep_scales):
         out.append(f"  {sc:<11.2f}" + "".join(f"{spread(sweep[n][:, i]):>26}" for n in names))
@@ -106,9 +112,11 @@ def _radius_lines(ctx: Context, runs: list[Run]) -> list[str]:
         f" {regular_radius():.2f} px), mean over seeds",
         f"  {'scale':<11}" + "".join(f"{sc:>7.2f}" for sc in s.sweep_scales),
         f"  {'radius px':<11}"
-        + "".join(f"{np.mean([_measured(r.radius_sweep)[i].mean() for r in runs]):>7.2f}"
-                  for i in range(len(s.sweep_scales))),
-    ]  # fmt: skip
+        + "".join(
+            f"{np.mean([_measured(r.radius_sweep)[i].mean() for r in runs]):>7.2f}"
+            for i in range(len(s.sweep_scales))
+        ),
+    ]
     sweep_scale = np.repeat(np.asarray(s.sweep_scales), ctx.digits.test.shape[0])
     r_sweep = [_pearson(sweep_scale, _measured(r.radius_sweep).reshape(-1)) for r in runs]
     r_test = [_pearson(ctx.test.scale.mean(axis=1), _measured(r.radius_test)) for r in runs]
@@ -137,9 +145,7 @@ def report_b(ctx: Context, runs: list[Run]) -> list[str]:
     names = list(FINETUNES.values())
     out.append(compare(names[1], bn_off, names[0], bn))
     out.append(compare(names[2], full, names[1], bn_off))
-    higher = (
-        "scores higher than" if np.mean(full) > np.mean(bn_off) else "does not score higher than"
-    )
+    higher = "scores higher than" if np.mean(full) > np.mean(bn_off) else "does not score higher than"
     out.append(
         f"  the usual fine-tune of all {groups[names[2]][0].params:,} weights {higher} BatchNorm +"
         " offsets; (B) shows what the offsets alone add to frozen regular weights, not a better"

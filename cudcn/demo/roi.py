@@ -47,15 +47,14 @@ def threads_line() -> str:
         blas = ", ".join(f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info())
     except ImportError:
         blas = os.environ.get("OPENBLAS_NUM_THREADS", "library default")
-    return (
-        f"threads: Numba {numba.get_num_threads()}, BLAS {blas} (set none; the machine's defaults)"
-    )
+    return f"threads: Numba {numba.get_num_threads()}, BLAS {blas} (set none; the machine's defaults)"
 
 
 def run(
-    settings: Settings | None = None, out: str | Path = "cudcn_demo_out",
+    settings: Settings | None = None,
+    out: str | Path = "cudcn_demo_out",
     stream: TextIO | None = None,
-) -> RoiResult:  # fmt: skip
+) -> RoiResult:
     """Train and score every variant of ``settings`` (default ``Settings()``) under every seed,
     print the tables and claims to ``stream`` (stdout) and write the pictures into ``out``."""
     from cudcn.demo import roi_plots, roi_report
@@ -69,12 +68,13 @@ def run(
     say(f"cudcn demo roi: running on the {device.description}")
     if device.name == "cpu":
         say(threads_line())
-    say(f"settings: {s.seeds} seed(s); variants {', '.join(NAMES[v] for v in s.variants)};"
+    say(
+        f"settings: {s.seeds} seed(s); variants {', '.join(NAMES[v] for v in s.variants)};"
         f" {s.n_train} training canvases, {s.steps} steps of {s.batch_size} (AdamW lr {s.lr:g},"
-        f" weight decay {s.weight_decay:g}, one-cycle); scored on {s.n_eval} {s.split} canvases")  # fmt: skip
+        f" weight decay {s.weight_decay:g}, one-cycle); scored on {s.n_eval} {s.split} canvases"
+    )
     if s.steps < Settings().steps or s.n_eval < Settings().n_eval:
-        say("(a smoke run: far fewer steps or canvases than the demo's protocol; its numbers mean"
-            " nothing)")  # fmt: skip
+        say("(a smoke run: far fewer steps or canvases than the demo's protocol; its numbers mean nothing)")
     ctx = make_context(s, device)
     lap("data")
     runs = run_all(ctx)

@@ -85,9 +85,7 @@ def _free(taken: list[np.ndarray], box: np.ndarray) -> bool:
     return all(box[0] >= t[2] or t[0] >= box[2] or box[1] >= t[3] or t[1] >= box[3] for t in taken)
 
 
-def _place(
-    canvas: np.ndarray, patch: np.ndarray, taken: list[np.ndarray], rng
-) -> np.ndarray | None:
+def _place(canvas: np.ndarray, patch: np.ndarray, taken: list[np.ndarray], rng) -> np.ndarray | None:
     """Paste ``patch`` (h, w) at a random free spot (its footprint overlapping no box in ``taken``);
     returns the footprint (x1, y1, x2, y2) or None after 30 tries."""
     h, w = patch.shape
@@ -141,9 +139,7 @@ def _jittered(gt: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarra
     return np.clip(np.concatenate([c - half, c + half], axis=2), 0, CANVAS)
 
 
-def make_proposals(
-    canvases: Canvases, per_bin: int, background: int, rng: np.random.Generator
-) -> Proposals:
+def make_proposals(canvases: Canvases, per_bin: int, background: int, rng: np.random.Generator) -> Proposals:
     """For every digit, ``per_bin`` proposals in each IoU bin (fewer when the jitter finds none),
     and ``background`` boxes per canvas (6-24 px sides, IoU < 0.3 with every digit)."""
     img, slot = np.nonzero(canvases.labels >= 0)
@@ -154,9 +150,7 @@ def make_proposals(
     rows, picks, bins = [], [], []
     for b, (lo, hi) in enumerate(IOU_BINS):
         inside = (iou >= lo) & (iou < hi) if hi < 1 else iou >= lo
-        key = np.where(
-            inside, rng.uniform(size=iou.shape), -1.0
-        )  # a random pick among those inside
+        key = np.where(inside, rng.uniform(size=iou.shape), -1.0)  # a random pick among those inside
         top = np.argsort(-key, axis=1)[:, :per_bin]
         ok = np.take_along_axis(inside, top, axis=1)
         g = np.repeat(np.arange(gt.shape[0])[:, None], per_bin, axis=1)

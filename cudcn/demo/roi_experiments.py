@@ -176,10 +176,16 @@ def evaluate(ctx: Context, net: Detector, variant: str, seed: int, losses: list[
     boxes = p.rois[:, 1:].astype(np.float64)
     refined = np.clip(metrics.decode(boxes, np.concatenate(deltas)), 0, data.CANVAS)
     run = Run(
-        variant, seed, count_parameters(net), losses, refined,
-        metrics.box_iou(refined, p.gt), prob.argmax(axis=1), prob[:, :10].max(axis=1),
+        variant,
+        seed,
+        count_parameters(net),
+        losses,
+        refined,
+        metrics.box_iou(refined, p.gt),
+        prob.argmax(axis=1),
+        prob[:, :10].max(axis=1),
         np.concatenate(shifts) if shifts else None,
-    )  # fmt: skip
+    )
     run.scores = summarise(ctx, run, prob[:, :10].argmax(axis=1))
     return run
 
@@ -193,9 +199,15 @@ def _ap(ctx: Context, run: Run, digit_class: np.ndarray, select: np.ndarray, at)
     idx = idx[keep]
     gt_img, gt_slot = np.nonzero(ctx.eval.labels >= 0)
     return 100 * metrics.average_precision(
-        run.refined[idx], run.score[idx], digit_class[idx], image[idx],
-        ctx.eval.boxes[gt_img, gt_slot], ctx.eval.labels[gt_img, gt_slot], gt_img, at,
-    )  # fmt: skip
+        run.refined[idx],
+        run.score[idx],
+        digit_class[idx],
+        image[idx],
+        ctx.eval.boxes[gt_img, gt_slot],
+        ctx.eval.labels[gt_img, gt_slot],
+        gt_img,
+        at,
+    )
 
 
 def summarise(ctx: Context, run: Run, digit_class: np.ndarray) -> dict[str, float]:
@@ -209,8 +221,11 @@ def summarise(ctx: Context, run: Run, digit_class: np.ndarray) -> dict[str, floa
     out = {
         "mean IoU": 100 * run.refined_iou[fg].mean(),
         "IoU>=0.8": 100 * (run.refined_iou[fg] >= 0.8).mean(),
-        "AP50": ap[0], "AP75": ap[5], "AP90": ap[8], "AP50:95": ap.mean(),
-    }  # fmt: skip
+        "AP50": ap[0],
+        "AP75": ap[5],
+        "AP90": ap[8],
+        "AP50:95": ap.mean(),
+    }
     for b in range(len(data.IOU_BINS)):
         sel = p.bin == b
         ap75, ap90 = _ap(ctx, run, digit_class, sel | (p.bin == data.BACKGROUND), [0.75, 0.9])

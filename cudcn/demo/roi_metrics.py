@@ -127,9 +127,15 @@ def _ap(score: np.ndarray, tp: np.ndarray, n_gt: int) -> float:
 
 
 def average_precision(
-    det_boxes: np.ndarray, det_score: np.ndarray, det_class: np.ndarray, det_image: np.ndarray,
-    gt_boxes: np.ndarray, gt_class: np.ndarray, gt_image: np.ndarray, thresholds,
-) -> np.ndarray:  # fmt: skip
+    det_boxes: np.ndarray,
+    det_score: np.ndarray,
+    det_class: np.ndarray,
+    det_image: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_class: np.ndarray,
+    gt_image: np.ndarray,
+    thresholds,
+) -> np.ndarray:
     """COCO-style AP (0..1) at each IoU threshold of ``thresholds``: one value per threshold, the
     mean over the classes present in ``gt_class``. Detections: boxes (D, 4), scores, classes and
     image indices (D,); ground truth: boxes (T, 4), classes and image indices (T,)."""
@@ -139,7 +145,6 @@ def average_precision(
     for j, c in enumerate(classes):
         d, g = det_class == c, gt_class == c
         for i, t in enumerate(thresholds):
-            tp = _true_positives(det_boxes[d], det_score[d], det_image[d], gt_boxes[g],
-                                 gt_image[g], t)  # fmt: skip
+            tp = _true_positives(det_boxes[d], det_score[d], det_image[d], gt_boxes[g], gt_image[g], t)
             out[i, j] = _ap(det_score[d], tp, int(g.sum()))
     return out.mean(axis=1)

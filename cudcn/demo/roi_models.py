@@ -36,8 +36,11 @@ def backbone(rng: np.random.Generator) -> nn.Sequential:
     """The 4-conv backbone above: (B, 1, 64, 64) -> (B, 32, 16, 16)."""
 
     def block(cin: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, WIDTH, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(WIDTH),
-                nn.ReLU()]  # fmt: skip
+        return [
+            nn.Conv2d(cin, WIDTH, 3, padding=1, bias=False, rng=rng),
+            nn.BatchNorm2d(WIDTH),
+            nn.ReLU(),
+        ]
 
     return nn.Sequential(
         *block(1), nn.MaxPool2d(2), *block(WIDTH), nn.MaxPool2d(2), *block(WIDTH), *block(WIDTH)
@@ -65,16 +68,16 @@ class Detector(nn.Module):
         self.backbone = backbone(rng)
         hidden = WIDE_HIDDEN if variant == "wide" else HIDDEN
         self.fc = nn.Sequential(
-            nn.Linear(WIDTH * POOLED * POOLED, hidden, rng=rng), nn.ReLU(),
-            nn.Linear(hidden, hidden, rng=rng), nn.ReLU(),
-        )  # fmt: skip
+            nn.Linear(WIDTH * POOLED * POOLED, hidden, rng=rng),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden, rng=rng),
+            nn.ReLU(),
+        )
         self.cls = nn.Linear(hidden, 11, rng=rng)
         self.box = nn.Linear(hidden, 4, rng=rng)
         if variant in DEFORMABLE:
             pack = nn.DeformRoIPoolPack if variant == "deform" else nn.ModulatedDeformRoIPoolPack
-            self.pool: nn.DeformRoIPool = pack(
-                POOLED, WIDTH, OFFSET_FC, spatial_scale=SCALE, gamma=0.1
-            )
+            self.pool: nn.DeformRoIPool = pack(POOLED, WIDTH, OFFSET_FC, spatial_scale=SCALE, gamma=0.1)
             branch_rng = np.random.default_rng(rng.integers(2**63))  # after the shared draws
             for branch in ("offset_fc", "mask_fc"):
                 layers = [m for m in getattr(self.pool, branch, []) if isinstance(m, nn.Linear)]

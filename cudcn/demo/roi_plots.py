@@ -22,15 +22,20 @@ from cudcn.demo.roi_experiments import NAMES, Context, Run
 from cudcn.demo.roi_models import POOLED
 from cudcn.demo.roi_report import bin_label, gains
 
-COLOURS = {"deform": "tab:red", "modulated": "tab:purple", "wide": "tab:orange",
-           "context": "tab:green"}  # fmt: skip
+COLOURS = {
+    "deform": "tab:red",
+    "modulated": "tab:purple",
+    "wide": "tab:orange",
+    "context": "tab:green",
+}
 
 
 def gain_by_bin(ctx: Context, runs: list[Run], path: Path) -> Path:
     fig = _figure(10, 3.8)
     x = np.arange(len(IOU_BINS))
-    for ax, key, title in zip(fig.subplots(1, 2), ("AP90", "IoU"),
-                              ("AP90 gain", "mean refined IoU gain"), strict=True):  # fmt: skip
+    for ax, key, title in zip(
+        fig.subplots(1, 2), ("AP90", "IoU"), ("AP90 gain", "mean refined IoU gain"), strict=True
+    ):
         for v in (v for v in ctx.settings.variants if v != "roialign"):
             g = np.array([gains(runs, v, f"{b} {key}") for b in x])  # (bins, seeds)
             ax.plot(x, g.mean(axis=1), "o-", color=COLOURS[v], label=NAMES[v])
@@ -40,8 +45,7 @@ def gain_by_bin(ctx: Context, runs: list[Run], path: Path) -> Path:
         ax.set(xlabel="proposal IoU with its digit", ylabel="points over RoIAlign", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("gain over RoIAlign by proposal quality (mean over seeds, band: min-max)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle("gain over RoIAlign by proposal quality (mean over seeds, band: min-max)", fontsize=9)
     fig.savefig(path)
     return path
 
@@ -55,15 +59,34 @@ def _cells(ax, box: np.ndarray, shift: np.ndarray | None, colour: str) -> None:
     for i in range(POOLED):
         for j in range(POOLED):
             dx, dy = (shift[0, i, j], shift[1, i, j]) if shift is not None else (0.0, 0.0)
-            ax.add_patch(Rectangle((box[0] + j * w + dx - 0.5, box[1] + i * h + dy - 0.5), w, h,
-                                   fill=False, lw=0.6, ec=colour, alpha=0.9))  # fmt: skip
+            ax.add_patch(
+                Rectangle(
+                    (box[0] + j * w + dx - 0.5, box[1] + i * h + dy - 0.5),
+                    w,
+                    h,
+                    fill=False,
+                    lw=0.6,
+                    ec=colour,
+                    alpha=0.9,
+                )
+            )
 
 
 def _box(ax, box: np.ndarray, colour: str, style: str, label: str) -> None:
     from matplotlib.patches import Rectangle
 
-    ax.add_patch(Rectangle((box[0] - 0.5, box[1] - 0.5), box[2] - box[0], box[3] - box[1],
-                           fill=False, lw=1.6, ec=colour, ls=style, label=label))  # fmt: skip
+    ax.add_patch(
+        Rectangle(
+            (box[0] - 0.5, box[1] - 0.5),
+            box[2] - box[0],
+            box[3] - box[1],
+            fill=False,
+            lw=1.6,
+            ec=colour,
+            ls=style,
+            label=label,
+        )
+    )
 
 
 def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> Path:
@@ -79,8 +102,9 @@ def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> 
         canvas = p.rois[picks, 0].astype(np.int64)
         rois = p.rois[picks].copy()
         rois[:, 0] = np.arange(picks.size)
-        off = ctx.device.get(net.bin_offsets(ctx.device.put(ctx.eval.images[canvas]),
-                                             ctx.device.put(rois))).astype(float)  # fmt: skip
+        off = ctx.device.get(
+            net.bin_offsets(ctx.device.put(ctx.eval.images[canvas]), ctx.device.put(rois))
+        ).astype(float)
     fig = _figure(2.6 * picks.size, 5.6)
     axes = np.array(fig.subplots(2, picks.size)).reshape(2, -1)
     for k, r in enumerate(picks):
@@ -96,12 +120,17 @@ def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> 
             _box(ax, p.gt[r], "lime", "-", "ground truth")
             _box(ax, first[variant].refined[r], "yellow", "--", "refined box")
             ax.set(xlim=(lo[0], hi[0]), ylim=(hi[1], lo[1]), xticks=[], yticks=[])
-            ax.set_title(f"{'RoIAlign' if cells is None else 'deformable'}: refined IoU"
-                         f" {first[variant].refined_iou[r]:.2f}", fontsize=8)  # fmt: skip
+            ax.set_title(
+                f"{'RoIAlign' if cells is None else 'deformable'}: refined IoU"
+                f" {first[variant].refined_iou[r]:.2f}",
+                fontsize=8,
+            )
     axes[0, 0].legend(fontsize=6, loc="lower left")
-    fig.suptitle("proposals of IoU 0.5-0.6: the 7x7 bins as cells, regular (top, RoIAlign) and moved"
-                 " by the learned offsets (bottom); refined boxes dashed, ground truth green",
-                 fontsize=8)  # fmt: skip
+    fig.suptitle(
+        "proposals of IoU 0.5-0.6: the 7x7 bins as cells, regular (top, RoIAlign) and moved"
+        " by the learned offsets (bottom); refined boxes dashed, ground truth green",
+        fontsize=8,
+    )
     fig.savefig(path)
     return path
 
@@ -119,9 +148,11 @@ def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
         ax.scatter(disp[:, axis], shift[fg, axis], s=2, alpha=0.15, color="tab:red")
         ax.axhline(0, color="k", lw=0.6)
         ax.axvline(0, color="k", lw=0.6)
-        ax.set(xlabel=f"object centre − proposal centre, {name} (px)",
-               ylabel=f"mean bin shift, {name} (px)",
-               title=f"{name}: r = {run.scores[f'r_{name}']:+.2f}")  # fmt: skip
+        ax.set(
+            xlabel=f"object centre − proposal centre, {name} (px)",
+            ylabel=f"mean bin shift, {name} (px)",
+            title=f"{name}: r = {run.scores[f'r_{name}']:+.2f}",
+        )
         ax.grid(alpha=0.3)
     fig.suptitle("deformable head, first seed: each RoI made from a digit", fontsize=9)
     fig.savefig(path)

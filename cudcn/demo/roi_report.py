@@ -33,9 +33,7 @@ def bin_label(b: SupportsIndex) -> str:
 
 def values(runs: list[Run], variant: str, key: str) -> np.ndarray:
     """``key`` of ``variant``'s runs, one per seed in seed order."""
-    return np.array(
-        [r.scores[key] for r in sorted(runs, key=lambda r: r.seed) if r.variant == variant]
-    )
+    return np.array([r.scores[key] for r in sorted(runs, key=lambda r: r.seed) if r.variant == variant])
 
 
 def gains(runs: list[Run], variant: str, key: str) -> np.ndarray:
@@ -61,14 +59,15 @@ def tables(ctx: Context, runs: list[Run]) -> list[str]:
         f" from a digit); {s.steps} steps of {s.batch_size} canvases, {s.seeds} seed(s);"
         " % mean ± sd (min-max) over seeds",
         _row("variant", variants),
-        _row(
-            "parameters", [f"{next(r.params for r in runs if r.variant == v):,}" for v in variants]
-        ),
+        _row("parameters", [f"{next(r.params for r in runs if r.variant == v):,}" for v in variants]),
     ]
     for key in OVERALL:
         out.append(_row(key, [spread(values(runs, v, key)) for v in variants]))
-    out += ["", "  per proposal-IoU bin (AP: that bin's proposals + every background proposal;"
-            " IoU: mean refined IoU; acc: 11-class accuracy)"]  # fmt: skip
+    out += [
+        "",
+        "  per proposal-IoU bin (AP: that bin's proposals + every background proposal;"
+        " IoU: mean refined IoU; acc: 11-class accuracy)",
+    ]
     for b in range(len(IOU_BINS)):
         for key in PER_BIN:
             label = f"{bin_label(b)} {key}"
@@ -81,10 +80,13 @@ def tables(ctx: Context, runs: list[Run]) -> list[str]:
             out.append(f"  {bin_label(b)} {key:<5} " + " | ".join(cells))
     for v in (v for v in others if v in DEFORMABLE):
         rx, ry = values(runs, v, "r_x"), values(runs, v, "r_y")
-        out += ["", f"  {v}: correlation of the mean bin shift with the proposal-to-object"
-                " displacement, per RoI made from a digit:",
-                f"    r_x = {', '.join(f'{x:+.2f}' for x in rx)};"
-                f" r_y = {', '.join(f'{y:+.2f}' for y in ry)} (one value per seed)"]  # fmt: skip
+        out += [
+            "",
+            f"  {v}: correlation of the mean bin shift with the proposal-to-object"
+            " displacement, per RoI made from a digit:",
+            f"    r_x = {', '.join(f'{x:+.2f}' for x in rx)};"
+            f" r_y = {', '.join(f'{y:+.2f}' for y in ry)} (one value per seed)",
+        ]
     if "deform" in variants:
         out.append("")
         for key in ("AP90", "AP50:95", "mean IoU"):
@@ -112,19 +114,27 @@ def claims(ctx: Context, runs: list[Run]) -> list[str]:
             ok &= bool((d > dc).all())
             parts.append(f"{c} {_per_seed(dc)}")
         measured.append(f"{key.split()[1]} " + ", ".join(parts))
-    text = (f"deformable RoI pooling beats RoIAlign (by > {MATERIAL:g} point) on AP75 and AP90 for"
-            f" proposals of IoU 0.5-0.6, by more than the {' and '.join(controls) or 'no'}"
-            " control(s)")  # fmt: skip
+    text = (
+        f"deformable RoI pooling beats RoIAlign (by > {MATERIAL:g} point) on AP75 and AP90 for"
+        f" proposals of IoU 0.5-0.6, by more than the {' and '.join(controls) or 'no'}"
+        " control(s)"
+    )
     out.append(_claim(ok, text, "; ".join(measured)))
     d = gains(runs, "deform", "0 IoU")
     text = f"refined IoU is higher (by > {MATERIAL:g} point) for proposals of IoU 0.3-0.5"
     out.append(_claim(bool((d > MATERIAL).all()), text, f"deformable − RoIAlign {_per_seed(d)}"))
-    strict = {f"{bin_label(b)} {k}": gains(runs, "deform", f"{b} {k}") for b in STRICT
-              for k in ("AP90", "IoU")}  # fmt: skip
+    strict = {
+        f"{bin_label(b)} {k}": gains(runs, "deform", f"{b} {k}") for b in STRICT for k in ("AP90", "IoU")
+    }
     ok = all(bool((np.abs(v) <= MATERIAL).all()) for v in strict.values())
-    out.append(_claim(ok, f"no material difference (within ±{MATERIAL:g} point, AP90 and refined"
-                      " IoU) for proposals of IoU >= 0.8",
-                      "; ".join(f"{k} {_per_seed(v)}" for k, v in strict.items())))  # fmt: skip
+    out.append(
+        _claim(
+            ok,
+            f"no material difference (within ±{MATERIAL:g} point, AP90 and refined"
+            " IoU) for proposals of IoU >= 0.8",
+            "; ".join(f"{k} {_per_seed(v)}" for k, v in strict.items()),
+        )
+    )
     rx, ry = values(runs, "deform", "r_x"), values(runs, "deform", "r_y")
     r_xy = f"r_x {', '.join(f'{x:+.2f}' for x in rx)}; r_y {', '.join(f'{y:+.2f}' for y in ry)}"
     text = "the offsets point toward the object (r >= 0.7 on both axes)"

@@ -90,9 +90,13 @@ class ProgressBar:
 
 
 def batches(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, steps: int, rng: np.random.Generator,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    steps: int,
+    rng: np.random.Generator,
     transform: Callable[[np.ndarray, np.ndarray, np.random.Generator], Zoomed],
-) -> Iterable[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """``steps`` batches: epochs of a fresh permutation of the digits, each batch passed through
     ``transform(images, labels, rng)`` (random zoom, or none); the last partial batch of an epoch is
     dropped."""
@@ -117,9 +121,13 @@ class Schedule:
 
 
 def train(
-    net: nn.Module, params: list[nn.Parameter], schedule: Schedule,
-    data: Iterable[tuple[np.ndarray, np.ndarray]], device: Device, label: str,
-) -> list[float]:  # fmt: skip
+    net: nn.Module,
+    params: list[nn.Parameter],
+    schedule: Schedule,
+    data: Iterable[tuple[np.ndarray, np.ndarray]],
+    device: Device,
+    label: str,
+) -> list[float]:
     """Train ``params`` of ``net`` (the rest frozen) on ``data``; returns the loss of every step."""
     trainable = {id(p) for p in params}
     for p in net.parameters():

@@ -40,9 +40,11 @@ class SyncBatchNormFunction(BatchNormFunction):
         pieces = [xp.asarray(v, dtype=xp.float64).reshape(-1) for v in values]
         self.comm.check_agreement(
             "SyncBatchNorm",
-            [f"{len(arrays)} sums over {arrays[0].size} channels, {arrays[0].dtype}",
-             f"{len(values) - len(arrays)} counts"],
-        )  # fmt: skip
+            [
+                f"{len(arrays)} sums over {arrays[0].size} channels, {arrays[0].dtype}",
+                f"{len(values) - len(arrays)} counts",
+            ],
+        )
         buffer = self.comm.allreduce(xp.concatenate(pieces), "sum", check=False)
         out, offset = [], 0
         for v, piece in zip(values, pieces, strict=True):
@@ -53,10 +55,17 @@ class SyncBatchNormFunction(BatchNormFunction):
 
 
 def sync_batch_norm(
-    input: Array, running_mean: Array | None, running_var: Array | None,
-    weight: Array | None = None, bias: Array | None = None, training: bool = False,
-    momentum: float = 0.1, eps: float = 1e-5, *, comm: Communicator,
-) -> Array:  # fmt: skip
+    input: Array,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    comm: Communicator,
+) -> Array:
     """:func:`cudcn.ops.norm.batch_norm` with the batch statistics (and their gradients) taken over
     the union of every rank's batch; without ``training`` it is exactly ``batch_norm`` and
     communicates nothing.
@@ -72,6 +81,13 @@ def sync_batch_norm(
         An array or Tensor of ``input``'s shape.
     """
     return SyncBatchNormFunction.apply(
-        input, weight, bias, comm=comm, running_mean=_array(running_mean),
-        running_var=_array(running_var), training=bool(training), momentum=momentum, eps=eps,
-    )  # fmt: skip
+        input,
+        weight,
+        bias,
+        comm=comm,
+        running_mean=_array(running_mean),
+        running_var=_array(running_var),
+        training=bool(training),
+        momentum=momentum,
+        eps=eps,
+    )

@@ -191,9 +191,7 @@ def launched_with_ranks() -> bool:
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and mpi.COMM_WORLD.Get_size() > 1:
         return True
-    return any(
-        os.environ.get(v, "1").strip() not in ("", "0", "1") for v in LAUNCHER_SIZE_VARIABLES
-    )
+    return any(os.environ.get(v, "1").strip() not in ("", "0", "1") for v in LAUNCHER_SIZE_VARIABLES)
 
 
 _default: Communicator | None = None

@@ -109,9 +109,7 @@ class MPICommunicator(Communicator):
 
     def _reduce(self, buffer: Array, op: str) -> None:
         data, staged = self._on_host(buffer)
-        self.comm.Allreduce(
-            self.MPI.IN_PLACE, data, op=self.MPI.MAX if op == "max" else self.MPI.SUM
-        )
+        self.comm.Allreduce(self.MPI.IN_PLACE, data, op=self.MPI.MAX if op == "max" else self.MPI.SUM)
         if staged:
             buffer.set(data)
 

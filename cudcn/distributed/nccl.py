@@ -16,9 +16,7 @@ from cudcn.distributed.mpi import MPICommunicator
 
 __all__ = ["NCCLCommunicator"]
 
-CUDA_HINT = (
-    "pip install 'cudcn[cuda13]' (or 'cudcn[cuda12]') for CuPy, and NCCL's nvidia-nccl wheel"
-)
+CUDA_HINT = "pip install 'cudcn[cuda13]' (or 'cudcn[cuda12]') for CuPy, and NCCL's nvidia-nccl wheel"
 
 
 class NCCLCommunicator(MPICommunicator):
@@ -53,9 +51,7 @@ class NCCLCommunicator(MPICommunicator):
             raise RuntimeError("cannot start the 'nccl' backend:\n  " + "\n  ".join(errors))
         cupy.cuda.Device(local_rank).use()
         self.device = local_rank
-        self.nccl = distributed.init_process_group(
-            self.size, self.rank, backend="nccl", use_mpi=True
-        )
+        self.nccl = distributed.init_process_group(self.size, self.rank, backend="nccl", use_mpi=True)
 
     def _reduce(self, buffer: Array, op: str) -> None:
         if is_cupy_array(buffer):

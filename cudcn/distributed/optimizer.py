@@ -194,9 +194,7 @@ def _named_arrays(source: Module | Iterable[Tensor]) -> list[tuple[str, Any]]:
         named = [(name, p.data) for name, p in source.named_parameters()]
         named += list(source.named_buffers())
     elif isinstance(source, Tensor):
-        raise TypeError(
-            "broadcast_parameters takes a Module or an iterable of Tensors, got a Tensor"
-        )
+        raise TypeError("broadcast_parameters takes a Module or an iterable of Tensors, got a Tensor")
     else:
         named = []
         for i, t in enumerate(source):
@@ -227,9 +225,7 @@ def broadcast_parameters(
     """
     comm = default_communicator() if comm is None else comm
     named = _named_arrays(source)
-    comm.check_agreement(
-        "broadcast_parameters", [f"root {root}"] + [_describe(name, a) for name, a in named]
-    )
+    comm.check_agreement("broadcast_parameters", [f"root {root}"] + [_describe(name, a) for name, a in named])
     for _, a in named:
         if is_half_dtype(a.dtype):
             a[...] = comm.broadcast(widen(a), root, check=False)

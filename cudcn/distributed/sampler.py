@@ -43,9 +43,13 @@ class ShardSampler:
     """
 
     def __init__(
-        self, n: int, comm: Communicator | None = None, shuffle: bool = True, seed: int = 0,
+        self,
+        n: int,
+        comm: Communicator | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
         drop_last: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.n = _int("n", n, 0)
         comm = default_communicator() if comm is None else comm
         self.rank, self.size = comm.rank, comm.size

@@ -61,9 +61,7 @@ def save_checkpoint(module_or_state: Module | dict[str, Any], path: str | os.Pat
         arrays[key] = _host(value)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as file:
             _write_npz(file, arrays)

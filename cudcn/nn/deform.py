@@ -34,10 +34,16 @@ class _DeformConvBase(Module):
     in_channels / groups, kh, kw) and ``bias`` (out_channels,) or None."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int], padding: int | tuple[int, int],
-        dilation: int | tuple[int, int], groups: int, bias: bool,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int],
+        dilation: int | tuple[int, int],
+        groups: int,
+        bias: bool,
+    ) -> None:
         super().__init__()
         init_conv_parameters(
             self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
@@ -71,14 +77,18 @@ class DeformConv2d(_DeformConvBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
         rng: np.random.Generator | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-        )
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.reset_parameters(rng)
 
     def reset_parameters(self, rng: np.random.Generator | None = None) -> None:
@@ -101,14 +111,19 @@ class _PackBase(_DeformConvBase):
     offset_factor = 2  # conv_offset channels per offset group and tap
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int], padding: int | tuple[int, int],
-        dilation: int | tuple[int, int], groups: int, deform_groups: int, bias: bool,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int],
+        dilation: int | tuple[int, int],
+        groups: int,
+        deform_groups: int,
+        bias: bool,
         rng: np.random.Generator | None,
-    ) -> None:  # fmt: skip
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-        )
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.deform_groups = positive_int("deform_groups", deform_groups)
         if self.in_channels % self.deform_groups:
             raise ValueError(
@@ -117,9 +132,15 @@ class _PackBase(_DeformConvBase):
             )
         taps = self.kernel_size[0] * self.kernel_size[1]
         self.conv_offset = Conv2d(
-            self.in_channels, self.offset_factor * self.deform_groups * taps, self.kernel_size,
-            self.stride, self.padding, self.dilation, bias=True, rng=rng,
-        )  # fmt: skip
+            self.in_channels,
+            self.offset_factor * self.deform_groups * taps,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=True,
+            rng=rng,
+        )
         self.init_weights(rng)
 
     def init_weights(self, rng: np.random.Generator | None = None) -> None:
@@ -140,15 +161,30 @@ class DeformConv2dPack(_PackBase):
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1, groups: int = 1, deform_groups: int = 1,
-        bias: bool = False, rng: np.random.Generator | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+        bias: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-            deform_groups, bias, rng,
-        )  # fmt: skip
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            deform_groups,
+            bias,
+            rng,
+        )
 
     def init_weights(self, rng: np.random.Generator | None = None) -> None:
         init.kaiming_uniform_(self.weight, nonlinearity="relu", rng=rng)
@@ -177,15 +213,30 @@ class ModulatedDeformConv2dPack(_PackBase):
     offset_factor = 3
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1, groups: int = 1, deform_groups: int = 1,
-        bias: bool = True, rng: np.random.Generator | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+        bias: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-            deform_groups, bias, rng,
-        )  # fmt: skip
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            deform_groups,
+            bias,
+            rng,
+        )
 
     def init_weights(self, rng: np.random.Generator | None = None) -> None:
         bound = 1 / math.sqrt(self.in_channels * self.kernel_size[0] * self.kernel_size[1])

@@ -81,17 +81,13 @@ def _fill(tensor: Any, values: np.ndarray) -> Any:
     return tensor
 
 
-def uniform_(
-    tensor: Any, a: float = 0.0, b: float = 1.0, rng: np.random.Generator | None = None
-) -> Any:
+def uniform_(tensor: Any, a: float = 0.0, b: float = 1.0, rng: np.random.Generator | None = None) -> Any:
     """Fill with U(a, b)."""
     rng = rng or default_rng()
     return _fill(tensor, rng.uniform(a, b, size=tensor.shape))
 
 
-def normal_(
-    tensor: Any, mean: float = 0.0, std: float = 1.0, rng: np.random.Generator | None = None
-) -> Any:
+def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, rng: np.random.Generator | None = None) -> Any:
     """Fill with N(mean, std²)."""
     rng = rng or default_rng()
     return _fill(tensor, rng.normal(mean, std, size=tensor.shape))
@@ -122,9 +118,12 @@ def _kaiming_std(shape: tuple[int, ...], a: float, mode: str, nonlinearity: str)
 
 
 def kaiming_uniform_(
-    tensor: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
     rng: np.random.Generator | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """He uniform: U(-bound, bound), ``bound = gain * sqrt(3 / fan)``. With ``a = sqrt(5)`` (PyTorch's
     default for Conv2d and Linear) the bound is ``1 / sqrt(fan_in)``."""
     bound = math.sqrt(3.0) * _kaiming_std(tensor.shape, a, mode, nonlinearity)
@@ -132,8 +131,11 @@ def kaiming_uniform_(
 
 
 def kaiming_normal_(
-    tensor: Any, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu",
+    tensor: Any,
+    a: float = 0.0,
+    mode: str = "fan_in",
+    nonlinearity: str = "leaky_relu",
     rng: np.random.Generator | None = None,
-) -> Any:  # fmt: skip
+) -> Any:
     """He normal: N(0, std²), ``std = gain / sqrt(fan)``."""
     return normal_(tensor, 0.0, _kaiming_std(tensor.shape, a, mode, nonlinearity), rng)

@@ -57,16 +57,20 @@ def check_channels(in_channels: Any, out_channels: Any, groups: Any) -> tuple[in
 
 
 def init_conv_parameters(
-    module: Module, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-    stride: int | tuple[int, int], padding: int | tuple[int, int],
-    dilation: int | tuple[int, int], groups: int, bias: bool,
-) -> None:  # fmt: skip
+    module: Module,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    padding: int | tuple[int, int],
+    dilation: int | tuple[int, int],
+    groups: int,
+    bias: bool,
+) -> None:
     """Check a convolution's hyper-parameters, store them on ``module`` as ints and (h, w) pairs, and
     register its uninitialised ``weight`` (out_channels, in_channels / groups, kh, kw) and ``bias``
     (out_channels,) or None. Shared by ``Conv2d`` and the deformable layers."""
-    module.in_channels, module.out_channels, module.groups = check_channels(
-        in_channels, out_channels, groups
-    )
+    module.in_channels, module.out_channels, module.groups = check_channels(in_channels, out_channels, groups)
     module.kernel_size = int_pair("kernel_size", kernel_size, 1)
     module.stride = int_pair("stride", stride, 1)
     module.padding = int_pair("padding", padding, 0)
@@ -81,11 +85,17 @@ class Conv2d(Module):
     * kh * kw (PyTorch's ``kaiming_uniform_(a=sqrt(5))`` and bias rule). Zero padding only."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
         rng: np.random.Generator | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         init_conv_parameters(
             self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
@@ -100,9 +110,7 @@ class Conv2d(Module):
             init.uniform_(self.bias, -bound, bound, rng)
 
     def forward(self, input: Array) -> Array:
-        return conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
-        )
+        return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -117,9 +125,12 @@ class Linear(Module):
     U(-1/sqrt(in_features), 1/sqrt(in_features))."""
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True,
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
         rng: np.random.Generator | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
@@ -148,9 +159,13 @@ class _BatchNorm(Module):
     input_dims: tuple[int, ...] = ()
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-        affine: bool = True, track_running_stats: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__()
         self.num_features = positive_int("num_features", num_features)
         self.eps, self.momentum = eps, momentum
@@ -180,19 +195,32 @@ class _BatchNorm(Module):
         batch_stats = self.training or not self.track_running_stats
         use_running = self.track_running_stats  # without the buffers: batch statistics always
         return self.normalize(
-            input, self.running_mean if use_running else None,
-            self.running_var if use_running else None, batch_stats, momentum,
-        )  # fmt: skip
+            input,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            batch_stats,
+            momentum,
+        )
 
     def normalize(
-        self, input: Array, running_mean: Array | None, running_var: Array | None,
-        batch_stats: bool, momentum: float,
-    ) -> Array:  # fmt: skip
+        self,
+        input: Array,
+        running_mean: Array | None,
+        running_var: Array | None,
+        batch_stats: bool,
+        momentum: float,
+    ) -> Array:
         """The functional call behind ``forward`` (``SyncBatchNorm`` overrides it)."""
         return batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, training=batch_stats,
-            momentum=momentum, eps=self.eps,
-        )  # fmt: skip
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            training=batch_stats,
+            momentum=momentum,
+            eps=self.eps,
+        )
 
     def extra_repr(self) -> str:
         return (
@@ -231,9 +259,11 @@ class MaxPool2d(Module):
     """``torch.nn.MaxPool2d`` (stride defaults to the kernel size)."""
 
     def __init__(
-        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
         padding: int | tuple[int, int] = 0,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
@@ -248,16 +278,17 @@ class AvgPool2d(MaxPool2d):
     """``torch.nn.AvgPool2d`` (stride defaults to the kernel size)."""
 
     def __init__(
-        self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-        padding: int | tuple[int, int] = 0, count_include_pad: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        count_include_pad: bool = True,
+    ) -> None:
         super().__init__(kernel_size, stride, padding)
         self.count_include_pad = count_include_pad
 
     def forward(self, input: Array) -> Array:
-        return avg_pool2d(
-            input, self.kernel_size, self.stride, self.padding, self.count_include_pad
-        )
+        return avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
 
 class AdaptiveAvgPool2d(Module):

@@ -159,9 +159,7 @@ class Module:
         for _, module in self.named_children():
             yield module
 
-    def named_parameters(
-        self, prefix: str = "", recurse: bool = True
-    ) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
         """Parameters with dotted names, in registration order, each once."""
         seen: set[int] = set()
         modules = self.named_modules(prefix) if recurse else [(prefix, self)]
@@ -275,8 +273,7 @@ class Module:
 
     def __repr__(self) -> str:
         lines = [
-            f"  ({name}): " + repr(module).replace("\n", "\n  ")
-            for name, module in self._modules.items()
+            f"  ({name}): " + repr(module).replace("\n", "\n  ") for name, module in self._modules.items()
         ]
         if not lines:
             return f"{type(self).__name__}({self.extra_repr()})"

@@ -58,9 +58,7 @@ def move(module: Module, target: Any) -> None:
         except TypeError:
             dtype = None
         if not is_float_dtype(dtype):
-            raise TypeError(
-                f"dtype must be {describe_floats()} (or a device string), got {target!r}"
-            )
+            raise TypeError(f"dtype must be {describe_floats()} (or a device string), got {target!r}")
     buffer_dtype = None if dtype is None else compute_dtype(dtype)
     for module_name, sub in module.named_modules():
         prefix = f"{module_name}." if module_name else ""

@@ -28,9 +28,12 @@ class DeformRoIPool(Module):
     """mmcv's ``DeformRoIPool``: (B, C, H, W) features and (R, 5) rois -> (R, C, ph, pw)."""
 
     def __init__(
-        self, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
-        sampling_ratio: int = 0, gamma: float = 0.1,
-    ) -> None:  # fmt: skip
+        self,
+        output_size: int | tuple[int, int],
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
+        gamma: float = 0.1,
+    ) -> None:
         super().__init__()
         self.output_size = int_pair("output_size", output_size, 1)
         self.spatial_scale = float(spatial_scale)
@@ -39,9 +42,14 @@ class DeformRoIPool(Module):
 
     def _pool(self, input: Array, rois: Array, offset: Array | None) -> Array:
         return deform_roi_pool(
-            input, rois, offset, self.output_size, self.spatial_scale, self.sampling_ratio,
+            input,
+            rois,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.sampling_ratio,
             self.gamma,
-        )  # fmt: skip
+        )
 
     def forward(self, input: Array, rois: Array, offset: Array | None = None) -> Array:
         return self._pool(input, rois, offset)
@@ -70,19 +78,26 @@ class DeformRoIPoolPack(DeformRoIPool):
     """
 
     def __init__(
-        self, output_size: int | tuple[int, int], output_channels: int,
-        deform_fc_channels: int = 1024, spatial_scale: float = 1.0, sampling_ratio: int = 0,
+        self,
+        output_size: int | tuple[int, int],
+        output_channels: int,
+        deform_fc_channels: int = 1024,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
         gamma: float = 0.1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(output_size, spatial_scale, sampling_ratio, gamma)
         self.output_channels = positive_int("output_channels", output_channels)
         self.deform_fc_channels = positive_int("deform_fc_channels", deform_fc_channels)
         bins = self.output_size[0] * self.output_size[1]
         fc = self.deform_fc_channels
         self.offset_fc = Sequential(
-            Linear(bins * self.output_channels, fc), ReLU(), Linear(fc, fc), ReLU(),
+            Linear(bins * self.output_channels, fc),
+            ReLU(),
+            Linear(fc, fc),
+            ReLU(),
             Linear(fc, bins * 2),
-        )  # fmt: skip
+        )
         _zero_last_linear(self.offset_fc)
 
     def _check_channels(self, input: Array) -> None:
@@ -111,18 +126,24 @@ class ModulatedDeformRoIPoolPack(DeformRoIPoolPack):
     mask."""
 
     def __init__(
-        self, output_size: int | tuple[int, int], output_channels: int,
-        deform_fc_channels: int = 1024, spatial_scale: float = 1.0, sampling_ratio: int = 0,
+        self,
+        output_size: int | tuple[int, int],
+        output_channels: int,
+        deform_fc_channels: int = 1024,
+        spatial_scale: float = 1.0,
+        sampling_ratio: int = 0,
         gamma: float = 0.1,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(
             output_size, output_channels, deform_fc_channels, spatial_scale, sampling_ratio, gamma
         )
         bins = self.output_size[0] * self.output_size[1]
         self.mask_fc = Sequential(
-            Linear(bins * self.output_channels, self.deform_fc_channels), ReLU(),
-            Linear(self.deform_fc_channels, bins), Sigmoid(),
-        )  # fmt: skip
+            Linear(bins * self.output_channels, self.deform_fc_channels),
+            ReLU(),
+            Linear(self.deform_fc_channels, bins),
+            Sigmoid(),
+        )
         _zero_last_linear(self.mask_fc)
 
     def forward(self, input: Array, rois: Array) -> Array:  # type: ignore[override]

@@ -49,8 +49,7 @@ def _array(owner: Module, attr: str, is_param: bool) -> Any:
 def state_dict(module: Module) -> OrderedDict[str, Any]:
     """Copies of ``module``'s parameter and persistent buffer arrays, keyed by dotted name."""
     return OrderedDict(
-        (key, _array(owner, attr, is_param).copy())
-        for key, owner, attr, is_param in _entries(module)
+        (key, _array(owner, attr, is_param).copy()) for key, owner, attr, is_param in _entries(module)
     )
 
 
@@ -74,8 +73,7 @@ def load_state_dict(module: Module, state: Any, strict: bool = True) -> Incompat
         ) + problems
     if problems:
         raise ValueError(
-            f"load_state_dict into {type(module).__name__} failed, nothing loaded:\n"
-            + "\n".join(problems)
+            f"load_state_dict into {type(module).__name__} failed, nothing loaded:\n" + "\n".join(problems)
         )
     for key, where in entries.items():
         if key in values:

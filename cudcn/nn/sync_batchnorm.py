@@ -32,24 +32,40 @@ class SyncBatchNorm(_BatchNorm):
     input_dims = (2, 3, 4, 5)
 
     def __init__(
-        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-        affine: bool = True, track_running_stats: bool = True, comm: Communicator | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        comm: Communicator | None = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.comm = comm
 
     def normalize(
-        self, input: Array, running_mean: Array | None, running_var: Array | None,
-        batch_stats: bool, momentum: float,
-    ) -> Array:  # fmt: skip
+        self,
+        input: Array,
+        running_mean: Array | None,
+        running_var: Array | None,
+        batch_stats: bool,
+        momentum: float,
+    ) -> Array:
         if not (batch_stats and self.training):  # eval: local, as torch's SyncBatchNorm
             return super().normalize(input, running_mean, running_var, batch_stats, momentum)
         if self.comm is None:
             self.comm = default_communicator()
         return sync_batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, training=True,
-            momentum=momentum, eps=self.eps, comm=self.comm,
-        )  # fmt: skip
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            training=True,
+            momentum=momentum,
+            eps=self.eps,
+            comm=self.comm,
+        )
 
     @classmethod
     def convert_sync_batchnorm(cls, module: Module, comm: Communicator | None = None) -> Module:
@@ -61,8 +77,7 @@ class SyncBatchNorm(_BatchNorm):
 
         def convert(bn: _BatchNorm) -> SyncBatchNorm:
             if id(bn) not in converted:
-                new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                          comm)  # fmt: skip
+                new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, comm)
                 new._parameters.update(bn._parameters)
                 new._buffers.update(bn._buffers)
                 new.train(bn.training)

@@ -89,14 +89,10 @@ def export(
     try:
         import onnx
     except ImportError as exc:
-        raise ImportError(
-            "cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'"
-        ) from exc
+        raise ImportError("cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'") from exc
     from cudcn.onnx.graph import export_model
 
-    model_proto = export_model(
-        model, example_inputs, opset, input_names, output_names, bool(dynamic_batch)
-    )
+    model_proto = export_model(model, example_inputs, opset, input_names, output_names, bool(dynamic_batch))
     if f is not None:
         onnx.save_model(model_proto, f)
     return model_proto

@@ -109,9 +109,7 @@ def _example_arrays(example_inputs: Any) -> list[Any]:
     for i, a in enumerate(items):
         a = a.data if isinstance(a, Tensor) else a
         if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
-            raise TypeError(
-                f"example_inputs[{i}] must be a NumPy or CuPy array, got {type(a).__name__}"
-            )
+            raise TypeError(f"example_inputs[{i}] must be a NumPy or CuPy array, got {type(a).__name__}")
         arrays.append(a)
     if not arrays:
         raise ValueError("example_inputs must hold at least one array, got none")
@@ -180,9 +178,13 @@ def _value_info(name: str, array: Any, symbolic: str | None) -> onnx.ValueInfoPr
 
 
 def export_model(
-    model: Any, example_inputs: Any, opset: int, input_names: list[str] | None,
-    output_names: list[str] | None, dynamic_batch: bool,
-) -> onnx.ModelProto:  # fmt: skip
+    model: Any,
+    example_inputs: Any,
+    opset: int,
+    input_names: list[str] | None,
+    output_names: list[str] | None,
+    dynamic_batch: bool,
+) -> onnx.ModelProto:
     """The checked ONNX model of ``model`` (see :func:`cudcn.onnx.export`)."""
     from cudcn.onnx.translate import translate
 
@@ -222,8 +224,7 @@ def export_model(
         return "batch" if i == 0 else f"{name}_axis0"
 
     inputs = [
-        _value_info(n, a, symbol(i, n, True))
-        for i, (n, a) in enumerate(zip(in_names, arrays, strict=True))
+        _value_info(n, a, symbol(i, n, True)) for i, (n, a) in enumerate(zip(in_names, arrays, strict=True))
     ]
     outputs = [
         _value_info(n, t.data, symbol(1, n, b.names[id(t)] in b.batched))
@@ -232,9 +233,12 @@ def export_model(
     graph = helper.make_graph(b.nodes, type(model).__name__, inputs, outputs, b.initializers)
     opsets = [helper.make_opsetid("", opset)]
     proto = helper.make_model(
-        graph, opset_imports=opsets, producer_name="cudcn", producer_version=cudcn.__version__,
+        graph,
+        opset_imports=opsets,
+        producer_name="cudcn",
+        producer_version=cudcn.__version__,
         ir_version=helper.find_min_ir_version_for(opsets),
-    )  # fmt: skip
+    )
     _check(proto, opset)
     return proto
 

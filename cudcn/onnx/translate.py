@@ -85,8 +85,7 @@ def _getitem(b: GraphBuilder, node: Any, out: Tensor) -> str:
         at = items.index(Ellipsis)
         items[at : at + 1] = [slice(None)] * (x.ndim - len(items) + 1)
     if len(items) > x.ndim or not all(
-        isinstance(i, slice) or (isinstance(i, (int, np.integer)) and not isinstance(i, bool))
-        for i in items
+        isinstance(i, slice) or (isinstance(i, (int, np.integer)) and not isinstance(i, bool)) for i in items
     ):
         raise ExportError(
             f"cannot export indexing x[{index!r}] in {describe(node)}: only ints, slices and one "
@@ -123,9 +122,14 @@ def _conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
     geo, dt = node.geo, out.dtype
     inputs = [b.value(x, dt) for x in node._trace_inputs if x is not None]
     return b.node(
-        "Conv", inputs, kernel_shape=list(geo.kernel), strides=list(geo.stride),
-        pads=_pads(geo.padding), dilations=list(geo.dilation), group=geo.groups,
-    )  # fmt: skip
+        "Conv",
+        inputs,
+        kernel_shape=list(geo.kernel),
+        strides=list(geo.stride),
+        pads=_pads(geo.padding),
+        dilations=list(geo.dilation),
+        group=geo.groups,
+    )
 
 
 def _deform_conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
@@ -136,10 +140,15 @@ def _deform_conv2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
     while names[-1] == "":
         names.pop()
     return b.node(
-        "DeformConv", names, kernel_shape=list(_data(weight).shape[2:]), strides=list(p.stride),
-        pads=_pads(p.padding), dilations=list(p.dilation), group=p.groups,
+        "DeformConv",
+        names,
+        kernel_shape=list(_data(weight).shape[2:]),
+        strides=list(p.stride),
+        pads=_pads(p.padding),
+        dilations=list(p.dilation),
+        group=p.groups,
         offset_group=p.offset_groups,
-    )  # fmt: skip
+    )
 
 
 def _batch_norm(b: GraphBuilder, node: Any, out: Tensor) -> str:
@@ -154,9 +163,7 @@ def _batch_norm(b: GraphBuilder, node: Any, out: Tensor) -> str:
     scale = b.value(weight, dt) if weight is not None else b.const(np.ones(channels, dt))
     shift = b.value(bias, dt) if bias is not None else b.const(np.zeros(channels, dt))
     stats = [b.value(p["running_mean"], dt), b.value(p["running_var"], dt)]
-    return b.node(
-        "BatchNormalization", [b.value(input, dt), scale, shift, *stats], epsilon=float(p["eps"])
-    )
+    return b.node("BatchNormalization", [b.value(input, dt), scale, shift, *stats], epsilon=float(p["eps"]))
 
 
 def _linear(b: GraphBuilder, node: Any, out: Tensor) -> str:
@@ -172,9 +179,13 @@ def _pool(b: GraphBuilder, node: Any, out: Tensor, op_type: str, **attributes: A
     geo = node.geo
     (x,) = node._trace_inputs
     return b.node(
-        op_type, [b.value(x, out.dtype)], kernel_shape=list(geo.kernel),
-        strides=list(geo.stride), pads=_pads(geo.padding), **attributes,
-    )  # fmt: skip
+        op_type,
+        [b.value(x, out.dtype)],
+        kernel_shape=list(geo.kernel),
+        strides=list(geo.stride),
+        pads=_pads(geo.padding),
+        **attributes,
+    )
 
 
 def _max_pool2d(b: GraphBuilder, node: Any, out: Tensor) -> str:
@@ -220,11 +231,15 @@ def _roi_align(b: GraphBuilder, node: Any, out: Tensor) -> str:
     batch = b.node("Cast", [index], to=TensorProto.INT64)
     boxes = b.node("Slice", [r, b.ints([1]), b.ints([5]), b.ints([1])])
     return b.node(
-        "RoiAlign", [b.value(input, dt), boxes, batch], mode="avg", output_height=p.pooled_h,
-        output_width=p.pooled_w, sampling_ratio=p.sampling_ratio,
+        "RoiAlign",
+        [b.value(input, dt), boxes, batch],
+        mode="avg",
+        output_height=p.pooled_h,
+        output_width=p.pooled_w,
+        sampling_ratio=p.sampling_ratio,
         spatial_scale=float(p.spatial_scale),
         coordinate_transformation_mode="half_pixel" if p.aligned else "output_half_pixel",
-    )  # fmt: skip
+    )
 
 
 def _unsupported(op: str, reason: str) -> Translation:
@@ -235,21 +250,38 @@ def _unsupported(op: str, reason: str) -> Translation:
 
 
 TRANSLATIONS: dict[type[Function], Translation] = {
-    am.Add: _elementwise("Add"), am.Sub: _elementwise("Sub"), am.Mul: _elementwise("Mul"),
-    am.Div: _elementwise("Div"), am.Neg: _elementwise("Neg"), am.MatMul: _elementwise("MatMul"),
-    am.Exp: _elementwise("Exp"), am.Log: _elementwise("Log"), am.Relu: _elementwise("Relu"),
-    am.Sigmoid: _elementwise("Sigmoid"), am.Tanh: _elementwise("Tanh"), am.Pow: _pow,
-    sh.Sum: _reduce("ReduceSum"), sh.Mean: _reduce("ReduceMean"), sh.Max: _reduce("ReduceMax"),
-    sh.Reshape: _reshape, sh.Transpose: _transpose, sh.GetItem: _getitem,
-    Conv2dFunction: _conv2d, DeformConv2dFunction: _deform_conv2d, BatchNormFunction: _batch_norm,
-    LinearFunction: _linear, MaxPool2dFunction: _max_pool2d, AvgPool2dFunction: _avg_pool2d,
-    AdaptiveAvgPool2dFunction: _adaptive_avg_pool2d, LogSoftmaxFunction: _log_softmax,
+    am.Add: _elementwise("Add"),
+    am.Sub: _elementwise("Sub"),
+    am.Mul: _elementwise("Mul"),
+    am.Div: _elementwise("Div"),
+    am.Neg: _elementwise("Neg"),
+    am.MatMul: _elementwise("MatMul"),
+    am.Exp: _elementwise("Exp"),
+    am.Log: _elementwise("Log"),
+    am.Relu: _elementwise("Relu"),
+    am.Sigmoid: _elementwise("Sigmoid"),
+    am.Tanh: _elementwise("Tanh"),
+    am.Pow: _pow,
+    sh.Sum: _reduce("ReduceSum"),
+    sh.Mean: _reduce("ReduceMean"),
+    sh.Max: _reduce("ReduceMax"),
+    sh.Reshape: _reshape,
+    sh.Transpose: _transpose,
+    sh.GetItem: _getitem,
+    Conv2dFunction: _conv2d,
+    DeformConv2dFunction: _deform_conv2d,
+    BatchNormFunction: _batch_norm,
+    LinearFunction: _linear,
+    MaxPool2dFunction: _max_pool2d,
+    AvgPool2dFunction: _avg_pool2d,
+    AdaptiveAvgPool2dFunction: _adaptive_avg_pool2d,
+    LogSoftmaxFunction: _log_softmax,
     DeformRoIPoolFunction: _roi_align,
     DeformPSRoIPoolFunction: _unsupported(
         "deform_psroi_pool", "ONNX has no standard position-sensitive (deformable) RoI pooling"
     ),
     DropoutFunction: _unsupported("dropout in training mode", "export computes the eval graph"),
-}  # fmt: skip
+}
 
 
 def translate(b: GraphBuilder, node: Any, out: Tensor) -> str:

@@ -31,9 +31,7 @@ def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
         if a is None:
             continue
         if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
-            raise TypeError(
-                f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}"
-            )
+            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
         if not is_float_dtype(a.dtype):
             raise TypeError(f"{name} must have dtype {describe_floats()}, got {a.dtype}")
         if first is None:

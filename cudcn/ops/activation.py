@@ -41,9 +41,11 @@ class DropoutFunction(Function):
 
 
 def dropout(
-    input: Array, p: float = 0.5, training: bool = True,
+    input: Array,
+    p: float = 0.5,
+    training: bool = True,
     rng: np.random.Generator | int | None = None,
-) -> Array:  # fmt: skip
+) -> Array:
     """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)`` while
     ``training``; return ``input`` itself otherwise (or when ``p == 0``).
 

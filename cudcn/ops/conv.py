@@ -72,9 +72,7 @@ class Conv2dGeometry:
         input pixel y receives output oy through tap i when ``y + pad_h = oy * stride_h + i *
         dil_h``, i.e. from lattice row ``y + pad_h + dil_h * (kh - 1 - i)``."""
         (kh, kw), (dh, dw), (ph, pw) = self.kernel, self.dilation, self.padding
-        return [
-            (ph + dh * (kh - 1 - i), pw + dw * (kw - 1 - j)) for i in range(kh) for j in range(kw)
-        ]
+        return [(ph + dh * (kh - 1 - i), pw + dw * (kw - 1 - j)) for i in range(kh) for j in range(kw)]
 
     def weight_columns(self) -> int:
         """C_in / groups * kh * kw: the columns of one weight group's matrix."""
@@ -88,9 +86,14 @@ class Conv2dGeometry:
 
 
 def check_conv2d(
-    input: Array, weight: Array, bias: Array | None, stride: Any, padding: Any, dilation: Any,
+    input: Array,
+    weight: Array,
+    bias: Array | None,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
     groups: Any,
-) -> Conv2dGeometry:  # fmt: skip
+) -> Conv2dGeometry:
     """Validate the arguments of conv2d and return the call's geometry."""
     check_arrays({"input": input, "weight": weight, "bias": bias})
     stride = int_pair("stride", stride, 1)
@@ -121,15 +124,28 @@ def check_conv2d(
             f"kernel {kh}x{kw}, stride {stride}, padding {padding}, dilation {dilation}"
         )
     return Conv2dGeometry(
-        batch, in_channels, out_channels, height, width, out_h, out_w, (kh, kw), stride, padding,
-        dilation, groups,
-    )  # fmt: skip
+        batch,
+        in_channels,
+        out_channels,
+        height,
+        width,
+        out_h,
+        out_w,
+        (kh, kw),
+        stride,
+        padding,
+        dilation,
+        groups,
+    )
 
 
 def _column_chunks(
-    source: Array, taps: list[tuple[int, int]], step: tuple[int, int], size: tuple[int, int],
+    source: Array,
+    taps: list[tuple[int, int]],
+    step: tuple[int, int],
+    size: tuple[int, int],
     geo: Conv2dGeometry,
-) -> Iterator[tuple[int, int, Array]]:  # fmt: skip
+) -> Iterator[tuple[int, int, Array]]:
     """``(n0, n1, cols)`` for consecutive chunks of images n0 <= n < n1 of ``source`` (B, channels,
     Hs, Ws): cols (groups, channels / groups * taps, b * h * w), row (c, k) holding
     ``source[n, c, y0 + step_h * y, x0 + step_w * x]`` for tap k at (y0, x0). One buffer serves
@@ -145,9 +161,7 @@ def _column_chunks(
         cols = buffer[: per_image * (n1 - n0)].reshape(channels, len(taps), n1 - n0, h, w)
         chunk = source[n0:n1].transpose(1, 0, 2, 3)
         for k, (y0, x0) in enumerate(taps):
-            cols[:, k] = chunk[
-                :, :, y0 : y0 + sh * (h - 1) + 1 : sh, x0 : x0 + sw * (w - 1) + 1 : sw
-            ]
+            cols[:, k] = chunk[:, :, y0 : y0 + sh * (h - 1) + 1 : sh, x0 : x0 + sw * (w - 1) + 1 : sw]
         yield n0, n1, cols.reshape(geo.groups, -1, (n1 - n0) * h * w)
 
 
@@ -171,9 +185,14 @@ def _grad_lattice(grad_out: Array, geo: Conv2dGeometry) -> Array:
 
 
 def _chunked_product(
-    weight: Array, source: Array, taps: list[tuple[int, int]], step: tuple[int, int],
-    size: tuple[int, int], out: Array, geo: Conv2dGeometry,
-) -> None:  # fmt: skip
+    weight: Array,
+    source: Array,
+    taps: list[tuple[int, int]],
+    step: tuple[int, int],
+    size: tuple[int, int],
+    out: Array,
+    geo: Conv2dGeometry,
+) -> None:
     """``out[n] = weight @ cols(n)`` for every image n (see ``_column_chunks``).
 
     weight: (groups, rows / groups, channels / groups * taps); source (B, channels, Hs, Ws);
@@ -237,9 +256,13 @@ def _grad_input(grad_out: Array, weight: Array, geo: Conv2dGeometry) -> Array:
 
 
 def _backward(
-    grad_out: Array, input: Array, weight: Array, bias: Array | None, geo: Conv2dGeometry,
+    grad_out: Array,
+    input: Array,
+    weight: Array,
+    bias: Array | None,
+    geo: Conv2dGeometry,
     needs: tuple[bool, ...],
-) -> tuple[Array | None, Array | None, Array | None]:  # fmt: skip
+) -> tuple[Array | None, Array | None, Array | None]:
     """Gradients of (input, weight, bias) in the compute dtype (float32 for 16-bit arguments);
     only those flagged in ``needs`` are computed."""
     grad_out, input, weight, bias = (widen(a) for a in (grad_out, input, weight, bias))
@@ -251,19 +274,29 @@ def _backward(
 
 
 def conv2d_forward(
-    input: Array, weight: Array, bias: Array | None = None, stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1,
-) -> Array:  # fmt: skip
+    input: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Array:
     """Array-level forward of :func:`conv2d` (no tape): returns (B, C_out, H_out, W_out)."""
     geo = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     return _forward_rounded(input, weight, bias, geo)
 
 
 def conv2d_backward(
-    grad_out: Array, input: Array, weight: Array, bias: Array | None = None,
-    stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1, groups: int = 1,
-) -> tuple[Array, Array, Array | None]:  # fmt: skip
+    grad_out: Array,
+    input: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> tuple[Array, Array, Array | None]:
     """Array-level backward of :func:`conv2d`: gradients of ``(input, weight, bias)`` given
     ``grad_out`` (B, C_out, H_out, W_out); ``None`` for bias when it was ``None``."""
     geo = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -288,9 +321,14 @@ class Conv2dFunction(Function):
 
 
 def conv2d(
-    input: Array, weight: Array, bias: Array | None = None, stride: int | tuple[int, int] = 1,
-    padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1, groups: int = 1,
-) -> Array:  # fmt: skip
+    input: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Array:
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     Args:

@@ -46,9 +46,7 @@ class DeformConv2dParams:
         mask: Array | None,
     ) -> DeformConv2dParams:
         """Validate every argument of deform_conv2d (docs/spec.md) and return its parameters."""
-        check_arrays(
-            {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask}
-        )
+        check_arrays({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
         stride = int_pair("stride", stride, 1)
         padding = int_pair("padding", padding, 0)
         dilation = int_pair("dilation", dilation, 1)
@@ -58,9 +56,7 @@ class DeformConv2dParams:
         batch, in_channels, height, width = (int(s) for s in input.shape)
         out_channels, group_channels, kh, kw = (int(s) for s in weight.shape)
         if min(out_channels, group_channels, kh, kw) < 1:
-            raise ValueError(
-                f"weight must have no empty dimension, got shape {tuple(weight.shape)}"
-            )
+            raise ValueError(f"weight must have no empty dimension, got shape {tuple(weight.shape)}")
         if in_channels % group_channels:
             raise ValueError(
                 f"weight.shape[1] must divide input channels {in_channels} "
@@ -69,8 +65,7 @@ class DeformConv2dParams:
         groups = in_channels // group_channels
         if out_channels % groups:
             raise ValueError(
-                f"weight.shape[0] (C_out) must be divisible by groups = {groups}, "
-                f"got {out_channels}"
+                f"weight.shape[0] (C_out) must be divisible by groups = {groups}, got {out_channels}"
             )
         taps = kh * kw
         offset_channels = int(offset.shape[1])
@@ -106,8 +101,7 @@ class DeformConv2dParams:
     def output_size(self, height: int, width: int, kh: int, kw: int) -> Pair:
         """``(H_out, W_out)`` for an input of ``height`` x ``width`` and a kh x kw kernel."""
         return (
-            (height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0]
-            + 1,
+            (height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0] + 1,
             (width + 2 * self.padding[1] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1] + 1,
         )
 
@@ -190,9 +184,7 @@ class DeformConv2dFunction(Function):
     """Tape node of deform_conv2d; inputs ``(input, offset, weight, bias, mask)``."""
 
     def forward(self, input, offset, weight, bias, mask, *, stride, padding, dilation):
-        self.params = DeformConv2dParams.check(
-            input, offset, weight, bias, stride, padding, dilation, mask
-        )
+        self.params = DeformConv2dParams.check(input, offset, weight, bias, stride, padding, dilation, mask)
         self.save_for_backward(input, offset, weight, bias, mask)
         return run_forward(input, offset, weight, bias, mask, self.params)
 

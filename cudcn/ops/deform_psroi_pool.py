@@ -86,13 +86,13 @@ class DeformPSRoIPoolParams:
                     f"= {pairs // 2}"
                 )
             check_shape(
-                "trans", trans, (rois.shape[0], pairs, part_size, part_size),
+                "trans",
+                trans,
+                (rois.shape[0], pairs, part_size, part_size),
                 "(R, 2 * num_classes, part_size, part_size)",
-            )  # fmt: skip
+            )
         trans_std = finite_float("trans_std", trans_std)
-        return cls(
-            scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std
-        )
+        return cls(scale, output_dim, group_size, pooled_size, part_size, sample_per_part, trans_std)
 
 
 def run_forward(input: Array, rois: Array, trans: Array | None, p: DeformPSRoIPoolParams) -> Array:
@@ -108,9 +108,11 @@ def run_backward(
 ) -> tuple[Array, Array | None]:
     check_arrays({"input": input, "grad_out": grad_out})
     check_shape(
-        "grad_out", grad_out, (rois.shape[0], p.output_dim, p.pooled_size, p.pooled_size),
+        "grad_out",
+        grad_out,
+        (rois.shape[0], p.output_dim, p.pooled_size, p.pooled_size),
         "(R, output_dim, pooled_size, pooled_size)",
-    )  # fmt: skip
+    )
     if rois.shape[0] == 0:
         xp = array_module(input)
         return xp.zeros_like(input), None if trans is None else xp.zeros_like(trans)
@@ -133,8 +135,18 @@ def deform_psroi_pool_forward(
 ) -> Array:
     """Array-level forward of :func:`deform_psroi_pool` (no tape). Same arguments; returns ``out``
     (R, output_dim, pooled_size, pooled_size) of the inputs' library and dtype."""
-    p = DeformPSRoIPoolParams.check(input, rois, trans, spatial_scale, output_dim, group_size,
-                                pooled_size, part_size, sample_per_part, trans_std)  # fmt: skip
+    p = DeformPSRoIPoolParams.check(
+        input,
+        rois,
+        trans,
+        spatial_scale,
+        output_dim,
+        group_size,
+        pooled_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
     return run_forward(input, rois, trans, p)
 
 
@@ -155,8 +167,18 @@ def deform_psroi_pool_backward(
     """Array-level backward of :func:`deform_psroi_pool`: the gradients ``(input, trans)`` given
     ``grad_out`` (R, output_dim, pooled_size, pooled_size); ``None`` for ``trans`` when it was
     ``None``. ``rois`` get no gradient. Recomputes what it needs."""
-    p = DeformPSRoIPoolParams.check(input, rois, trans, spatial_scale, output_dim, group_size,
-                                pooled_size, part_size, sample_per_part, trans_std)  # fmt: skip
+    p = DeformPSRoIPoolParams.check(
+        input,
+        rois,
+        trans,
+        spatial_scale,
+        output_dim,
+        group_size,
+        pooled_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
     return run_backward(grad_out, input, rois, trans, p)
 
 
@@ -243,7 +265,14 @@ def deform_psroi_pool(
         np.float64(5.0)
     """
     return DeformPSRoIPoolFunction.apply(
-        input, rois, trans, spatial_scale=spatial_scale, output_dim=output_dim,
-        group_size=group_size, pooled_size=pooled_size, part_size=part_size,
-        sample_per_part=sample_per_part, trans_std=trans_std,
-    )  # fmt: skip
+        input,
+        rois,
+        trans,
+        spatial_scale=spatial_scale,
+        output_dim=output_dim,
+        group_size=group_size,
+        pooled_size=pooled_size,
+        part_size=part_size,
+        sample_per_part=sample_per_part,
+        trans_std=trans_std,
+    )

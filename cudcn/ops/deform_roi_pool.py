@@ -38,9 +38,7 @@ def check_rois(rois: Array, batch: int) -> None:
         return
     xp = array_module(rois)
     index = rois[:, 0]
-    bad = (
-        ~xp.isfinite(rois).all(axis=1) | (index < 0) | (index >= batch) | (index != xp.floor(index))
-    )
+    bad = ~xp.isfinite(rois).all(axis=1) | (index < 0) | (index >= batch) | (index != xp.floor(index))
     if int(xp.count_nonzero(bad)) == 0:
         return
     rows = bad.get() if is_cupy_array(bad) else bad
@@ -133,9 +131,11 @@ def run_backward(
 ) -> tuple[Array, Array | None]:
     check_arrays({"input": input, "grad_out": grad_out})
     check_shape(
-        "grad_out", grad_out, (rois.shape[0], input.shape[1], p.pooled_h, p.pooled_w),
+        "grad_out",
+        grad_out,
+        (rois.shape[0], input.shape[1], p.pooled_h, p.pooled_w),
         "(R, C, pooled_h, pooled_w)",
-    )  # fmt: skip
+    )
     if rois.shape[0] == 0:
         xp = array_module(input)
         return xp.zeros_like(input), None if offset is None else xp.zeros_like(offset)
@@ -154,9 +154,7 @@ def deform_roi_pool_forward(
 ) -> Array:
     """Array-level forward of :func:`deform_roi_pool` (no tape). Same arguments; returns ``out``
     (R, C, pooled_h, pooled_w) of the inputs' library and dtype."""
-    p = DeformRoIPoolParams.check(
-        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
-    )
+    p = DeformRoIPoolParams.check(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
     return run_forward(input, rois, offset, p)
 
 
@@ -173,17 +171,14 @@ def deform_roi_pool_backward(
     """Array-level backward of :func:`deform_roi_pool`: the gradients ``(input, offset)`` given
     ``grad_out`` (R, C, pooled_h, pooled_w); ``None`` for ``offset`` when it was ``None``. ``rois``
     get no gradient. Recomputes what it needs."""
-    p = DeformRoIPoolParams.check(
-        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma
-    )
+    p = DeformRoIPoolParams.check(input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma)
     return run_backward(grad_out, input, rois, offset, p)
 
 
 class DeformRoIPoolFunction(Function):
     """Tape node of deform_roi_pool / roi_align; inputs ``(input, rois, offset)``, no grad for rois."""
 
-    def forward(self, input, rois, offset, *, output_size, spatial_scale, sampling_ratio, gamma,
-                aligned):  # fmt: skip
+    def forward(self, input, rois, offset, *, output_size, spatial_scale, sampling_ratio, gamma, aligned):
         self.params = DeformRoIPoolParams.check(
             input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma, aligned
         )
@@ -252,6 +247,12 @@ def deform_roi_pool(
         np.float64(5.0)
     """
     return DeformRoIPoolFunction.apply(
-        input, rois, offset, output_size=output_size, spatial_scale=spatial_scale,
-        sampling_ratio=sampling_ratio, gamma=gamma, aligned=True,
-    )  # fmt: skip
+        input,
+        rois,
+        offset,
+        output_size=output_size,
+        spatial_scale=spatial_scale,
+        sampling_ratio=sampling_ratio,
+        gamma=gamma,
+        aligned=True,
+    )

@@ -78,9 +78,7 @@ def cross_entropy(input: Array, target: Array, reduction: str = "mean") -> Array
     check_ndim("input", data, 2, "(N, K) logits")
     target = target.data if isinstance(target, Tensor) else target
     if not hasattr(target, "dtype") or target.dtype.kind not in "iu":
-        raise TypeError(
-            f"target must be an integer array, got {getattr(target, 'dtype', target)!r}"
-        )
+        raise TypeError(f"target must be an integer array, got {getattr(target, 'dtype', target)!r}")
     if is_cupy_array(target) != is_cupy_array(data):
         raise TypeError("target must come from the same array library as input")
     check_shape("target", target, (data.shape[0],), "(N,)")
@@ -143,9 +141,7 @@ class SmoothL1LossFunction(Function):
         return (g if need_input else None, -g if need_target else None)
 
 
-def smooth_l1_loss(
-    input: Array, target: Array, reduction: str = "mean", beta: float = 1.0
-) -> Array:
+def smooth_l1_loss(input: Array, target: Array, reduction: str = "mean", beta: float = 1.0) -> Array:
     """Smooth L1 (Huber-like) loss, as ``torch.nn.functional.smooth_l1_loss``: with
     ``d = input - target``, ``0.5 * d ** 2 / beta`` where ``|d| < beta`` and ``|d| - 0.5 * beta``
     elsewhere (``beta = 0`` is the L1 loss), reduced (``"mean"``, ``"sum"`` or ``"none"``).

@@ -18,9 +18,15 @@ from cudcn.ops._checks import check_arrays, check_shape, finite_float
 
 
 def check_batch_norm(
-    input: Array, running_mean: Array | None, running_var: Array | None, weight: Array | None,
-    bias: Array | None, training: bool, momentum: Any, eps: Any,
-) -> None:  # fmt: skip
+    input: Array,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Array | None,
+    bias: Array | None,
+    training: bool,
+    momentum: Any,
+    eps: Any,
+) -> None:
     """Validate the arguments of batch_norm: the running statistics have the input's compute dtype
     (float32 for a 16-bit input), every other array the input's dtype."""
     check_arrays({"input": input, "weight": weight, "bias": bias})
@@ -35,12 +41,14 @@ def check_batch_norm(
     if running_mean is not None or running_var is not None:  # their library and device
         check_arrays({"input": input.reshape(-1)[:0].astype(want), **stats})
     if not 2 <= input.ndim <= 5:
-        raise ValueError(
-            f"input must be (B, C) or (B, C, *spatial), got shape {tuple(input.shape)}"
-        )
+        raise ValueError(f"input must be (B, C) or (B, C, *spatial), got shape {tuple(input.shape)}")
     channels = input.shape[1]
-    for name, a in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):  # fmt: skip
+    for name, a in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         if a is not None:
             check_shape(name, a, (channels,), "(C,)")
     if not training and (running_mean is None or running_var is None):
@@ -129,10 +137,15 @@ def _array(a: Any) -> Any:
 
 
 def batch_norm(
-    input: Array, running_mean: Array | None, running_var: Array | None,
-    weight: Array | None = None, bias: Array | None = None, training: bool = False,
-    momentum: float = 0.1, eps: float = 1e-5,
-) -> Array:  # fmt: skip
+    input: Array,
+    running_mean: Array | None,
+    running_var: Array | None,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Array:
     """Batch normalisation, as ``torch.nn.functional.batch_norm``.
 
     ``out = (input - mean) / sqrt(var + eps) * weight + bias`` per channel (axis 1). While
@@ -152,6 +165,12 @@ def batch_norm(
         An array or Tensor of ``input``'s shape.
     """
     return BatchNormFunction.apply(
-        input, weight, bias, running_mean=_array(running_mean), running_var=_array(running_var),
-        training=bool(training), momentum=momentum, eps=eps,
-    )  # fmt: skip
+        input,
+        weight,
+        bias,
+        running_mean=_array(running_mean),
+        running_var=_array(running_var),
+        training=bool(training),
+        momentum=momentum,
+        eps=eps,
+    )

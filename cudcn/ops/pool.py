@@ -180,9 +180,11 @@ class AdaptiveAvgPool2dFunction(Function):
 
 
 def max_pool2d(
-    input: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+    input: Array,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
     padding: int | tuple[int, int] = 0,
-) -> Array:  # fmt: skip
+) -> Array:
     """Maximum over sliding windows, as ``torch.nn.functional.max_pool2d`` (no ceil mode).
 
     Args:
@@ -204,9 +206,12 @@ def max_pool2d(
 
 
 def avg_pool2d(
-    input: Array, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-    padding: int | tuple[int, int] = 0, count_include_pad: bool = True,
-) -> Array:  # fmt: skip
+    input: Array,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    count_include_pad: bool = True,
+) -> Array:
     """Mean over sliding windows, as ``torch.nn.functional.avg_pool2d`` (no ceil mode).
 
     Args:
@@ -219,9 +224,12 @@ def avg_pool2d(
         (B, C, H_out, W_out), sizes as :func:`max_pool2d`.
     """
     return AvgPool2dFunction.apply(
-        input, kernel_size=kernel_size, stride=stride, padding=padding,
+        input,
+        kernel_size=kernel_size,
+        stride=stride,
+        padding=padding,
         count_include_pad=bool(count_include_pad),
-    )  # fmt: skip
+    )
 
 
 def adaptive_avg_pool2d(input: Array, output_size: int | tuple[int, int]) -> Array:
@@ -248,7 +256,5 @@ def global_avg_pool2d(input: Array) -> Array:
         (2, 3)
     """
     if not hasattr(input, "ndim") or input.ndim != 4:
-        raise ValueError(
-            f"input must be 4-D (B, C, H, W), got shape {getattr(input, 'shape', None)}"
-        )
+        raise ValueError(f"input must be 4-D (B, C, H, W), got shape {getattr(input, 'shape', None)}")
     return mean(input, axis=(2, 3))

@@ -65,9 +65,13 @@ class GradScaler:
     """
 
     def __init__(
-        self, init_scale: float = 2.0**16, growth_factor: float = 2.0,
-        backoff_factor: float = 0.5, growth_interval: int = 2000, enabled: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        enabled: bool = True,
+    ) -> None:
         self._enabled = bool(enabled)
         self._scale = _positive("init_scale", init_scale)
         self._set_factors(growth_factor, backoff_factor, growth_interval)
@@ -104,8 +108,7 @@ class GradScaler:
             return type(outputs)(self.scale(o) for o in outputs)
         if not isinstance(outputs, Tensor):
             raise TypeError(
-                f"outputs must be a cudcn.Tensor or a list/tuple of them, got "
-                f"{type(outputs).__name__}"
+                f"outputs must be a cudcn.Tensor or a list/tuple of them, got {type(outputs).__name__}"
             )
         if is_half_dtype(outputs.dtype):
             outputs = outputs.astype(compute_dtype(outputs.dtype))
@@ -126,9 +129,7 @@ class GradScaler:
             return
         state = self._state(optimizer)
         if state["stage"] == UNSCALED:
-            raise RuntimeError(
-                "unscale_() has already been called on this optimizer since the last update()"
-            )
+            raise RuntimeError("unscale_() has already been called on this optimizer since the last update()")
         if state["stage"] == STEPPED:
             raise RuntimeError("unscale_() is being called after step()")
         inverse = 1.0 / self._scale
@@ -208,15 +209,15 @@ class GradScaler:
             return
         if not state_dict:
             raise RuntimeError(
-                "the source state dict is empty, possibly because it was saved from a disabled "
-                "GradScaler"
+                "the source state dict is empty, possibly because it was saved from a disabled GradScaler"
             )
         scale = state_dict["scale"]
         scale = _positive("state_dict['scale']", scale.item() if hasattr(scale, "item") else scale)
         self._set_factors(
-            state_dict["growth_factor"], state_dict["backoff_factor"],
+            state_dict["growth_factor"],
+            state_dict["backoff_factor"],
             state_dict["growth_interval"],
-        )  # fmt: skip
+        )
         tracker = state_dict["_growth_tracker"]
         self._scale, self._growth_tracker = scale, int(tracker)
 

@@ -108,20 +108,27 @@ class OneCycleLR(LRScheduler):
     """
 
     def __init__(
-        self, optimizer: Optimizer, max_lr: float | Sequence[float], total_steps: int | None = None,
-        epochs: int | None = None, steps_per_epoch: int | None = None, pct_start: float = 0.3,
-        anneal_strategy: str = "cos", cycle_momentum: bool = True, base_momentum: float = 0.85,
-        max_momentum: float = 0.95, div_factor: float = 25.0, final_div_factor: float = 1e4,
+        self,
+        optimizer: Optimizer,
+        max_lr: float | Sequence[float],
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
         three_phase: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a cudcn.optim.Optimizer, got {optimizer!r}")
         if total_steps is None:
             if epochs is None or steps_per_epoch is None:
                 raise ValueError("give total_steps, or both epochs and steps_per_epoch")
-            total_steps = _positive_int("epochs", epochs) * _positive_int(
-                "steps_per_epoch", steps_per_epoch
-            )
+            total_steps = _positive_int("epochs", epochs) * _positive_int("steps_per_epoch", steps_per_epoch)
         self.total_steps = _positive_int("total_steps", total_steps)
         if not 0 < pct_start < 1:
             raise ValueError(f"pct_start must lie in (0, 1), got {pct_start}")
@@ -137,9 +144,7 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"max_lr has {len(max_lrs)} values for {len(groups)} groups")
         self.anneal_strategy = anneal_strategy
         rise = float(pct_start * self.total_steps) - 1
-        ends = (
-            [rise, 2 * rise, self.total_steps - 1] if three_phase else [rise, self.total_steps - 1]
-        )
+        ends = [rise, 2 * rise, self.total_steps - 1] if three_phase else [rise, self.total_steps - 1]
         # (end step, which rate it starts from, which it ends at); momentum runs the other way
         names = ["initial", "max", "initial", "min"] if three_phase else ["initial", "max", "min"]
         self.phases = list(zip(ends, names[:-1], names[1:], strict=True))
@@ -174,9 +179,7 @@ class OneCycleLR(LRScheduler):
     def _apply(self) -> None:
         step = self.last_epoch
         if step > self.total_steps:
-            raise ValueError(
-                f"tried to step {step} times; the schedule has total_steps = {self.total_steps}"
-            )
+            raise ValueError(f"tried to step {step} times; the schedule has total_steps = {self.total_steps}")
         for group in self.optimizer.param_groups:
             rates = {"initial": group["initial_lr"], "max": group["max_lr"], "min": group["min_lr"]}
             group["lr"] = self._at(rates, step)

@@ -18,9 +18,7 @@ def round_half_away(v: float) -> float:
     return t
 
 
-def _psroi_geometry(
-    roi: np.ndarray, spatial_scale: float
-) -> tuple[int, float, float, float, float]:
+def _psroi_geometry(roi: np.ndarray, spatial_scale: float) -> tuple[int, float, float, float, float]:
     """Batch index, start (y, x) and size (h, w) of one rounded RoI in input pixels."""
     start_x = round_half_away(roi[1]) * spatial_scale - 0.5
     start_y = round_half_away(roi[2]) * spatial_scale - 0.5
@@ -67,9 +65,7 @@ def _psroi_bins(input: np.ndarray, rois: np.ndarray, trans, p: DeformPSRoIPoolPa
                             h, w = h0 + ih * sub_h, w0 + iw * sub_w
                             if not (-0.5 <= w <= width - 0.5 and -0.5 <= h <= height - 0.5):
                                 continue
-                            points.append(
-                                (min(max(h, 0.0), height - 1.0), min(max(w, 0.0), width - 1.0))
-                            )
+                            points.append((min(max(h, 0.0), height - 1.0), min(max(w, 0.0), width - 1.0)))
                     yield r, ctop, i, j, b, c, roi_h, roi_w, 2 * cls, part_i, part_j, points
 
 

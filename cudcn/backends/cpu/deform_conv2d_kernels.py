@@ -187,9 +187,7 @@ def _im2col_row(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dil
 
 
 @SerialOrParallel
-def deform_conv2d_im2col(
-    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col
-):
+def deform_conv2d_im2col(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, col):
     """Modulated columns ``col[g, n, k, c - g·C_in/groups]`` for every output position n of the chunk.
 
     xpad (Bc, H+2, W+2, C); offset (Bc, 2·og·K, H_out, W_out); mask (Bc, og·K, H_out, W_out) when
@@ -257,9 +255,21 @@ def _col2im_task(
 
 @SerialOrParallel
 def deform_conv2d_col2im(
-    xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, gcol, col, gin, g_off,
+    xpad,
+    offset,
+    mask,
+    has_mask,
+    runs,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    gcol,
+    col,
+    gin,
+    g_off,
     g_mask,
-):  # fmt: skip
+):
     """Fused backward of ``deform_conv2d_im2col`` given the column gradient ``gcol``; it also writes
     the columns themselves into ``col`` (same shape), for the weight gradient.
 
@@ -268,8 +278,23 @@ def deform_conv2d_col2im(
     and, when ``has_mask``, ``g_mask[part]`` (parts, Bc, og·K, H_out, W_out) for every element its
     runs cover. One task per (batch item, run, slice)."""
     for task in prange(xpad.shape[0] * runs.shape[0] * gin.shape[0]):
-        _col2im_task(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dilation, gcol,
-                     col, gin, g_off, g_mask, task)  # fmt: skip
+        _col2im_task(
+            xpad,
+            offset,
+            mask,
+            has_mask,
+            runs,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            gcol,
+            col,
+            gin,
+            g_off,
+            g_mask,
+            task,
+        )
 
 
 @njit(cache=True)

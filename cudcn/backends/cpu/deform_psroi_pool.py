@@ -100,8 +100,7 @@ def psroi_bin_taps(rois, trans, r, cls, i, j, geometry, pixel, weight, weight_dx
             mx = 1.0 if x1 != x0 else 0.0
             my = 1.0 if y1 != y0 else 0.0
             args = (pixel, weight, weight_dx, weight_dy, 0)
-            e = add_tap(*args, e, y0 * width + x0, (1 - dx) * (1 - dy), -(1 - dy) * mx,
-                         -(1 - dx) * my, True)  # fmt: skip
+            e = add_tap(*args, e, y0 * width + x0, (1 - dx) * (1 - dy), -(1 - dy) * mx, -(1 - dx) * my, True)
             e = add_tap(*args, e, y1 * width + x0, (1 - dx) * dy, -dy * mx, (1 - dx) * my, True)
             e = add_tap(*args, e, y0 * width + x1, dx * (1 - dy), (1 - dy) * mx, -dx * my, True)
             e = add_tap(*args, e, y1 * width + x1, dx * dy, dy * mx, dx * my, True)
@@ -166,8 +165,7 @@ def deform_psroi_pool_grad_input_kernel(grad_out, rois, trans, grad_input, geome
                     )
                     if count == 0:
                         continue
-                    for ctop in range(max(cls * per_class, c_begin),
-                                      min((cls + 1) * per_class, c_end)):  # fmt: skip
+                    for ctop in range(max(cls * per_class, c_begin), min((cls + 1) * per_class, c_end)):
                         plane = planes[b, ctop * group_size**2 + g]
                         grad = grad_out[r, ctop, i, j] / count
                         for e in range(entries):
@@ -209,8 +207,16 @@ def deform_psroi_pool_grad_trans_kernel(grad_out, input, rois, trans, grad_trans
 def _geometry(input: np.ndarray, p: DeformPSRoIPoolParams) -> tuple:
     """The ``geometry`` tuple of the kernels."""
     height, width = input.shape[2:]
-    return (p.spatial_scale, p.group_size, p.pooled_size, p.part_size, p.sample_per_part,
-            p.trans_std, int(height), int(width))  # fmt: skip
+    return (
+        p.spatial_scale,
+        p.group_size,
+        p.pooled_size,
+        p.part_size,
+        p.sample_per_part,
+        p.trans_std,
+        int(height),
+        int(width),
+    )
 
 
 def _geometry_inputs(rois: np.ndarray, trans: np.ndarray | None, part_size: int):

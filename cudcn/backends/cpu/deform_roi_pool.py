@@ -136,9 +136,7 @@ def deform_roi_pool_forward_kernel(input_cl, rois, offset, out, geometry):
     """out (R, C, ph, pw) from the channels-last input (B, H * W, C); parallel over RoIs."""
     n_rois, channels, pooled_h, pooled_w = out.shape
     for r in numba.prange(n_rois):
-        b, _, _, count, bin_end, pixel, weight, _, _ = roi_align_bin_taps(
-            rois, offset, r, geometry, input_cl
-        )
+        b, _, _, count, bin_end, pixel, weight, _, _ = roi_align_bin_taps(rois, offset, r, geometry, input_cl)
         acc = np.empty(channels, input_cl.dtype)
         begin = 0
         for k in range(pooled_h * pooled_w):
@@ -192,9 +190,7 @@ def deform_roi_pool_grad_offset_kernel(grad_out, input_cl, rois, offset, grad_of
             j = k % pooled_w
             acc_x[:] = 0.0
             acc_y[:] = 0.0
-            _accumulate_xy(
-                acc_x, acc_y, input_cl[b], pixel, weight_dx, weight_dy, begin, bin_end[k]
-            )
+            _accumulate_xy(acc_x, acc_y, input_cl[b], pixel, weight_dx, weight_dy, begin, bin_end[k])
             sum_x = 0.0
             sum_y = 0.0
             for c in range(channels):
@@ -234,8 +230,16 @@ def from_channels_last(input_cl, out):
 def _geometry(input: np.ndarray, p: DeformRoIPoolParams) -> tuple:
     """The ``geometry`` tuple of the kernels."""
     height, width = input.shape[2:]
-    return (p.pooled_h, p.pooled_w, int(height), int(width), p.spatial_scale, p.sampling_ratio,
-            p.gamma, p.aligned)  # fmt: skip
+    return (
+        p.pooled_h,
+        p.pooled_w,
+        int(height),
+        int(width),
+        p.spatial_scale,
+        p.sampling_ratio,
+        p.gamma,
+        p.aligned,
+    )
 
 
 def _geometry_inputs(rois: np.ndarray, offset: np.ndarray | None, p: DeformRoIPoolParams):

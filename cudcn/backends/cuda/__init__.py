@@ -31,9 +31,5 @@ deform_conv2d_forward = _on_device(deform_conv2d.deform_conv2d_forward, "deform_
 deform_conv2d_backward = _on_device(deform_conv2d.deform_conv2d_backward, "deform_conv2d")
 deform_roi_pool_forward = _on_device(deform_roi_pool.deform_roi_pool_forward, "deform_roi_pool")
 deform_roi_pool_backward = _on_device(deform_roi_pool.deform_roi_pool_backward, "deform_roi_pool")
-deform_psroi_pool_forward = _on_device(
-    deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool"
-)
-deform_psroi_pool_backward = _on_device(
-    deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool"
-)
+deform_psroi_pool_forward = _on_device(deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool")
+deform_psroi_pool_backward = _on_device(deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool")

@@ -78,9 +78,7 @@ def _join(path: Path, stack: tuple[Path, ...]) -> str:
     for match in _LOCAL_INCLUDE.finditer(text):
         header = (path.parent / match.group(1)).resolve()
         if not header.is_file():
-            raise FileNotFoundError(
-                f"{path.name} includes {match.group(1)!r}, not found at {header}"
-            )
+            raise FileNotFoundError(f"{path.name} includes {match.group(1)!r}, not found at {header}")
         pieces.append(text[position : match.start()])
         pieces.append(_join(header, (*stack, path)))
         pieces.append(_line_directive(text.count("\n", 0, match.end()) + 2, path))

@@ -36,9 +36,5 @@ deform_conv2d_forward = _on_host(deform_conv2d.deform_conv2d_forward, "deform_co
 deform_conv2d_backward = _on_host(deform_conv2d.deform_conv2d_backward, "deform_conv2d")
 deform_roi_pool_forward = _on_host(deform_roi_pool.deform_roi_pool_forward, "deform_roi_pool")
 deform_roi_pool_backward = _on_host(deform_roi_pool.deform_roi_pool_backward, "deform_roi_pool")
-deform_psroi_pool_forward = _on_host(
-    deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool"
-)
-deform_psroi_pool_backward = _on_host(
-    deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool"
-)
+deform_psroi_pool_forward = _on_host(deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool")
+deform_psroi_pool_backward = _on_host(deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool")

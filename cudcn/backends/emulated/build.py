@@ -34,8 +34,14 @@ from pathlib import Path
 from cudcn.backends.cuda.source import kernel_source, name_expressions
 
 BASE_FLAGS = (
-    "-std=c++20", "-O2", "-ffp-contract=off", "-fvisibility=hidden", "-fPIC", "-shared", "-pthread",
-)  # fmt: skip
+    "-std=c++20",
+    "-O2",
+    "-ffp-contract=off",
+    "-fvisibility=hidden",
+    "-fPIC",
+    "-shared",
+    "-pthread",
+)
 TABLE_SYMBOL = "cudcn_kernel_table"
 EXPORT_MAP = f"{{ global: {TABLE_SYMBOL}; local: *; }};\n"  # linker version script: one global
 
@@ -126,9 +132,15 @@ def build(stem: str, source: str | None = None) -> Path:
         exports.write_text(EXPORT_MAP, encoding="utf-8")
         built = Path(tmp) / library.name
         command = [
-            compiler(), *build_flags(), f"-Wl,--version-script={exports}",
-            "-x", "c++", str(cpp), "-o", str(built),
-        ]  # fmt: skip
+            compiler(),
+            *build_flags(),
+            f"-Wl,--version-script={exports}",
+            "-x",
+            "c++",
+            str(cpp),
+            "-o",
+            str(built),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(

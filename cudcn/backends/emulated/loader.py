@@ -37,8 +37,16 @@ from cudcn.backends.emulated.build import TABLE_SYMBOL, build, build_flags, comp
 from cudcn.backends.launch.common import GetKernel
 from cudcn.dtypes import bfloat16
 
-_C_NAMES = {"f2": "cudcn_half", "bf2": "cudcn_bfloat16", "f4": "float", "f8": "double", "i4": "int",
-            "i8": "long long", "u4": "unsigned int", "u8": "unsigned long long"}  # fmt: skip
+_C_NAMES = {
+    "f2": "cudcn_half",
+    "bf2": "cudcn_bfloat16",
+    "f4": "float",
+    "f8": "double",
+    "i4": "int",
+    "i8": "long long",
+    "u4": "unsigned int",
+    "u8": "unsigned long long",
+}
 MODES = ("auto", "concurrent", "serial")
 # What makes the threads of a block cooperate: such kernels cannot run in serial mode.
 COOPERATION = re.compile(
@@ -148,13 +156,9 @@ def uses_cooperation(stem: str | Path) -> bool:
 class HostKernel:
     """One kernel of a host build. ``signature``: its parameter codes (``"cpf4"``, ``"i4"``, ...)."""
 
-    def __init__(
-        self, name: str, launch: Any, signature: tuple[str, ...], library: Path, cooperates: bool
-    ):
+    def __init__(self, name: str, launch: Any, signature: tuple[str, ...], library: Path, cooperates: bool):
         self.name, self.signature, self.library = name, signature, library
-        self.cooperates = (
-            cooperates  # the op's source uses __syncthreads / shared / warp primitives
-        )
+        self.cooperates = cooperates  # the op's source uses __syncthreads / shared / warp primitives
         self._launch = launch
 
     def __repr__(self) -> str:
@@ -187,20 +191,14 @@ class HostKernel:
         grid3, block3 = _dims("grid", grid), _dims("block", block)
         threads = block3[0] * block3[1] * block3[2]
         if threads > 1024 or block3[2] > 64:
-            raise ValueError(
-                f"{self.name}: block {block3} exceeds CUDA's limits (1024 threads, z<=64)"
-            )
+            raise ValueError(f"{self.name}: block {block3} exceeds CUDA's limits (1024 threads, z<=64)")
         if grid3[0] >= 2**31 or grid3[1] > 65535 or grid3[2] > 65535:
-            raise ValueError(
-                f"{self.name}: grid {grid3} exceeds CUDA's limits (2**31-1, 65535, 65535)"
-            )
+            raise ValueError(f"{self.name}: grid {grid3} exceeds CUDA's limits (2**31-1, 65535, 65535)")
         if len(args) != len(self.signature):
             params = ", ".join(describe(code) for code in self.signature)
-            raise TypeError(f"{self.name} takes {len(self.signature)} arguments ({params}), "
-                            f"got {len(args)}")  # fmt: skip
+            raise TypeError(f"{self.name} takes {len(self.signature)} arguments ({params}), got {len(args)}")
         values = [
-            self._argument(i, code, a)
-            for i, (code, a) in enumerate(zip(self.signature, args, strict=True))
+            self._argument(i, code, a) for i, (code, a) in enumerate(zip(self.signature, args, strict=True))
         ]
         pointers = np.array([v.ctypes.data for v in values], dtype=np.uintp)
         config = launch_config(self.cooperates)
@@ -241,8 +239,10 @@ class HostLibrary:
             ) from None
 
 
-_SANITIZERS = {"address": ("__asan_init", "libasan.so", "ASAN_OPTIONS=detect_leaks=0"),
-               "thread": ("__tsan_init", "libtsan.so", "TSAN_OPTIONS=halt_on_error=0")}  # fmt: skip
+_SANITIZERS = {
+    "address": ("__asan_init", "libasan.so", "ASAN_OPTIONS=detect_leaks=0"),
+    "thread": ("__tsan_init", "libtsan.so", "TSAN_OPTIONS=halt_on_error=0"),
+}
 
 
 def check_sanitizer_runtime(flags: tuple[str, ...]) -> None:

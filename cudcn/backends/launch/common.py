@@ -31,8 +31,12 @@ MAX_BLOCKS = 16384
 INDEX32_LIMIT = 2**31 - 1 - MAX_BLOCKS * THREADS_PER_BLOCK
 
 # The kernels' storage types (cudcn/kernels/storage.cuh), in NAME_EXPRESSIONS order.
-C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-           np.dtype(np.float16): "cudcn_half", bfloat16: "cudcn_bfloat16"}  # fmt: skip
+C_TYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.float16): "cudcn_half",
+    bfloat16: "cudcn_bfloat16",
+}
 
 
 def c_type(dtype: Any) -> str:
@@ -121,9 +125,7 @@ class ScatterTarget:
         # and one add into the target, computed in float64 and rounded once: the target holds only
         # zeros or non-finite sums, so this equals rounding the sums first, bit for bit.
         sums = self.fixed.view(np.int64) * (1.0 / self.scale)
-        self.xp.add(
-            self.target, sums.reshape(self.target.shape), out=self.target, casting="same_kind"
-        )
+        self.xp.add(self.target, sums.reshape(self.target.shape), out=self.target, casting="same_kind")
 
 
 def finite_abs_sum(xp: Any, a: Any) -> float:
@@ -153,9 +155,17 @@ def largest_roi_side(xp: Any, rois: Any) -> float:
     return float(xp.abs(corners[:, 2:] - corners[:, :2]).max()) if len(rois) else 0.0
 
 
-def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: Any,
-                      shift: Any | None, step: float, extent: Callable[[], float],
-                      scalars: tuple[Any, ...]) -> tuple[Any, Any | None]:  # fmt: skip
+def roi_pool_backward(
+    xp: Any,
+    kernel: Kernel,
+    grad_out: Any,
+    input: Any,
+    rois: Any,
+    shift: Any | None,
+    step: float,
+    extent: Callable[[], float],
+    scalars: tuple[Any, ...],
+) -> tuple[Any, Any | None]:
     """Launch the backward kernel of a RoI pooling op (deform_roi_pool, deform_psroi_pool), whose
     arguments are ``(grad_out, input, rois, shift, grad_input, grad_shift, fixed_input,
     fixed_shift, input_scale, shift_scale, *scalars)``; returns ``(grad_input, grad_shift)``,
@@ -184,15 +194,26 @@ def roi_pool_backward(xp: Any, kernel: Kernel, grad_out: Any, input: Any, rois: 
             bound_shift = bound_input * abs(step) * extent() * 2.0 * finite_abs_max(xp, input)
     to_input = ScatterTarget(xp, grad_input, bound_input)
     to_shift = ScatterTarget(xp, grad_shift, bound_shift)
-    launch_1d(kernel, grad_out.size, (
-        grad_out, input, rois, shift_arg, grad_input, grad_shift, to_input.fixed, to_shift.fixed,
-        np.float64(to_input.scale), np.float64(to_shift.scale), *scalars,
-    ))  # fmt: skip
+    launch_1d(
+        kernel,
+        grad_out.size,
+        (
+            grad_out,
+            input,
+            rois,
+            shift_arg,
+            grad_input,
+            grad_shift,
+            to_input.fixed,
+            to_shift.fixed,
+            np.float64(to_input.scale),
+            np.float64(to_shift.scale),
+            *scalars,
+        ),
+    )
     to_input.finish()
     to_shift.finish()
-    return narrow(grad_input, input.dtype), None if shift is None else narrow(
-        grad_shift, input.dtype
-    )
+    return narrow(grad_input, input.dtype), None if shift is None else narrow(grad_shift, input.dtype)
 
 
 def launch_1d(kernel: Kernel, n: int, args: Sequence[Any]) -> None:

@@ -97,21 +97,38 @@ class _Plan:
         self.plane = self.out_h * self.out_w
         self.rows = self.channels * self.taps  # rows of the column buffer
         self.geometry = DeformConv2dKernelParams(
-            batch=self.batch, channels=self.channels, height=height, width=width,
-            out_h=self.out_h, out_w=self.out_w, kernel_h=kh, kernel_w=kw,
-            stride_h=p.stride[0], stride_w=p.stride[1], pad_h=p.padding[0], pad_w=p.padding[1],
-            dilation_h=p.dilation[0], dilation_w=p.dilation[1], offset_groups=p.offset_groups,
+            batch=self.batch,
+            channels=self.channels,
+            height=height,
+            width=width,
+            out_h=self.out_h,
+            out_w=self.out_w,
+            kernel_h=kh,
+            kernel_w=kw,
+            stride_h=p.stride[0],
+            stride_w=p.stride[1],
+            pad_h=p.padding[0],
+            pad_w=p.padding[1],
+            dilation_h=p.dilation[0],
+            dilation_w=p.dilation[1],
+            offset_groups=p.offset_groups,
             use_mask=int(mask is not None),
-        )  # fmt: skip
+        )
         per_item = self.rows * self.plane * self.compute.itemsize
         self.chunks = list(batch_chunks(self.batch, per_item, COLUMN_BUDGET_BYTES))
         self.largest = max((stop - start for start, stop in self.chunks), default=0)
-        counts = (self.rows * self.plane, self.channels * height * width,
-                  offset.shape[1] * self.plane, self.out_channels * self.plane)  # fmt: skip
+        counts = (
+            self.rows * self.plane,
+            self.channels * height * width,
+            offset.shape[1] * self.plane,
+            self.out_channels * self.plane,
+        )
         self.index_name, self.index = index_type(*(self.largest * count for count in counts))
         templates = f"<{c_type(self.dtype)}, {self.index_name}>"
-        self.kernels = {name: get_kernel(f"deform_conv2d_{name}{templates}")
-                        for name in ("im2col", "col2im", "col2im_coord")}  # fmt: skip
+        self.kernels = {
+            name: get_kernel(f"deform_conv2d_{name}{templates}")
+            for name in ("im2col", "col2im", "col2im_coord")
+        }
 
     def _launch(self, name: str, n: int, chunk: int, arrays: tuple[Array, ...]) -> None:
         geometry = replace(self.geometry, batch=chunk)
@@ -131,20 +148,29 @@ class _Plan:
         chunk · H_out·W_out)."""
         chunk = input.shape[0]
         cols = columns[: self.rows * chunk * self.plane]
-        self._launch(
-            "im2col", self.channels * chunk * self.plane, chunk, (input, offset, mask, cols)
-        )
+        self._launch("im2col", self.channels * chunk * self.plane, chunk, (input, offset, mask, cols))
         return cols.reshape(self.groups, self.rows // self.groups, chunk * self.plane)
 
     def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: ScatterTarget) -> None:
         """Scatter the column gradient onto ``g_input`` (zeroed, of the compute dtype; atomic or
         fixed-point)."""
         chunk = g_input.target.shape[0]
-        self._launch("col2im", self.channels * chunk * self.plane, chunk,
-                     (g_cols, offset, mask, *g_input.args()))  # fmt: skip
+        self._launch(
+            "col2im",
+            self.channels * chunk * self.plane,
+            chunk,
+            (g_cols, offset, mask, *g_input.args()),
+        )
 
-    def col2im_coord(self, g_cols: Array, input: Array, offset: Array, mask: Array,
-                     g_offset: Array, g_mask: Array) -> None:  # fmt: skip
+    def col2im_coord(
+        self,
+        g_cols: Array,
+        input: Array,
+        offset: Array,
+        mask: Array,
+        g_offset: Array,
+        g_mask: Array,
+    ) -> None:
         """Reduce the column gradient into ``g_offset`` and (with a mask) ``g_mask``."""
         chunk = input.shape[0]
         n = chunk * offset.shape[1] // 2 * self.plane  # one thread per (b, offset group, tap, p)
@@ -233,6 +259,12 @@ def deform_conv2d_backward(
         target = ScatterTarget(xp, g_input[batch], bound if deterministic else None)
         plan.col2im(cols, offset[batch], masks, target)
         target.finish()
-        plan.col2im_coord(cols, input[batch], offset[batch], masks, g_offset[batch],
-                          no_mask if g_mask is None else g_mask[batch])  # fmt: skip
+        plan.col2im_coord(
+            cols,
+            input[batch],
+            offset[batch],
+            masks,
+            g_offset[batch],
+            no_mask if g_mask is None else g_mask[batch],
+        )
     return narrow(g_input, plan.dtype), g_offset, narrow(g_weight, plan.dtype), g_bias, g_mask

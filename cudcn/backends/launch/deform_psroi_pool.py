@@ -52,9 +52,7 @@ class DeformPSRoIPoolKernelParams(KernelParams):
     use_trans: int
 
 
-def _launch_args(
-    input: Array, trans: Array | None, n: int, p: DeformPSRoIPoolParams
-) -> tuple[str, tuple]:
+def _launch_args(input: Array, trans: Array | None, n: int, p: DeformPSRoIPoolParams) -> tuple[str, tuple]:
     """The kernels' template arguments and trailing scalars (``n``, then
     :class:`DeformPSRoIPoolKernelParams`). The index type covers input, output / grad_out and
     trans."""
@@ -79,9 +77,13 @@ def _launch_args(
 
 
 def deform_psroi_pool_forward(
-    xp: Any, get_kernel: GetKernel, input: Array, rois: Array, trans: Array | None,
+    xp: Any,
+    get_kernel: GetKernel,
+    input: Array,
+    rois: Array,
+    trans: Array | None,
     p: DeformPSRoIPoolParams,
-) -> Array:  # fmt: skip
+) -> Array:
     """Output (R, output_dim, pooled_size, pooled_size) of C-contiguous arrays validated by
     ``cudcn.ops``."""
     # A one-element stand-in for an absent trans: the kernels never read it (use_trans = 0).
@@ -94,9 +96,14 @@ def deform_psroi_pool_forward(
 
 
 def deform_psroi_pool_backward(
-    xp: Any, get_kernel: GetKernel, grad_out: Array, input: Array, rois: Array,
-    trans: Array | None, p: DeformPSRoIPoolParams,
-) -> tuple[Array, Array | None]:  # fmt: skip
+    xp: Any,
+    get_kernel: GetKernel,
+    grad_out: Array,
+    input: Array,
+    rois: Array,
+    trans: Array | None,
+    p: DeformPSRoIPoolParams,
+) -> tuple[Array, Array | None]:
     """``(grad_input, grad_trans)``; ``grad_trans`` is None when ``trans`` is None."""
     templ, scalars = _launch_args(input, trans, grad_out.size, p)
 

@@ -57,9 +57,7 @@ def _placeholder(xp: Any, dtype: Any) -> Array:
     return xp.zeros((1,), dtype=dtype)
 
 
-def _launch_args(
-    input: Array, offset: Array | None, n: int, p: DeformRoIPoolParams
-) -> tuple[str, tuple]:
+def _launch_args(input: Array, offset: Array | None, n: int, p: DeformRoIPoolParams) -> tuple[str, tuple]:
     """The kernels' template arguments and trailing scalars (``n``, then
     :class:`DeformRoIPoolKernelParams`). The index type covers every array the kernels index: input,
     output / grad_out, offset."""
@@ -82,9 +80,13 @@ def _launch_args(
 
 
 def deform_roi_pool_forward(
-    xp: Any, get_kernel: GetKernel, input: Array, rois: Array, offset: Array | None,
+    xp: Any,
+    get_kernel: GetKernel,
+    input: Array,
+    rois: Array,
+    offset: Array | None,
     p: DeformRoIPoolParams,
-) -> Array:  # fmt: skip
+) -> Array:
     """Output (R, C, pooled_h, pooled_w) of C-contiguous arrays validated by ``cudcn.ops``."""
     offset_arg = _placeholder(xp, input.dtype) if offset is None else offset
     out = new_output(xp, (rois.shape[0], input.shape[1], p.pooled_h, p.pooled_w), input.dtype)
@@ -95,9 +97,14 @@ def deform_roi_pool_forward(
 
 
 def deform_roi_pool_backward(
-    xp: Any, get_kernel: GetKernel, grad_out: Array, input: Array, rois: Array,
-    offset: Array | None, p: DeformRoIPoolParams,
-) -> tuple[Array, Array | None]:  # fmt: skip
+    xp: Any,
+    get_kernel: GetKernel,
+    grad_out: Array,
+    input: Array,
+    rois: Array,
+    offset: Array | None,
+    p: DeformRoIPoolParams,
+) -> tuple[Array, Array | None]:
     """``(grad_input, grad_offset)``; ``grad_offset`` is None when ``offset`` is None."""
     templ, scalars = _launch_args(input, offset, grad_out.size, p)
 
