@@ -12,7 +12,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from deform_conv2d_cases import Case, make_inputs
 
 import cudcn.backends.emulated as emulated
 from cudcn import reference
@@ -22,6 +21,7 @@ from cudcn.backends.cuda.source import KERNEL_DIR, join_source, kernel_source, n
 from cudcn.backends.emulated import build as host_build
 from cudcn.backends.emulated.loader import host_library
 from cudcn.testing import assert_allclose_to_reference, poison_outputs
+from tests.ops.deform_conv2d.cases import Case, make_inputs
 
 pytestmark = pytest.mark.skipif(
     shutil.which(host_build.compiler()) is None, reason="no C++ compiler for the emulated backend"

@@ -9,9 +9,10 @@ import shutil
 
 import numpy as np
 import pytest
-from cooperation_kernels import library
 
 from cudcn.backends.emulated import build as host_build
+
+from .cooperation_kernels import library
 
 pytestmark = pytest.mark.skipif(
     shutil.which(host_build.compiler()) is None, reason="no C++ compiler for the emulated backend"

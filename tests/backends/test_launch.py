@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-import sanitized_kernels
 
 from cudcn.backends.cuda import deform_conv2d as dc_launch
 from cudcn.backends.cuda import deform_psroi_pool as psroi_launch
@@ -20,6 +19,8 @@ from cudcn.backends.cuda import launch
 from cudcn.backends.cuda.source import KERNEL_DIR
 from cudcn.backends.emulated import build as host_build
 from cudcn.backends.emulated.loader import host_kernels
+
+from . import sanitized_kernels
 
 needs_compiler = pytest.mark.skipif(
     shutil.which(host_build.compiler()) is None, reason="no C++ compiler for the emulated backend"

@@ -24,11 +24,6 @@ nvrtc = pytest.importorskip(
     "cuda.bindings.nvrtc", reason="cuda-bindings is not installed (pip install 'cudcn[test]')"
 )
 
-from cooperation_kernels import NAMES as COOPERATION_NAMES  # noqa: E402
-from cooperation_kernels import PATH as COOPERATION_PATH  # noqa: E402
-from storage_kernels import NAMES as STORAGE_NAMES  # noqa: E402
-from storage_kernels import PATH as STORAGE_PATH  # noqa: E402
-
 from cudcn.backends.cuda.loader import NVRTC_OPTIONS  # noqa: E402
 from cudcn.backends.cuda.source import (  # noqa: E402
     join_source,
@@ -37,6 +32,11 @@ from cudcn.backends.cuda.source import (  # noqa: E402
     name_expressions,
 )
 from cudcn.backends.cuda.toolkit import header_directory, include_options  # noqa: E402
+
+from .cooperation_kernels import NAMES as COOPERATION_NAMES  # noqa: E402
+from .cooperation_kernels import PATH as COOPERATION_PATH  # noqa: E402
+from .storage_kernels import NAMES as STORAGE_NAMES  # noqa: E402
+from .storage_kernels import PATH as STORAGE_PATH  # noqa: E402
 
 ARCHES = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90")
 CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")  # what RawModule adds

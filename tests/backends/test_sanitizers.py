@@ -27,7 +27,7 @@ import pytest
 
 from cudcn.backends.emulated.build import compiler
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "sanitized_kernels.py"
 TESTS = Path(__file__).resolve().parent
 OPTIONS = {"address": "ASAN_OPTIONS=detect_leaks=0", "thread": "TSAN_OPTIONS=halt_on_error=0"}

@@ -11,10 +11,11 @@ import shutil
 
 import numpy as np
 import pytest
-from storage_kernels import library
 
 from cudcn import dtypes
 from cudcn.backends.cuda.launch import launch_1d
+
+from .storage_kernels import library
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (host build)")
 

@@ -17,7 +17,7 @@ import pytest
 
 from cudcn.dtypes import eps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_deform_conv2d_gpu as bench
 import gpu_table
 from gpu_table import Deadline, Row

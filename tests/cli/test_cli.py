@@ -14,7 +14,7 @@ from cudcn import check
 from cudcn.backends.cuda.toolkit import describe_headers
 from cudcn.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

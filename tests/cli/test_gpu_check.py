@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cuda_unavailable_reason
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+from tests.conftest import cuda_unavailable_reason
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
 
@@ -63,10 +64,14 @@ def test_gpu_check_steps_and_summary_last(tmp_path) -> None:
     assert [x.split(" | ")[0].lstrip("| ") for x in lines[-len(STEPS) :]] == STEPS
     assert all(x.split(" | ")[1] == "0" for x in lines[-len(STEPS) :])
     precision = (logs / "precision.log").read_text()
-    assert "tests/test_deterministic.py tests/test_deterministic_gpu.py" in precision
+    assert (
+        "tests/precision/test_deterministic.py tests/precision/test_deterministic_gpu.py"
+        in precision
+    )
     others = (logs / "gpu_tests.log").read_text()
-    assert "--ignore=tests/test_deterministic_gpu.py" in others and others.rstrip().endswith(
-        "tests"
+    assert (
+        "--ignore=tests/precision/test_deterministic_gpu.py" in others
+        and others.rstrip().endswith("tests")
     )
     bench = (logs / "bench.log").read_text()
     assert "--time-limit 140 --json" in bench and bench.rstrip().endswith("--repeats 3")

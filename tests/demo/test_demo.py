@@ -17,7 +17,7 @@ from cudcn import nn
 from cudcn.demo import data, models, radius, report
 from cudcn.demo.train import Schedule, pick_device, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261124
 PICTURES = ("training_curves", "accuracy_vs_scale", "sampling_locations", "radius_vs_scale")
 

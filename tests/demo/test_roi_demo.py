@@ -15,7 +15,7 @@ import pytest
 from cudcn.demo import roi_data, roi_models, roi_report
 from cudcn.demo.roi_metrics import box_iou
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261201
 
 

@@ -28,8 +28,8 @@ import pytest
 import cudcn.distributed as dist
 from cudcn import Tensor, nn, optim
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "tests" / "mpi"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = Path(__file__).resolve().parent / "mpi"
 RANK_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 EQUIVALENCE_SEED = 20261201  # tests/mpi/train_equivalence.py's SEED
 

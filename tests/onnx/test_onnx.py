@@ -31,7 +31,7 @@ onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'cudc
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (cudcn[onnx])")
 import cudcn.onnx  # noqa: E402 - after the skips
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261201
 
 

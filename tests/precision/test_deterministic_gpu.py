@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import test_deterministic as host
-from test_deterministic import OPS, _backward, _identical, _inputs
 
 import cudcn
 from cudcn.testing import summation_order_tolerance
+
+from . import test_deterministic as host
+from .test_deterministic import OPS, _backward, _identical, _inputs
 
 pytestmark = pytest.mark.gpu
 RUNS = 5

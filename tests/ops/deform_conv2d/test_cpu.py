@@ -11,13 +11,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from deform_conv2d_cases import CASES, Case, make_inputs
 
 from cudcn import reference
 from cudcn.backends import cpu, poisoning
 from cudcn.backends.cpu import deform_conv2d as cpu_module
 from cudcn.backends.cpu import threads
 from cudcn.testing import assert_allclose_to_reference
+
+from .cases import CASES, Case, make_inputs
 
 NAMES = ("input", "offset", "weight", "bias", "mask")
 SEED = 5100

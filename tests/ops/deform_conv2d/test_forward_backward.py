@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deform_conv2d_cases import CASES, Case, make_inputs
 from scipy.signal import correlate
 
 import cudcn
@@ -15,6 +14,8 @@ from cudcn import reference
 from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.ops import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
+
+from .cases import CASES, Case, make_inputs
 
 NAMES = ("input", "offset", "weight", "bias", "mask")
 SEED = 20261124

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
-from test_deform_roi_pool import make_rois
 
 import cudcn
 from cudcn import reference
@@ -19,6 +18,7 @@ from cudcn.dtypes import FLOAT_DTYPES
 from cudcn.functional import deform_psroi_pool
 from cudcn.ops import deform_psroi_pool_backward, deform_psroi_pool_forward
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
+from tests.ops.deform_roi_pool.test_forward_backward import make_rois
 
 SEED = 20261125
 
