@@ -1,7 +1,7 @@
-// Test kernels for the emulator's cooperation primitives (tests/test_host_shim.py): each one is
-// correct CUDA (tests/test_nvrtc.py compiles this file too) whose result is wrong unless the
+// Test kernels for the emulator's cooperation primitives (tests/backends/test_host_shim.py): each one is
+// correct CUDA (tests/backends/test_nvrtc.py compiles this file too) whose result is wrong unless the
 // threads of a block really share memory, wait at barriers and exchange values within warps.
-#include "../../cudcn/kernels/common.cuh"
+#include "../../../cudcn/kernels/common.cuh"
 
 // out[b * n + t] = in[b * n + n - 1 - t]: every thread reads what another one wrote to shared
 // memory before the barrier. One block per row; blockDim.x = n <= 256.
