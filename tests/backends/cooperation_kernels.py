@@ -1,4 +1,5 @@
-"""The test kernels of ``tests/kernels/cooperation.cu``, built for the host (see test_host_shim.py)."""
+"""The test kernels of ``kernels/cooperation.cu`` (beside this file), built for the host (see
+test_host_shim.py)."""
 
 from __future__ import annotations
 

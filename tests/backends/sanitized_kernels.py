@@ -12,7 +12,7 @@ Inputs include exact pixel and border coordinates, offsets far outside the image
 non-finite offsets. A mismatch is reported and counted, and the run goes on to the other ops, so
 that a sanitizer sees every kernel; the exit status is 1 if anything mismatched.
 
-Usage: python tests/sanitized_kernels.py [--one] [op ...]   (default: every op; --one: only the
+Usage: python tests/backends/sanitized_kernels.py [--one] [op ...]   (default: every op; --one: only the
 first configuration of each, float32 with 32-bit indices)
 """
 

@@ -1,4 +1,4 @@
-"""The test kernels of ``tests/kernels/storage.cu`` (widen / narrow every element), built for the
+"""The test kernels of ``tests/backends/kernels/storage.cu`` (widen / narrow every element), built for the
 host; see test_storage.py."""
 
 from __future__ import annotations

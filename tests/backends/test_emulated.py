@@ -1,6 +1,7 @@
 """The emulated backend's own machinery: host build, export table, launch checks and cache; and the
 shared launch code's paths that the common test table does not reach (several batch chunks, 64-bit
-indexing). Reference comparisons for the usual configurations live in tests/test_deform_conv2d.py.
+indexing). Reference comparisons for the usual configurations live in
+tests/ops/deform_conv2d/test_forward_backward.py.
 """
 
 from __future__ import annotations

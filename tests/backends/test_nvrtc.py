@@ -174,7 +174,7 @@ def test_lowered_names_equal_host_symbols(stem: str) -> None:
     ids=["cooperation", "storage"],
 )
 def test_emulator_test_kernels_are_valid_cuda(path, names) -> None:
-    """tests/kernels/cooperation.cu (shared memory, barriers, warp shuffles) and storage.cu (the
+    """tests/backends/kernels/cooperation.cu (shared memory, barriers, warp shuffles) and storage.cu (the
     16-bit conversions) compile for a GPU too."""
     compiled = compile_text(join_source(path), path.stem, names, "sm_80")
     assert set(compiled.lowered) == set(names)

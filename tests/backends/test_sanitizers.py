@@ -1,6 +1,6 @@
 """The host-built kernels under AddressSanitizer and ThreadSanitizer, and proof that both can fail.
 
-Each check runs ``tests/sanitized_kernels.py`` (every kernel of every op, small blocks, grid-stride
+Each check runs ``tests/backends/sanitized_kernels.py`` (every kernel of every op, small blocks, grid-stride
 loops that wrap) in a subprocess that builds the kernels with ``CUDCN_HOST_SANITIZE`` (a separate
 cache entry) and preloads the sanitizer's runtime (Python itself is not instrumented). The emulated
 backend runs concurrent, 3 blocks at a time, every CUDA thread an OS thread, so ThreadSanitizer sees

@@ -3,7 +3,7 @@ exact for all 65536 patterns of float16 and of bfloat16, and narrowing rounds to
 NumPy (float16) and ml_dtypes (bfloat16), over float32 patterns around every rounding boundary of
 every exponent, both signs: ties, one above, one below; overflow, subnormals, zeros, infinities.
 NaN stays NaN (payload bits are not compared). The host build runs the very code NVRTC compiles
-(tests/test_nvrtc.py compiles the ops' 16-bit instantiations)."""
+(tests/backends/test_nvrtc.py compiles the ops' 16-bit instantiations)."""
 
 from __future__ import annotations
 

@@ -178,8 +178,8 @@ def test_demo_without_its_extra_is_one_line(monkeypatch, capsys):
 
 def test_demo_chooses_conv_roi_or_all(monkeypatch, capsys):
     """``cudcn demo`` alone runs the conv demo, ``roi`` the RoI demo, ``--all`` both; --quick and
-    --seeds reach whichever runs (the runs themselves are tests/test_demo.py's and
-    tests/test_roi_demo.py's)."""
+    --seeds reach whichever runs (the runs themselves are tests/demo/test_demo.py's and
+    tests/demo/test_roi_demo.py's)."""
     import dataclasses
 
     from cudcn import demo

@@ -22,7 +22,7 @@ def test_every_example_is_covered():
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
         "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
         "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py", "deformable_roi_digits.py",
-        "data_parallel.py",  # on 2 ranks in tests/test_distributed.py
+        "data_parallel.py",  # on 2 ranks in tests/distributed/test_distributed.py
         "half_precision_training.py",
     }  # fmt: skip
 
@@ -78,7 +78,7 @@ def test_half_precision_training(tmp_path):
 
 
 def test_deformable_digits_takes_the_demo_flags(tmp_path):
-    """The script forwards to ``cudcn demo``; its full ``--quick`` run is tests/test_demo.py's
+    """The script forwards to ``cudcn demo``; its full ``--quick`` run is tests/demo/test_demo.py's
     smoke test, so here only the wiring (help and a bad flag) is run."""
     result = run_example("deformable_digits.py", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -90,7 +90,7 @@ def test_deformable_digits_takes_the_demo_flags(tmp_path):
 
 def test_deformable_roi_digits_forwards_to_demo_roi(tmp_path, monkeypatch):
     """The script runs ``cudcn demo roi`` with its flags; the full ``--quick`` run is
-    tests/test_roi_demo.py's smoke test, so here the wiring: a bad flag, and --epochs (conv only)."""
+    tests/demo/test_roi_demo.py's smoke test, so here the wiring: a bad flag, and --epochs (conv only)."""
     bad = run_example("deformable_roi_digits.py", "--nope", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
     conv_only = run_example("deformable_roi_digits.py", "--epochs", "2", cwd=tmp_path)

@@ -1,9 +1,9 @@
 """cudcn.distributed: in-process checks of every piece, then 2-rank runs under ``mpiexec``.
 
-Each multi-rank test starts ``mpiexec -n 2 <python> -m mpi4py tests/mpi/<script> <out>`` in its own
-process group, kills the group on a timeout, and reads what rank 0 wrote to ``<out>``; it never
-parses the ranks' interleaved output. Ranks get one Numba/OpenMP/BLAS thread each (2 ranks on 2
-cores). Without ``mpiexec`` or mpi4py these tests skip, saying so.
+Each multi-rank test starts ``mpiexec -n 2 <python> -m mpi4py mpi/<script> <out>`` (mpi/ beside this
+file) in its own process group, kills the group on a timeout, and reads what rank 0 wrote to
+``<out>``; it never parses the ranks' interleaved output. Ranks get one Numba/OpenMP/BLAS thread
+each (2 ranks on 2 cores). Without ``mpiexec`` or mpi4py these tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from cudcn import Tensor, nn, optim
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "mpi"
 RANK_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-EQUIVALENCE_SEED = 20261201  # tests/mpi/train_equivalence.py's SEED
+EQUIVALENCE_SEED = 20261201  # tests/distributed/mpi/train_equivalence.py's SEED
 
 
 def mpiexec() -> str:
@@ -46,7 +46,7 @@ def mpiexec() -> str:
 
 
 def run_ranks(script: str, *args: str, n: int = 2, timeout: float = 120, via_mpi4py: bool = True):
-    """Run ``script`` (in tests/mpi, or a path from the repository root) on ``n`` ranks; returns
+    """Run ``script`` (in tests/distributed/mpi, or a path from the repository root) on ``n`` ranks; returns
     (CompletedProcess, seconds). The whole process group is killed if it outlives ``timeout``."""
     launcher = [sys.executable, "-m", "mpi4py"] if via_mpi4py else [sys.executable]
     path = SCRIPTS / script if (SCRIPTS / script).exists() else ROOT / script

@@ -3,7 +3,7 @@ skip with the reason). The CUDA backend's scattered gradients (the deform_conv2d
 RoI and PS-RoI input, offset and trans gradients) are bitwise identical over 5 calls in the mode,
 within the summation-order bound of the default (atomic) result, and NaN in ``grad_out`` reaches the
 same gradients in both modes. The schedule control (without the mode the bits do vary) is the
-emulated backend's, in tests/test_deterministic.py: a GPU's schedule cannot be forced."""
+emulated backend's, in tests/precision/test_deterministic.py: a GPU's schedule cannot be forced."""
 
 from __future__ import annotations
 
