@@ -98,6 +98,7 @@ def run(cache_dir: str, threads: int) -> dict:
     return digests
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cold_threads", [1, 3])
 def test_cold_and_warm_cache_and_thread_counts_give_the_same_bits(tmp_path, cold_threads):
     """A compiling process against cached ones on 1, 2 and 3 threads (seed in ``SEED``)."""

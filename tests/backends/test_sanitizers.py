@@ -34,6 +34,8 @@ OPTIONS = {"address": "ASAN_OPTIONS=detect_leaks=0", "thread": "TSAN_OPTIONS=hal
 OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
 SCATTER_KERNELS = ("deform_conv2d_col2im", "deform_roi_pool_backward", "deform_psroi_pool_backward")
 
+pytestmark = pytest.mark.slow  # each check builds the kernels under a sanitizer: 1-2 min
+
 PLANTED_OUT_OF_BOUNDS = r"""
 import numpy as np
 from cudcn.backends.emulated.loader import host_library

@@ -149,6 +149,7 @@ def test_peak_memory_is_the_high_water_mark_of_one_call() -> None:
     assert cp.cuda.get_allocator() is None  # the previous allocator is back
 
 
+@pytest.mark.slow
 def test_bfloat16_rows_say_why_when_cupy_lacks_the_dtype() -> None:
     def no_bfloat16(a):
         if a.dtype == bench.NUMPY_DTYPES["bfloat16"]:
@@ -165,6 +166,7 @@ def test_bfloat16_rows_say_why_when_cupy_lacks_the_dtype() -> None:
     assert gpu_table.exit_status(b.rows, b.checks_ok) == 0
 
 
+@pytest.mark.slow
 def test_the_measuring_loop_end_to_end_on_the_cpu_backend() -> None:
     b = bench.Bench(fake_cupy(), None, None, "not measured (no torch)", _args())
     b.shape(SHAPE, list(gpu_table.DTYPES))

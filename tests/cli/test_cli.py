@@ -89,6 +89,7 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"cudcn {cudcn.__version__}"
 
 
+@pytest.mark.slow
 def test_info_lists_backends_and_kernel_compilation():
     result = run_module("info", timeout=120)
     assert result.returncode == 0, result.stderr
@@ -103,6 +104,7 @@ def test_info_lists_backends_and_kernel_compilation():
     assert ("CUDA headers: yes — CUDA " in out) == found, out
 
 
+@pytest.mark.slow
 def test_check_cpu_passes(capsys):
     code = main(["check", "--backend", "cpu"])
     out = capsys.readouterr().out

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
@@ -27,6 +29,7 @@ def test_every_example_is_covered():
     }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_quick_start(tmp_path):
     result = run_example("quick_start.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -36,6 +39,7 @@ def test_quick_start(tmp_path):
     assert "gradcheck passed: True" in out
 
 
+@pytest.mark.slow
 def test_custom_training_loop(tmp_path):
     result = run_example("custom_training_loop.py", cwd=tmp_path)
     assert result.returncode == 0, (
@@ -61,6 +65,7 @@ def test_torch_autograd_function(tmp_path):
             assert "largest difference to torchvision" in result.stdout
 
 
+@pytest.mark.slow
 def test_half_precision_training(tmp_path):
     """--quick (40 steps: too short for a meaningful accuracy): every loss falls (else exit 1), the
     float16 run's first step overflows and is skipped, the bfloat16 checkpoint round trip keeps
@@ -98,6 +103,7 @@ def test_deformable_roi_digits_forwards_to_demo_roi(tmp_path, monkeypatch):
     assert "Traceback" not in bad.stderr + conv_only.stderr
 
 
+@pytest.mark.slow
 def test_export_onnx(tmp_path):
     """Trains a few steps, exports, runs in ONNX Runtime and prints the comparison table; without
     onnxruntime it skips visibly with exit code 0."""

@@ -77,6 +77,7 @@ def test_gpu_check_steps_and_summary_last(tmp_path) -> None:
     assert "--time-limit 140 --json" in bench and bench.rstrip().endswith("--repeats 3")
 
 
+@pytest.mark.slow
 def test_gpu_check_stops_a_hung_step_and_keeps_the_total_limit(tmp_path) -> None:
     result, _ = _run_with_fake_python(tmp_path, TOTAL_LIMIT="6", FAKE_HANG="cudcn info")
     assert result.returncode == 1

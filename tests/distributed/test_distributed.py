@@ -273,6 +273,7 @@ def test_abort_hook_waits_until_the_launcher_read_the_traceback(tmp_path):
 # --------------------------------------------------------------------------- 2 ranks
 
 
+@pytest.mark.slow
 def test_two_rank_training_equals_single_process_training(tmp_path):
     """float64: 2-rank training (deformable layer, SyncBatchNorm, SGD with momentum) equals
     single-process training on the whole batch to a few float64 roundings per summed term;
@@ -393,6 +394,7 @@ def test_a_failing_rank_ends_every_rank(tmp_path, via_mpi4py):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_data_parallel_example_on_two_ranks(tmp_path):
     """examples/data_parallel.py --quick: 40 steps on 2 ranks (too few for a meaningful accuracy:
     the running statistics still remember their initial values)."""
