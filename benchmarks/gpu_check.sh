@@ -5,7 +5,7 @@
 #   cudcn info (NVRTC headers)                                     45
 #   cudcn check --backend cuda (every op against the reference)    105
 #   pytest -m gpu on the precision and determinism tests           120
-#     (tests/test_half_precision.py, test_deterministic.py, test_deterministic_gpu.py: those present)
+#     (tests/precision/: test_half_precision.py, test_deterministic.py, test_deterministic_gpu.py)
 #   pytest -m gpu on every other test                               120
 #   benchmarks/bench_deform_conv2d_gpu.py (float32, float16, bfloat16, torchvision, cuDNN, peak
 #     memory, and the deterministic mode's cost: fwd+bwd with the mode on vs off)    180
@@ -65,7 +65,8 @@ step "cudcn check --backend cuda" check.log 105 'all checks|FAIL|error' \
     "$PY" -m cudcn check --backend cuda
 
 PRECISION=()  # the precision and determinism tests (issue 9), those present in this tree
-for file in tests/test_half_precision.py tests/test_deterministic.py tests/test_deterministic_gpu.py; do
+for file in tests/precision/test_half_precision.py tests/precision/test_deterministic.py \
+    tests/precision/test_deterministic_gpu.py; do
     [ -f "$file" ] && PRECISION+=("$file")
 done
 IGNORE=()

@@ -1,6 +1,6 @@
 """Host-side half of ``bench_deform_conv2d_gpu.py``: which rows the GPU benchmark measures, the rows
 it prints where it could not measure them, its time limit, and its Markdown table. Nothing here needs
-a GPU, so ``tests/test_bench_gpu_table.py`` checks all of it on any machine.
+a GPU, so ``tests/cli/test_bench_gpu_table.py`` checks all of it on any machine.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ install (``cupy-cuda13x[ctk]`` brings ``nvidia-cuda-runtime``, whose ``include``
 toolkit (``CUDA_PATH`` / ``CUDA_HOME``). Found the way CuPy 14 finds them, with ``cuda-pathfinder``.
 
 CuPy adds the header directory to every ``RawModule`` compile itself; cudcn's own NVRTC compiles
-(``cudcn info``, ``tests/test_nvrtc.py``) add :func:`include_options` to do the same.
+(``cudcn info``, ``tests/backends/test_nvrtc.py``) add :func:`include_options` to do the same.
 """
 
 from __future__ import annotations

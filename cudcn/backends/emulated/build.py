@@ -16,7 +16,7 @@ renamed, so concurrent builds are safe.
 Environment: ``CUDCN_CXX`` picks the compiler (default ``g++``; C++20 with ``std::atomic_ref``, i.e.
 g++ >= 10). ``CUDCN_HOST_SANITIZE=address`` or ``=thread`` (or any
 ``-fsanitize=`` value) builds sanitized kernels; the process must then preload the sanitizer runtime
-(see ``tests/test_sanitizers.py``). Every build compiles without multiply-add contraction
+(see ``tests/backends/test_sanitizers.py``). Every build compiles without multiply-add contraction
 (``-ffp-contract=off``), as the CUDA backend's NVRTC build does (``--fmad=false``).
 ``CUDCN_HOST_DEBUG=1`` builds with ``-O0 -g`` for gdb.
 """

@@ -15,7 +15,7 @@ How a launch runs (see the execution model in ``cudcn/kernels/host_shim.h``), re
   ``serial`` runs a block's threads one after another (about 20x faster on small launches; refused,
   with an error, by a kernel that cooperates); ``auto`` (default) is concurrent for the kernels of a
   ``.cu`` file whose source uses a cooperation primitive, serial for the others. The race checks
-  (``tests/test_tsan.py``) and the small-block tests run everything concurrent.
+  (``tests/backends/test_sanitizers.py``) and the small-block tests run everything concurrent.
 * ``CUDCN_EMULATED_WORKERS``: how many blocks run at once (default: the CPUs this process may use).
 * ``CUDCN_EMULATED_SEED``: the seed that shuffles the order in which blocks start (default 0, so
   runs are reproducible; a GPU promises no order at all).

@@ -72,7 +72,7 @@ class KernelParams:
     """The trailing scalar parameters of a family of kernels, as named fields in the kernels'
     parameter order, built by keyword so no two can be swapped silently. ``int`` fields are passed
     as ``numpy.int32``, ``float`` fields in the kernels' compute type (float32 for 16-bit
-    storage); a test (``test_launch.py``) checks every subclass's field names against the ``.cu``
+    storage); ``tests/backends/test_launch.py`` checks every subclass's field names against the ``.cu``
     signatures."""
 
     def scalars(self, dtype: Any) -> tuple[Any, ...]:
