@@ -48,9 +48,7 @@ from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 SHAPES = [(2, 64, 56), (1, 256, 32), (8, 128, 28), (64, 32, 7)]  # (B, C_in = C_out, H = W)
 SETTLE_S = 0.2
-PARAMS = DeformConv2dParams(
-    stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1
-)
+PARAMS = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
 
 FIRST_CALL = """
 import time
@@ -108,9 +106,7 @@ def cudcn_fns(a: dict[str, np.ndarray], masked: bool) -> dict[str, Callable[[], 
 
     def call():
         t = leaves
-        return deform_conv2d(
-            t["input"], t["offset"], t["weight"], t["bias"], 1, 1, 1, t.get("mask")
-        )
+        return deform_conv2d(t["input"], t["offset"], t["weight"], t["bias"], 1, 1, 1, t.get("mask"))
 
     def fwd():
         with cudcn.no_grad():
@@ -146,15 +142,11 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
 
     torch.set_num_threads(os.cpu_count() or 1)
     t = {k: as_torch(v) for k, v in a.items()}
-    leaves = {
-        k: t[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")
-    }
+    leaves = {k: t[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")}
 
     def tv(masked: bool, grad: bool):
         x, off, w, b, m = leaves.values() if grad else (t[k] for k in leaves)
-        return torchvision.ops.deform_conv2d(
-            x, off, w, b, padding=(1, 1), mask=m if masked else None
-        )
+        return torchvision.ops.deform_conv2d(x, off, w, b, padding=(1, 1), mask=m if masked else None)
 
     def conv(grad: bool):
         x, w, b = (leaves if grad else t)["input"], (leaves if grad else t)["weight"], t["bias"]
@@ -275,9 +267,7 @@ def main() -> None:
         print(f"{name:<34}" + "".join(f"{breakdowns[s].get(name, 0.0):12.2f}" for s in shapes))
     print(f"\nfixed cost of a call (public fwd+bwd, 1x1x1x1 input): {fixed_cost_us():.0f} µs")
     imp, call = first_call_ms()
-    print(
-        f"fresh process (warm Numba cache): import {imp:.0f} ms, first fwd+bwd call {call:.0f} ms"
-    )
+    print(f"fresh process (warm Numba cache): import {imp:.0f} ms, first fwd+bwd call {call:.0f} ms")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

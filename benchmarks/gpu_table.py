@@ -62,11 +62,7 @@ def _cell(row: Row, metric: str) -> str:
     value = getattr(row, metric)
     if value is not None:
         return f"{value:.3f}" if metric.endswith("_ms") else f"{value:.1f}"
-    if (
-        row.implementation == "cudcn deterministic"
-        and metric not in BACKWARD_METRICS
-        and row.note == ""
-    ):
+    if row.implementation == "cudcn deterministic" and metric not in BACKWARD_METRICS and row.note == "":
         return "— (forward unchanged)"
     return row.note or "—"
 
@@ -105,8 +101,7 @@ def table(rows: list[Row], device: str, today: datetime.date | None = None) -> s
     lines = [
         f"{TITLE}: 3x3, pad 1, mask + bias; {device}; {today.isoformat()}",
         "",
-        "| B, C, H x W | dtype | implementation | fwd ms | fwd+bwd ms | fwd peak MiB | "
-        "fwd+bwd peak MiB |",
+        "| B, C, H x W | dtype | implementation | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     ratios: dict[tuple, list[tuple[Row, str]]] = {}

@@ -99,9 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=20261201)
     seed = parser.parse_args().seed
-    print(
-        f"seed {seed}; worst error per result in eps(dtype) * max|reference| (see the docstring)\n"
-    )
+    print(f"seed {seed}; worst error per result in eps(dtype) * max|reference| (see the docstring)\n")
     print("| op | result | backend | float16 | bfloat16 | float32 |")
     print("|---|---|---|---|---|---|")
     for op in NAMES:
@@ -112,9 +110,7 @@ def main() -> None:
             arrays = [a.astype(dtype) for a in wide]
             rounded = [a.astype(np.float64) for a in arrays]
             grad_out = (
-                np.random.default_rng(seed + 1)
-                .standard_normal(truth_output_shape(op, rounded))
-                .astype(dtype)
+                np.random.default_rng(seed + 1).standard_normal(truth_output_shape(op, rounded)).astype(dtype)
             )
             want = truth(op, rounded, grad_out.astype(np.float64))
             for backend in ("cpu", "emulated"):

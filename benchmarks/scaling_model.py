@@ -52,10 +52,7 @@ def step_communication(net: Net, p: int, bucket_mb: float, network: Network) -> 
     if p == 1:
         return 0.0
     buckets = net.buckets[bucket_mb]
-    ring = (
-        2 * (p - 1) * network.alpha_s * buckets
-        + 2 * (p - 1) / p * net.gradient_bytes / network.bandwidth
-    )
+    ring = 2 * (p - 1) * network.alpha_s * buckets + 2 * (p - 1) / p * net.gradient_bytes / network.bandwidth
     small = (2 + 2 * 3 * net.syncbn_layers) * math.ceil(math.log2(p)) * network.alpha_s
     return ring + small
 
@@ -70,9 +67,7 @@ def table(nets: list[Net], buckets_mb: tuple[float, ...]) -> None:
                 for p in (8, 16, 32, 64):
                     comm = step_communication(net, p, bucket_mb, network)
                     efficiency = 100 * net.compute_s / (net.compute_s + comm)
-                    print(
-                        f"| {net.name} | {bucket_mb:g} | {p} | {1e3 * comm:.2f} | {efficiency:.1f} % |"
-                    )
+                    print(f"| {net.name} | {bucket_mb:g} | {p} | {1e3 * comm:.2f} | {efficiency:.1f} % |")
 
 
 if __name__ == "__main__":

@@ -94,9 +94,7 @@ while step < args.steps:
             start = time.perf_counter()  # step 1 compiled the kernels: time the rest
         if step % max(1, args.steps // 4) == 0 or step == args.steps:
             mean_loss = summed([np.mean(losses[-10:])])[0] / size
-            say(
-                f"  step {step:4d}/{args.steps}  loss {mean_loss:.3f} (mean over ranks, last 10 steps)"
-            )
+            say(f"  step {step:4d}/{args.steps}  loss {mean_loss:.3f} (mean over ranks, last 10 steps)")
     epoch += 1
 seconds = time.perf_counter() - start
 rate = np.zeros(size)
@@ -112,9 +110,7 @@ ours = comm.broadcast(flat.copy(), root=0)
 identical = summed([float(not np.array_equal(ours, flat))])[0] == 0
 
 for r, images_per_s in enumerate(rate):
-    say(
-        f"rank {r}: {images_per_s:.1f} images/s (steps 2-{args.steps}, {local_batch} images per step)"
-    )
+    say(f"rank {r}: {images_per_s:.1f} images/s (steps 2-{args.steps}, {local_batch} images per step)")
 say(f"total: {sum(rate):.1f} images/s")
 say(f"zoomed-test accuracy: {100 * correct / count:.1f} % of {int(count)} digits")
 say(f"replicas identical on every rank: {identical}")

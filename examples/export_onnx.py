@@ -45,9 +45,7 @@ def trained_net(checkpoint: str | None, steps: int) -> nn.Sequential:
         print(f"loaded {checkpoint}")
         return net.eval()
     digits = data.load_digits(1000, 200)
-    feed = batches(
-        digits.train, digits.train_labels, 64, steps, np.random.default_rng(1), data.random_zoom
-    )
+    feed = batches(digits.train, digits.train_labels, 64, steps, np.random.default_rng(1), data.random_zoom)
     train(net, list(net.parameters()), Schedule(steps, 3e-3, 64), feed, pick_device(), "train")
     return net.eval()
 
@@ -114,9 +112,7 @@ def compare_layer(shape: tuple[int, ...], out: Path, repeats: int) -> str:
         return cudcn.ops.deform_conv2d_forward(x, offset, weight, bias, 1, 1, 1, mask)
 
     seconds = timed_pair(ours, lambda: sess.run(None, feeds), repeats)
-    return row(
-        f"DeformConv {b}, {cin}, {cout}, {h}, {w}", ours(), sess.run(None, feeds)[0], seconds
-    )
+    return row(f"DeformConv {b}, {cin}, {cout}, {h}, {w}", ours(), sess.run(None, feeds)[0], seconds)
 
 
 def main() -> None:
@@ -135,9 +131,7 @@ def main() -> None:
     print(f"\ncudcn {cudcn.__version__} (CPU backend, {numba.get_num_threads()} Numba threads) vs "
           f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, default threads), float32, "
           f"medians of {repeats} in ms")  # fmt: skip
-    print(
-        "| model | cudcn ms | onnxruntime ms | ort / cudcn | largest abs difference | max abs output |"
-    )
+    print("| model | cudcn ms | onnxruntime ms | ort / cudcn | largest abs difference | max abs output |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
 

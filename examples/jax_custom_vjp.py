@@ -46,9 +46,7 @@ def deform_conv2d(x, offset, weight, bias, mask, stride=1, padding=0, dilation=1
 
     def forward(*arrays):
         x, offset, weight, bias, mask = _host(*arrays)
-        return cudcn.ops.deform_conv2d_forward(
-            x, offset, weight, bias, stride, padding, dilation, mask
-        )
+        return cudcn.ops.deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, mask)
 
     return jax.pure_callback(forward, _out_shape(x, offset, weight), x, offset, weight, bias, mask)
 

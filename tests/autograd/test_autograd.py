@@ -307,9 +307,7 @@ class WrongShape(Function):
         return (grad_out,)
 
 
-@pytest.mark.parametrize(
-    ("fn", "match"), [(WrongCount, "2 gradients for 1"), (WrongShape, "shape")]
-)
+@pytest.mark.parametrize(("fn", "match"), [(WrongCount, "2 gradients for 1"), (WrongShape, "shape")])
 def test_bad_backward_is_reported(fn, match):
     x = Tensor(np.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match=match):

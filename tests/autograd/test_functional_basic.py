@@ -259,9 +259,7 @@ def test_batch_norm_training_value_and_running_stats(rng, shape):
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     count = x.size // shape[1]
     np.testing.assert_allclose(running_mean, 0.7 * mean0 + 0.3 * mean, rtol=1e-13)
-    np.testing.assert_allclose(
-        running_var, 0.7 * var0 + 0.3 * var * count / (count - 1), rtol=1e-13
-    )
+    np.testing.assert_allclose(running_var, 0.7 * var0 + 0.3 * var * count / (count - 1), rtol=1e-13)
 
 
 def test_batch_norm_eval_uses_running_stats(rng):

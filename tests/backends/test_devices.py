@@ -61,9 +61,7 @@ def test_arguments_on_another_device_are_refused_with_both_devices() -> None:
     x = FakeCupyArray(np.zeros((1, 2, 4, 4), np.float32), 0)
     offset = FakeCupyArray(np.zeros((1, 18, 4, 4), np.float32), 1)
     weight = FakeCupyArray(np.zeros((3, 2, 3, 3), np.float32), 0)
-    with pytest.raises(
-        ValueError, match=r"offset is on CUDA device 1 but input is on CUDA device 0"
-    ):
+    with pytest.raises(ValueError, match=r"offset is on CUDA device 1 but input is on CUDA device 0"):
         deform_conv2d_forward(x, offset, weight, padding=1)
     with pytest.raises(ValueError, match=r"weight is on CUDA device 1"):
         check_arrays({"input": x, "weight": FakeCupyArray(np.zeros(3, np.float32), 1)})
@@ -101,7 +99,5 @@ def test_module_to_and_device_check_on_real_devices() -> None:
     net = nn.Conv2d(2, 3, 3).to("cuda:1")
     assert net.weight.data.device.id == 1
     x = cupy.zeros((1, 2, 4, 4), np.float32)  # on device 0
-    with pytest.raises(
-        ValueError, match="weight is on CUDA device 1 but input is on CUDA device 0"
-    ):
+    with pytest.raises(ValueError, match="weight is on CUDA device 1 but input is on CUDA device 0"):
         net(x)

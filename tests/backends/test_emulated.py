@@ -44,9 +44,7 @@ def test_export_table_holds_every_name_expression_with_its_signature() -> None:
     kernels = host_library("deform_conv2d").kernels
     assert set(kernels) == set(name_expressions("deform_conv2d"))
     geometry = ("i4",) * 16
-    assert kernels["deform_conv2d_im2col<float, int>"].signature == (
-        ("cpf4",) * 3 + ("pf4", "i4") + geometry
-    )
+    assert kernels["deform_conv2d_im2col<float, int>"].signature == (("cpf4",) * 3 + ("pf4", "i4") + geometry)
     assert kernels["deform_conv2d_col2im_coord<double, long long>"].signature == (
         ("cpf8",) * 4 + ("pf8", "pf8", "i8") + geometry
     )
@@ -58,9 +56,7 @@ def test_only_the_table_is_exported() -> None:
     listing = subprocess.run(
         ["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True, check=True
     ).stdout
-    assert {line.split()[-1] for line in listing.splitlines() if line.strip()} == {
-        host_build.TABLE_SYMBOL
-    }
+    assert {line.split()[-1] for line in listing.splitlines() if line.strip()} == {host_build.TABLE_SYMBOL}
 
 
 def _im2col_args(dtype=np.float32) -> list:
@@ -215,12 +211,8 @@ def test_serial_mode_with_one_worker_is_deterministic(monkeypatch) -> None:
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize(
-    ("sanitizer", "symbol"), [("address", "__asan_init"), ("thread", "__tsan_init")]
-)
-def test_sanitized_build_without_its_runtime_is_refused_clearly(
-    monkeypatch, sanitizer, symbol
-) -> None:
+@pytest.mark.parametrize(("sanitizer", "symbol"), [("address", "__asan_init"), ("thread", "__tsan_init")])
+def test_sanitized_build_without_its_runtime_is_refused_clearly(monkeypatch, sanitizer, symbol) -> None:
     if hasattr(ctypes.CDLL(None), symbol):
         pytest.skip(f"this process already runs under the {sanitizer} sanitizer")
     monkeypatch.setenv("CUDCN_HOST_SANITIZE", sanitizer)

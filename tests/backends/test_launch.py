@@ -51,9 +51,7 @@ def test_scalars_take_the_parameter_widths() -> None:
         sampling_ratio=0, gamma=0.1, aligned=1, use_offset=0,
     )  # fmt: skip
     scalars = params.scalars(np.float32)
-    assert [type(v) for v in scalars] == [np.int32] * 5 + [np.float32, np.int32, np.float32] + [
-        np.int32
-    ] * 2
+    assert [type(v) for v in scalars] == [np.int32] * 5 + [np.float32, np.int32, np.float32] + [np.int32] * 2
 
 
 class _Recorder:

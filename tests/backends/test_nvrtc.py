@@ -105,8 +105,7 @@ def compile_text(source: str, label: str, names: tuple[str, ...], arch: str) -> 
         log = buffer.rstrip(b"\0 ").decode(errors="replace")
         _ok(result, f"NVRTC compile of {label}.cu for {arch}", log)
         lowered = {
-            name: _ok(nvrtc.nvrtcGetLoweredName(program, name.encode()), name)[0].decode()
-            for name in names
+            name: _ok(nvrtc.nvrtcGetLoweredName(program, name.encode()), name)[0].decode() for name in names
         }
         (cubin_bytes,) = _ok(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
     finally:
@@ -130,9 +129,7 @@ def test_every_kernel_file_declares_its_instantiations() -> None:
 def test_nvrtc_compiles_every_instantiation(stem: str, arch: str, capsys) -> None:
     compiled = compile_op(stem, arch)
     assert compiled.cubin_bytes > 0
-    assert set(compiled.stats) == set(compiled.lowered.values()), (
-        "ptxas did not report every kernel"
-    )
+    assert set(compiled.stats) == set(compiled.lowered.values()), "ptxas did not report every kernel"
     rows = []
     for name, mangled in compiled.lowered.items():
         s = compiled.stats[mangled]
@@ -184,9 +181,7 @@ def test_the_cuda_headers_are_installed_and_compile() -> None:
     """The header wheel of the test extra (nvidia-cuda-runtime) is found as CuPy finds it, and its
     half-precision headers compile under NVRTC (what 16-bit kernels will include)."""
     directory = header_directory()
-    assert directory is not None, (
-        "cuda-pathfinder found no CUDA headers (pip install 'cudcn[test]')"
-    )
+    assert directory is not None, "cuda-pathfinder found no CUDA headers (pip install 'cudcn[test]')"
     assert (directory / "cuda_fp16.h").is_file() and (directory / "cuda_bf16.h").is_file()
     source = (
         "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n"

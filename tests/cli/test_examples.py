@@ -42,9 +42,7 @@ def test_quick_start(tmp_path):
 @pytest.mark.slow
 def test_custom_training_loop(tmp_path):
     result = run_example("custom_training_loop.py", cwd=tmp_path)
-    assert result.returncode == 0, (
-        result.stderr
-    )  # the script exits non-zero if the loss did not fall
+    assert result.returncode == 0, result.stderr  # the script exits non-zero if the loss did not fall
     assert "checkpoint round trip gives the same predictions: True" in result.stdout
     accuracy = float(result.stdout.split("test accuracy ")[1].split("%")[0])
     assert accuracy > 80.0, result.stdout

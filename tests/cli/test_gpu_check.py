@@ -64,14 +64,10 @@ def test_gpu_check_steps_and_summary_last(tmp_path) -> None:
     assert [x.split(" | ")[0].lstrip("| ") for x in lines[-len(STEPS) :]] == STEPS
     assert all(x.split(" | ")[1] == "0" for x in lines[-len(STEPS) :])
     precision = (logs / "precision.log").read_text()
-    assert (
-        "tests/precision/test_deterministic.py tests/precision/test_deterministic_gpu.py"
-        in precision
-    )
+    assert "tests/precision/test_deterministic.py tests/precision/test_deterministic_gpu.py" in precision
     others = (logs / "gpu_tests.log").read_text()
-    assert (
-        "--ignore=tests/precision/test_deterministic_gpu.py" in others
-        and others.rstrip().endswith("tests")
+    assert "--ignore=tests/precision/test_deterministic_gpu.py" in others and others.rstrip().endswith(
+        "tests"
     )
     bench = (logs / "bench.log").read_text()
     assert "--time-limit 140 --json" in bench and bench.rstrip().endswith("--repeats 3")

@@ -187,6 +187,4 @@ def check_saved_deformable_net(out: Path, stdout: str) -> None:
     logits = sess.run(None, {"input": images})[0]
     expected = net.eval()(images).data
     np.testing.assert_array_equal(logits.argmax(axis=1), expected.argmax(axis=1))
-    assert (
-        np.abs(logits - expected).max() <= 1e-3 * np.abs(expected).max()
-    )  # see tests/onnx/test_onnx.py
+    assert np.abs(logits - expected).max() <= 1e-3 * np.abs(expected).max()  # see tests/onnx/test_onnx.py

@@ -37,9 +37,7 @@ def test_proposals_fall_in_their_bins_and_background_is_far():
         iou = p.iou[p.bin == b]
         assert (iou >= lo).all() and ((iou < hi).all() or hi == 1.0)
     np.testing.assert_allclose(p.iou[fg], box_iou(p.rois[fg, 1:].astype(float), p.gt[fg]))
-    assert (
-        p.target[fg & (p.iou >= 0.5)] == np.where(p.digit == 0, 3, 7)[fg & (p.iou >= 0.5)]
-    ).all()
+    assert (p.target[fg & (p.iou >= 0.5)] == np.where(p.digit == 0, 3, 7)[fg & (p.iou >= 0.5)]).all()
     assert (p.target[p.iou < 0.5] == 10).all()
     bg = p.bin == roi_data.BACKGROUND
     assert bg.sum() == 5

@@ -69,9 +69,7 @@ def run_ranks(script: str, *args: str, n: int = 2, timeout: float = 120, via_mpi
 
 
 def test_import_cudcn_stays_light():
-    code = (
-        "import sys, cudcn, cudcn.distributed; print(sorted({'mpi4py', 'cupy'} & set(sys.modules)))"
-    )
+    code = "import sys, cudcn, cudcn.distributed; print(sorted({'mpi4py', 'cupy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -139,16 +137,12 @@ class FakeRanks:
 def test_shard_sampler_covers_every_index(shuffle, drop_last):
     for size in range(1, 6):
         for n in range(14):
-            shards = [
-                dist.ShardSampler(n, FakeRanks(r, size), shuffle, 7, drop_last) for r in range(size)
-            ]
+            shards = [dist.ShardSampler(n, FakeRanks(r, size), shuffle, 7, drop_last) for r in range(size)]
             for s in shards:
                 s.set_epoch(3)
             got = [s.indices() for s in shards]
             length = n // size if drop_last else -(-n // size)
-            assert all(
-                len(s) == length and len(g) == length for s, g in zip(shards, got, strict=True)
-            )
+            assert all(len(s) == length and len(g) == length for s, g in zip(shards, got, strict=True))
             flat = np.concatenate(got) if got else np.array([], int)
             if drop_last:  # disjoint, all but n % size of the items
                 assert len(set(flat.tolist())) == len(flat) == n - n % size

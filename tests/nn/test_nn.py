@@ -364,9 +364,7 @@ def test_training_smoke_loss_falls():
     )
     offsets = list(net[3].conv_offset.parameters())
     others = [p for p in net.parameters() if all(p is not q for q in offsets)]
-    opt = cudcn.optim.SGD(
-        [{"params": others}, {"params": offsets, "lr": 0.01}], lr=0.1, momentum=0.9
-    )
+    opt = cudcn.optim.SGD([{"params": others}, {"params": offsets, "lr": 0.01}], lr=0.1, momentum=0.9)
     losses = []
     for step in range(40):
         batch = slice((step * 16) % n, (step * 16) % n + 16)

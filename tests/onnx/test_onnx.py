@@ -110,9 +110,7 @@ def test_modulated_pack_with_groups_stride_dilation():
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in dcn.attribute}
     assert attrs["group"] == 2 and attrs["offset_group"] == 2 and list(attrs["strides"]) == [2, 2]
     assert list(attrs["dilations"]) == [2, 2] and len(dcn.input) == 5  # with bias and mask
-    assert {"Slice", "Sigmoid", "Reshape", "Gemm", "LogSoftmax"} <= {
-        n.op_type for n in model.graph.node
-    }
+    assert {"Slice", "Sigmoid", "Reshape", "Gemm", "LogSoftmax"} <= {n.op_type for n in model.graph.node}
     terms = [4 * 9, 2 * 9 * 4, 4, 6 * 4 * 4, 5]  # offset conv, DCN, pool, linear, log_softmax
     for batch in (2, 3):
         check_against_runtime(net, [rng.standard_normal((batch, 4, 11, 13)).astype(np.float32)],
@@ -215,9 +213,7 @@ def test_onnxruntime_forces_tiny_rois_to_one_pixel_like_torchvision():
                                                                             "input_1": rois})[0]  # fmt: skip
         np.testing.assert_allclose(got, roi_align(x, rois, 2, 1.0, 0, aligned), atol=1e-6)
     # the rule matters for these RoIs: unforced sizes (aligned=True on RoIs shifted by half a pixel)
-    unforced = roi_align(
-        x, rois + np.array([0, 0.5, 0.5, 0.5, 0.5], np.float32), 2, 1.0, 0, aligned=True
-    )
+    unforced = roi_align(x, rois + np.array([0, 0.5, 0.5, 0.5, 0.5], np.float32), 2, 1.0, 0, aligned=True)
     assert np.abs(unforced - roi_align(x, rois, 2, 1.0, 0, aligned=False)).max() > 1e-2
 
 
@@ -293,9 +289,7 @@ def test_export_restores_modes_and_keeps_float64():
 
 
 def test_import_cudcn_does_not_import_onnx():
-    code = (
-        "import sys, cudcn, cudcn.onnx; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))"
-    )
+    code = "import sys, cudcn, cudcn.onnx; print(sorted({'onnx', 'onnxruntime'} & set(sys.modules)))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -319,14 +313,9 @@ print("demo:", models.save_trained(net, __import__("pathlib").Path({str(tmp_path
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    assert (
-        "export: cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'"
-        in result.stdout
-    )
+    assert "export: cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'" in result.stdout
     assert "skipped deformable_cnn.onnx: cudcn.onnx.export needs the onnx package" in result.stdout
-    assert (tmp_path / "deformable_cnn.npz").exists() and not (
-        tmp_path / "deformable_cnn.onnx"
-    ).exists()
+    assert (tmp_path / "deformable_cnn.npz").exists() and not (tmp_path / "deformable_cnn.onnx").exists()
 
 
 def half_net(dtype, rng: np.random.Generator) -> nn.Module:

@@ -88,9 +88,7 @@ def test_adam_l2_and_adamw_decoupled_decay():
     np.testing.assert_allclose(values, [0.95 - 0.1, 0.85 * 0.95 - step2], rtol=1e-7)
     grads = [2.0, -1.0, 0.5]
     l2 = run(Adam, grads, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.3)
-    np.testing.assert_allclose(
-        l2, adam_reference(grads, 0.05, 0.8, 0.99, 1e-6, 1.0, 0.3), rtol=1e-12
-    )
+    np.testing.assert_allclose(l2, adam_reference(grads, 0.05, 0.8, 0.99, 1e-6, 1.0, 0.3), rtol=1e-12)
 
 
 def test_param_groups_with_their_own_lr():

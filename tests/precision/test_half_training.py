@@ -164,9 +164,7 @@ def test_module_to_16_bit_keeps_buffers_in_float32(dtype, rng):
     named = {"float16": net.half, "bfloat16": net.bfloat16}[str(dtype)]
     assert named() is net and all(p.dtype == dtype for p in net.parameters())
     assert net.float() is net and all(p.dtype == np.float32 for p in net.parameters())
-    with pytest.raises(
-        TypeError, match=r"dtype must be float16, bfloat16.*got <class 'numpy.int8'>"
-    ):
+    with pytest.raises(TypeError, match=r"dtype must be float16, bfloat16.*got <class 'numpy.int8'>"):
         net.to(np.int8)
 
 

@@ -113,9 +113,7 @@ def test_conv_float32_coordinates_that_round_onto_a_kink(backend) -> None:
         either = (np.abs(g - a) <= tol) | (np.abs(g - b) <= tol)
         assert either.all(), f"{name}: {int((~either).sum())} elements match neither side"
     if backend.name != "cpu":  # the .cu kernels compute y in float32, on the kink side
-        np.testing.assert_allclose(
-            got[2], rounded[2], rtol=0, atol=_allowed(np.float32, rounded[2], 64)
-        )
+        np.testing.assert_allclose(got[2], rounded[2], rtol=0, atol=_allowed(np.float32, rounded[2], 64))
 
 
 def _run_roi(backend, x, rois, offset, grad, params):

@@ -46,29 +46,21 @@ comm.barrier()
 
 # mismatches: a ValueError on every rank, and the ranks carry on afterwards
 seen["shape_mismatch"] = error_of(lambda: comm.allreduce(np.zeros(3 + rank)))
-seen["dtype_mismatch"] = error_of(
-    lambda: comm.allreduce(np.zeros(3, np.float32 if rank else np.float64))
-)
+seen["dtype_mismatch"] = error_of(lambda: comm.allreduce(np.zeros(3, np.float32 if rank else np.float64)))
 seen["op_mismatch"] = error_of(lambda: comm.allreduce(np.zeros(3), "max" if rank else "sum"))
 
 
 def net(width):
     rng = np.random.default_rng(0)
-    return nn.Sequential(
-        nn.Conv2d(1, width, 3, rng=rng), nn.BatchNorm2d(width), nn.Linear(width, 2)
-    )
+    return nn.Sequential(nn.Conv2d(1, width, 3, rng=rng), nn.BatchNorm2d(width), nn.Linear(width, 2))
 
 
-seen["broadcast_parameters_mismatch"] = error_of(
-    lambda: dist.broadcast_parameters(net(4 + rank), comm)
-)
+seen["broadcast_parameters_mismatch"] = error_of(lambda: dist.broadcast_parameters(net(4 + rank), comm))
 seen["optimizer_mismatch"] = error_of(
     lambda: dist.DistributedOptimizer(optim.SGD(net(4 + rank).parameters(), lr=0.1), comm).step()
 )
 bn = nn.SyncBatchNorm(4 + rank, comm=comm)
-seen["sync_batchnorm_mismatch"] = error_of(
-    lambda: bn(Tensor(np.ones((2, 4 + rank, 3, 3), np.float32)))
-)
+seen["sync_batchnorm_mismatch"] = error_of(lambda: bn(Tensor(np.ones((2, 4 + rank, 3, 3), np.float32))))
 
 # broadcast_parameters: in place, every array (buffers too) takes rank 0's values
 model = net(4)
@@ -105,9 +97,7 @@ seen["after_step"] = {
     "none_here_grad": none_here.grad.tolist(), "frozen": frozen.data.tolist(),
     "frozen_grad_is_none": frozen.grad is None, "frozen_has_state": id(frozen) in inner.state,
 }  # fmt: skip
-seen["passthrough"] = (
-    opt.param_groups is inner.param_groups and opt.state_dict() == inner.state_dict()
-)
+seen["passthrough"] = opt.param_groups is inner.param_groups and opt.state_dict() == inner.state_dict()
 
 # SyncBatchNorm on uneven shards (3 and 5 images) against BatchNorm2d on all 8: the output, the
 # input gradient of the global loss sum(out * c), the weight and bias gradients summed over the

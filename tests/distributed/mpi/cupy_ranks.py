@@ -54,8 +54,6 @@ gpu, cpu = run("cuda"), run("cpu")
 report["max_difference_to_numpy"] = max(float(np.max(np.abs(gpu[k] - cpu[k]))) for k in cpu)
 states = MPI.COMM_WORLD.gather(gpu, root=0)
 if rank == 0:
-    report["replicas_identical"] = all(
-        np.array_equal(s[k], states[0][k]) for s in states for k in states[0]
-    )
+    report["replicas_identical"] = all(np.array_equal(s[k], states[0][k]) for s in states for k in states[0])
     with open(out_path, "w") as f:
         json.dump(report, f)

@@ -66,9 +66,7 @@ scaler.step(opt)
 scaler.update()
 seen["scale_after_2"] = scaler.get_scale()
 seen["step_2_exact"] = all(
-    np.array_equal(
-        p.data, (b.astype(np.float32) - 0.5 * ((g0 + g1) / np.float32(2))).astype(np.float16)
-    )
+    np.array_equal(p.data, (b.astype(np.float32) - 0.5 * ((g0 + g1) / np.float32(2))).astype(np.float16))
     for p, b, g0, g1 in zip(model.parameters(), before, both[0], both[1], strict=True)
 )
 seen["step_2_moved"] = any(

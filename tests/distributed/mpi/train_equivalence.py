@@ -89,9 +89,7 @@ for dtype in (np.float64, np.float32):
         ref64 = make_net(np.float64)
         train(ref64, sgd(ref64), ((x.astype(np.float64), y) for x, y in batches(dtype)))
         ref.eval()
-        ref_eval = np.concatenate(
-            [ref(x_half).data for x_half in np.split(next(iter(batches(dtype)))[0], 2)]
-        )
+        ref_eval = np.concatenate([ref(x_half).data for x_half in np.split(next(iter(batches(dtype)))[0], 2)])
         for r, state in enumerate(states):
             results.update({f"{name}/rank{r}/{k}": v for k, v in state.items()})
         results.update({f"{name}/reference/{k}": v for k, v in ref.state_dict().items()})

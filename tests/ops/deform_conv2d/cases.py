@@ -30,18 +30,12 @@ class Case:
 
     def params(self) -> DeformConv2dParams:
         """The parameters object the reference and the backends take."""
-        return DeformConv2dParams(
-            self.stride, self.padding, self.dilation, self.groups, self.offset_groups
-        )
+        return DeformConv2dParams(self.stride, self.padding, self.dilation, self.groups, self.offset_groups)
 
     def out_size(self) -> tuple[int, int]:
         kh, kw = self.kernel
-        oh = (self.height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[
-            0
-        ]
-        ow = (self.width + 2 * self.padding[1] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[
-            1
-        ]
+        oh = (self.height + 2 * self.padding[0] - (self.dilation[0] * (kh - 1) + 1)) // self.stride[0]
+        ow = (self.width + 2 * self.padding[1] - (self.dilation[1] * (kw - 1) + 1)) // self.stride[1]
         return oh + 1, ow + 1
 
 

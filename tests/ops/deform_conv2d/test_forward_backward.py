@@ -31,9 +31,7 @@ def run_both(backend, case: Case, inputs: dict, grad_out: np.ndarray):
     args = [dev[n] for n in ("input", "offset", "weight", "bias")]
     with backend.context(), poison_outputs():
         out = deform_conv2d_forward(*args, **params(case), mask=dev["mask"])
-        grads = deform_conv2d_backward(
-            backend.asarray(grad_out), *args, **params(case), mask=dev["mask"]
-        )
+        grads = deform_conv2d_backward(backend.asarray(grad_out), *args, **params(case), mask=dev["mask"])
     return backend.to_numpy(out), [backend.to_numpy(g) for g in grads]
 
 
@@ -111,9 +109,7 @@ def test_non_contiguous_inputs(backend):
 def plain_conv(x, w, bias, padding):
     """An independent dense convolution: scipy's correlate per (batch, out, in) channel."""
     xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    out = np.zeros(
-        (x.shape[0], w.shape[0], xp.shape[2] - w.shape[2] + 1, xp.shape[3] - w.shape[3] + 1)
-    )
+    out = np.zeros((x.shape[0], w.shape[0], xp.shape[2] - w.shape[2] + 1, xp.shape[3] - w.shape[3] + 1))
     for b in range(x.shape[0]):
         for o in range(w.shape[0]):
             for c in range(x.shape[1]):
@@ -130,9 +126,7 @@ def test_zero_offset_is_plain_convolution(backend):
     offset = np.zeros((2, 18, 7, 6))
     with backend.context():
         got = deform_conv2d_forward(*(backend.asarray(a) for a in (x, offset, w, b)), padding=1)
-    np.testing.assert_allclose(
-        backend.to_numpy(got), plain_conv(x, w, b, 1), rtol=1e-12, atol=1e-12
-    )
+    np.testing.assert_allclose(backend.to_numpy(got), plain_conv(x, w, b, 1), rtol=1e-12, atol=1e-12)
 
 
 def test_integer_offset_is_shifted_convolution(backend):
@@ -211,9 +205,7 @@ def test_tensor_path_records_and_matches_array_level():
     assert isinstance(out, cudcn.Tensor)
     grad = np.random.default_rng(1).standard_normal(out.shape)
     out.backward(grad)
-    want = deform_conv2d_backward(
-        grad, *(inputs[n] for n in NAMES[:4]), padding=1, mask=inputs["mask"]
-    )
+    want = deform_conv2d_backward(grad, *(inputs[n] for n in NAMES[:4]), padding=1, mask=inputs["mask"])
     for name, w in zip(NAMES, want, strict=True):
         np.testing.assert_array_equal(tensors[name].grad, w)
 
@@ -221,7 +213,5 @@ def test_tensor_path_records_and_matches_array_level():
 def test_plain_arrays_give_plain_array():
     case = Case("plain", batch=1)
     inputs = make_inputs(case, np.float32, SEED)
-    out = cudcn.functional.deform_conv2d(
-        *(inputs[n] for n in NAMES[:4]), padding=1, mask=inputs["mask"]
-    )
+    out = cudcn.functional.deform_conv2d(*(inputs[n] for n in NAMES[:4]), padding=1, mask=inputs["mask"])
     assert type(out) is np.ndarray and out.dtype == np.float32

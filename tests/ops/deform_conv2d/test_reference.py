@@ -145,9 +145,7 @@ def test_adjoint_identities(seed):
 @pytest.mark.parametrize("seed", [51, 52])
 @pytest.mark.parametrize("use_mask", [True, False])
 def test_offset_gradient_matches_central_differences(seed, use_mask):
-    a, p = make(
-        seed, batch=1, c_in=4, c_out=3, hw=(5, 6), groups=2, og=2, mask=use_mask, smooth=True
-    )
+    a, p = make(seed, batch=1, c_in=4, c_out=3, hw=(5, 6), groups=2, og=2, mask=use_mask, smooth=True)
     go = np.random.default_rng(seed + 1).standard_normal(forward(a, p).shape)
     g_off = backward(go, a, p)[1]
     eps = 1e-6

@@ -107,9 +107,7 @@ def test_matches_reference(backend, case, dtype):
     assert out.dtype == dtype and out.shape == ref_out.shape
     # float32 backends round sample coordinates (< 2 * the largest coordinate, in pixels): their
     # error is bounded by that times the largest bilinear slope, 2 max|x|.
-    reach = (
-        2 * (float(np.abs(rois[:, 1:]).max()) + 1) * case.spatial_scale * (1 + case.trans_std) + 1
-    )
+    reach = 2 * (float(np.abs(rois[:, 1:]).max()) + 1) * case.spatial_scale * (1 + case.trans_std) + 1
     coords = 2 * float(np.abs(x).max()) * reach
     scale = reference.deform_psroi_pool_forward(np.abs(x), rois, trans, case.op_params()) + coords
     assert_allclose_to_reference(out, ref_out, dtype, scale=scale, name=f"output (seed {seed})")
