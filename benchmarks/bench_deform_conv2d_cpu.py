@@ -246,8 +246,12 @@ def main() -> None:
         fns |= torch_fns(a) if have_torch else {}
         reps = {k: args.tv_repeats if k.startswith("tv f+b") else args.repeats for k in fns}
         medians, fastest = medians_ms(fns, reps)
-        ratios = {"fwd/conv": ("fwd", "conv fwd"), "f+b/conv": ("f+b", "conv f+b"),
-                  "nomask/conv": ("f+b nomask", "conv f+b"), "tv/f+b": ("tv f+b", "f+b")}  # fmt: skip
+        ratios = {
+            "fwd/conv": ("fwd", "conv fwd"),
+            "f+b/conv": ("f+b", "conv f+b"),
+            "nomask/conv": ("f+b nomask", "conv f+b"),
+            "tv/f+b": ("tv f+b", "f+b"),
+        }
         for label, r in (("", medians), (" fastest", fastest)):
             for name, (num, den) in ratios.items():
                 if num in r and den in r:

@@ -66,8 +66,12 @@ from gpu_timing import CupyClock, TorchClock, median_ms
 
 SETS = 3  # input sets rotated between calls
 NAMES = ("input", "offset", "weight", "bias", "mask")
-NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
-                "bfloat16": np.dtype(ml_dtypes.bfloat16), "float64": np.dtype(np.float64)}  # fmt: skip
+NUMPY_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float64": np.dtype(np.float64),
+}
 F32_GATE = 1e-3  # cudcn float32 against torchvision float32
 
 
@@ -226,8 +230,7 @@ class Bench:
             fwd, fwd_bwd = cudcn_calls(ours)
             self.measure(rows["cudcn"], self.cupy_clock, fwd, fwd_bwd)
             self.measure(rows["cudcn deterministic"], self.cupy_clock, None, deterministic(fwd_bwd))
-            self.guarded(f"{shape} {dtype} determinism", self.check_determinism, shape, dtype,
-                         fwd_bwd)  # fmt: skip
+            self.guarded(f"{shape} {dtype} determinism", self.check_determinism, shape, dtype, fwd_bwd)
         theirs = None
         if self.torch is None:
             for impl in implementations(dtype)[2:]:
@@ -235,14 +238,18 @@ class Bench:
         else:
             theirs = self.torch_tensors(hosts, dtype)
             self.measure_torch(rows, dtype, torch_calls(self.torch, self.tv_ops, theirs))
-        self.guarded(f"{shape} {dtype} precision", self.compare, shape, dtype, hosts[0], ours,
-                     theirs, rows)  # fmt: skip
+        self.guarded(f"{shape} {dtype} precision", self.compare, shape, dtype, hosts[0], ours, theirs, rows)
 
     def torch_tensors(self, hosts: list[dict], dtype: str) -> list[dict[str, Any]]:
         torch = self.torch
         tdtype = getattr(torch, dtype)  # the values are exact in float32, then in ``dtype``
-        return [{k: torch.from_numpy(v.astype(np.float32)).cuda().to(tdtype)
-                 .requires_grad_(k != "grad") for k, v in h.items()} for h in hosts]  # fmt: skip
+        return [
+            {
+                k: torch.from_numpy(v.astype(np.float32)).cuda().to(tdtype).requires_grad_(k != "grad")
+                for k, v in h.items()
+            }
+            for h in hosts
+        ]
 
     def measure_torch(self, rows: dict[str, Row], dtype: str, calls: dict[str, tuple]) -> None:
         tv_fwd, tv_fwd_bwd = calls["torchvision"]
@@ -284,11 +291,20 @@ class Bench:
         same = len(digests(deterministic(fwd_bwd))) == 1
         default = "identical" if len(digests(fwd_bwd)) == 1 else "differed"
         self.checks_ok &= same
-        self.lines.append(f"{shape} {dtype}: deterministic mode, 3 backward calls bitwise "
-                          f"identical: {'yes' if same else 'NO'}; default mode: {default}")  # fmt: skip
+        self.lines.append(
+            f"{shape} {dtype}: deterministic mode, 3 backward calls bitwise "
+            f"identical: {'yes' if same else 'NO'}; default mode: {default}"
+        )
 
-    def compare(self, shape: tuple, dtype: str, host: dict[str, np.ndarray], ours: Any, theirs: Any,
-                rows: dict[str, Row]) -> None:  # fmt: skip
+    def compare(
+        self,
+        shape: tuple,
+        dtype: str,
+        host: dict[str, np.ndarray],
+        ours: Any,
+        theirs: Any,
+        rows: dict[str, Row],
+    ) -> None:
         """Relative errors of the output and every gradient against cudcn's float64 on the same
         rounded inputs; float32 also against torchvision (gated)."""
         labels = ["output", *(f"grad {n}" for n in NAMES)]
@@ -300,15 +316,19 @@ class Bench:
             out, grads = torch_calls(self.torch, self.tv_ops, theirs)["torchvision"][1](0)
             found["torchvision"] = [t.detach().float().cpu().numpy() for t in (out, *grads)]
         for name, values in found.items():
-            errors = ", ".join(f"{k} {relative_error(v, r):.1e}"
-                               for k, v, r in zip(labels, values, ref, strict=True))  # fmt: skip
-            self.lines.append(f"{shape} {dtype} {name}: relative error vs float64 on the same "
-                              f"rounded inputs: {errors}")  # fmt: skip
+            errors = ", ".join(
+                f"{k} {relative_error(v, r):.1e}" for k, v, r in zip(labels, values, ref, strict=True)
+            )
+            self.lines.append(
+                f"{shape} {dtype} {name}: relative error vs float64 on the same rounded inputs: {errors}"
+            )
         if dtype == "float32" and len(found) == 2:
             worst = max(relative_error(a, b) for a, b in zip(*found.values(), strict=True))
             self.checks_ok &= worst < F32_GATE
-            self.lines.append(f"{shape} float32: largest relative error cudcn vs torchvision "
-                              f"{worst:.1e} (gate {F32_GATE:g})")  # fmt: skip
+            self.lines.append(
+                f"{shape} float32: largest relative error cudcn vs torchvision "
+                f"{worst:.1e} (gate {F32_GATE:g})"
+            )
 
 
 def gpu_reason() -> tuple[Any, str | None]:
@@ -354,8 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         status = exit_status(bench.rows, bench.checks_ok)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"device": device, "lines": lines, "rows": [r.as_dict() for r in rows]}, f,
-                      indent=2)  # fmt: skip
+            json.dump({"device": device, "lines": lines, "rows": [r.as_dict() for r in rows]}, f, indent=2)
     print(table(rows, device))
     return status
 

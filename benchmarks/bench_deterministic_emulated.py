@@ -36,8 +36,15 @@ CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups
 ROI = DeformRoIPoolParams(
     pooled_h=7, pooled_w=7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1, aligned=True
 )
-PSROI = DeformPSRoIPoolParams(spatial_scale=0.25, output_dim=8, group_size=7, pooled_size=7, part_size=7,
-             sample_per_part=2, trans_std=0.1)  # fmt: skip
+PSROI = DeformPSRoIPoolParams(
+    spatial_scale=0.25,
+    output_dim=8,
+    group_size=7,
+    pooled_size=7,
+    part_size=7,
+    sample_per_part=2,
+    trans_std=0.1,
+)
 
 
 def _rois(rng: np.random.Generator, n: int, batch: int, size: float) -> np.ndarray:
@@ -168,23 +175,31 @@ def compare_designs(repeats: int) -> None:
     if not diff <= bound:
         raise SystemExit(f"the sort prototype differs from the fixed-point sums by {diff:.3g}")
     med = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
-    print(f"\nsort-by-destination prototype, conv input gradient {tuple(x.shape)}, float32: "
-          f"{int(med['count'])} pairs ({med['MiB']:.0f} MiB with the sort's index), making them "
-          f"{med['pairs']:.1f} ms, stable sort {med['sort']:.1f} ms, segmented sums "
-          f"{med['reduce']:.1f} ms (medians of {repeats}); equals the fixed-point sums within "
-          f"{diff:.2g} (bound {bound:.2g}). The fixed-point path's extra memory: one int64 per "
-          f"input element, {x.size * 8 / 2**20:.1f} MiB.")  # fmt: skip
+    print(
+        f"\nsort-by-destination prototype, conv input gradient {tuple(x.shape)}, float32: "
+        f"{int(med['count'])} pairs ({med['MiB']:.0f} MiB with the sort's index), making them "
+        f"{med['pairs']:.1f} ms, stable sort {med['sort']:.1f} ms, segmented sums "
+        f"{med['reduce']:.1f} ms (medians of {repeats}); equals the fixed-point sums within "
+        f"{diff:.2g} (bound {bound:.2g}). The fixed-point path's extra memory: one int64 per "
+        f"input element, {x.size * 8 / 2**20:.1f} MiB."
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"],
-                        choices=["float64", "float32", "float16", "bfloat16"])  # fmt: skip
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32", "float16"],
+        choices=["float64", "float32", "float16", "bfloat16"],
+    )
     args = parser.parse_args()
     mode = os.environ.get("CUDCN_EMULATED_MODE", "auto")
-    print(f"emulated backend, CUDCN_EMULATED_MODE={mode}; load average "
-          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")  # fmt: skip
+    print(
+        f"emulated backend, CUDCN_EMULATED_MODE={mode}; load average "
+        f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     print(f"{'op':<18}{'dtype':<10}{'shape':<34}{'atomic ms':>10}{'determ. ms':>11}{'ratio':>7}")
     for name in ("float64", "float32", "float16", "bfloat16"):
         if name not in args.dtypes:

@@ -92,9 +92,15 @@ def train() -> None:
         if i >= 3:
             steps.append((time.perf_counter() - start, timer.seconds, g1 - g0))
     step, inside, grad = (statistics.median(s[k] for s in steps) for k in range(3))
-    report(part="train", local_batch=local, step_ms=1e3 * step, collectives_ms=1e3 * inside,
-           gradient_allreduce_ms=1e3 * grad, images_per_s=args.batch / step,
-           gradient_bytes=4 * sum(p.data.size for p in net.parameters()))  # fmt: skip
+    report(
+        part="train",
+        local_batch=local,
+        step_ms=1e3 * step,
+        collectives_ms=1e3 * inside,
+        gradient_allreduce_ms=1e3 * grad,
+        images_per_s=args.batch / step,
+        gradient_bytes=4 * sum(p.data.size for p in net.parameters()),
+    )
 
 
 def allreduce() -> None:
@@ -139,23 +145,35 @@ def buckets() -> None:
                 start = time.perf_counter()
                 opt.average_gradients()
                 times.append(time.perf_counter() - start)
-            report(part="buckets", model=name, parameters=sum(p.data.size for p in params),
-                   tensors=len(params), bucket_mb=bucket_mb, buckets=len(opt.buckets),
-                   ms=1e3 * statistics.median(times))  # fmt: skip
+            report(
+                part="buckets",
+                model=name,
+                parameters=sum(p.data.size for p in params),
+                tensors=len(params),
+                bucket_mb=bucket_mb,
+                buckets=len(opt.buckets),
+                ms=1e3 * statistics.median(times),
+            )
 
 
 def resnet() -> None:
     def bottleneck(cin: int, width: int, stride: int, deform: bool) -> nn.Module:
         conv3 = nn.DeformConv2dPack if deform else nn.Conv2d
         body = nn.Sequential(
-            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-            conv3(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
-            nn.ReLU(), nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
-        )  # fmt: skip
+            nn.Conv2d(cin, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            conv3(width, width, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 4 * width, 1, bias=False),
+            nn.BatchNorm2d(4 * width),
+        )
         short = None
         if stride != 1 or cin != 4 * width:
-            short = nn.Sequential(nn.Conv2d(cin, 4 * width, 1, stride=stride, bias=False),
-                                  nn.BatchNorm2d(4 * width))  # fmt: skip
+            short = nn.Sequential(
+                nn.Conv2d(cin, 4 * width, 1, stride=stride, bias=False), nn.BatchNorm2d(4 * width)
+            )
         return Residual(body, short)
 
     class Residual(nn.Module):
@@ -166,8 +184,12 @@ def resnet() -> None:
         def forward(self, x):
             return F.relu(self.body(x) + (x if self.short is None else self.short(x)))
 
-    layers = [nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-              nn.MaxPool2d(3, 2, 1)]  # fmt: skip
+    layers = [
+        nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     cin = 64
     for stage, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
         for b in range(blocks):
@@ -181,8 +203,13 @@ def resnet() -> None:
         start = time.perf_counter()
         F.cross_entropy(net(x), y).backward()
         times.append(time.perf_counter() - start)
-    report(part="resnet", batch=args.batch, parameters=sum(p.data.size for p in net.parameters()),
-           step_ms=1e3 * statistics.median(times[1:]), first_step_ms=1e3 * times[0])  # fmt: skip
+    report(
+        part="resnet",
+        batch=args.batch,
+        parameters=sum(p.data.size for p in net.parameters()),
+        step_ms=1e3 * statistics.median(times[1:]),
+        first_step_ms=1e3 * times[0],
+    )
 
 
 {"train": train, "allreduce": allreduce, "buckets": buckets, "resnet": resnet}[args.part]()

@@ -40,8 +40,14 @@ from cudcn.ops import (
 )
 
 BATCH, SIZE, N_ROIS, POOLED, SCALE = 2, 64, 512, 7, 1 / 16
-PSROI = {"spatial_scale": SCALE, "output_dim": 21, "group_size": 7, "pooled_size": POOLED,
-         "sample_per_part": 4, "trans_std": 0.1}  # fmt: skip
+PSROI = {
+    "spatial_scale": SCALE,
+    "output_dim": 21,
+    "group_size": 7,
+    "pooled_size": POOLED,
+    "sample_per_part": 4,
+    "trans_std": 0.1,
+}
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
@@ -63,8 +69,9 @@ def make_rois(rng: np.random.Generator) -> np.ndarray:
     return np.column_stack([index, xy, xy + wh]).astype(np.float32)
 
 
-def fwd_and_fwd_bwd(forward: Callable[[], np.ndarray], backward: Callable[[np.ndarray], object],
-                    repeats: int) -> tuple[float, float]:  # fmt: skip
+def fwd_and_fwd_bwd(
+    forward: Callable[[], np.ndarray], backward: Callable[[np.ndarray], object], repeats: int
+) -> tuple[float, float]:
     def both():
         backward(forward())
 
@@ -78,9 +85,16 @@ def bench_roi_align(rng: np.random.Generator, repeats: int, torch_rows: bool) ->
     rows = []
     for name, off in (("cudcn roi_align (no offset)", None), ("cudcn deform_roi_pool", offset)):
         args = (x, rois, off, POOLED, SCALE, 2)
-        rows.append((name, *fwd_and_fwd_bwd(lambda a=args: deform_roi_pool_forward(*a),
-                                            lambda g, a=args: deform_roi_pool_backward(g, *a),
-                                            repeats)))  # fmt: skip
+        rows.append(
+            (
+                name,
+                *fwd_and_fwd_bwd(
+                    lambda a=args: deform_roi_pool_forward(*a),
+                    lambda g, a=args: deform_roi_pool_backward(g, *a),
+                    repeats,
+                ),
+            )
+        )
     if torch_rows:
         import torch
         from torchvision.ops import roi_align
@@ -103,11 +117,20 @@ def bench_psroi(rng: np.random.Generator, repeats: int, torch_rows: bool) -> lis
     rois = make_rois(rng)
     trans = rng.uniform(-0.5, 0.5, (N_ROIS, 2, POOLED, POOLED)).astype(np.float32)
     rows = []
-    for name, tr in (("cudcn deform_psroi_pool (no trans)", None),
-                     ("cudcn deform_psroi_pool (trans)", trans)):  # fmt: skip
-        rows.append((name, *fwd_and_fwd_bwd(
-            lambda t=tr: deform_psroi_pool_forward(x, rois, t, **PSROI),
-            lambda g, t=tr: deform_psroi_pool_backward(g, x, rois, t, **PSROI), repeats)))  # fmt: skip
+    for name, tr in (
+        ("cudcn deform_psroi_pool (no trans)", None),
+        ("cudcn deform_psroi_pool (trans)", trans),
+    ):
+        rows.append(
+            (
+                name,
+                *fwd_and_fwd_bwd(
+                    lambda t=tr: deform_psroi_pool_forward(x, rois, t, **PSROI),
+                    lambda g, t=tr: deform_psroi_pool_backward(g, x, rois, t, **PSROI),
+                    repeats,
+                ),
+            )
+        )
     if torch_rows:
         import torch
         from torchvision.ops import ps_roi_align
@@ -132,8 +155,10 @@ def main() -> None:
     torch_rows = all(importlib.util.find_spec(m) for m in ("torch", "torchvision"))
     rng = np.random.default_rng(0)
     print(f"{'op (512 RoIs, 7x7, 2x64x64 map, float32)':<40} {'fwd ms':>8} {'fwd+bwd ms':>11}")
-    for title, bench in (("RoIAlign, C=256, sampling 2", bench_roi_align),
-                         ("R-FCN, 1029 channels, output_dim 21, group 7", bench_psroi)):  # fmt: skip
+    for title, bench in (
+        ("RoIAlign, C=256, sampling 2", bench_roi_align),
+        ("R-FCN, 1029 channels, output_dim 21, group 7", bench_psroi),
+    ):
         print(f"-- {title}")
         for name, fwd, fb in bench(rng, args.repeats, torch_rows):
             print(f"{name:<40} {fwd:8.2f} {fb:11.2f}", flush=True)

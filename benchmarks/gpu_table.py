@@ -50,12 +50,14 @@ class Row:
         return asdict(self)
 
 
-def planned_rows(shapes: Iterable[tuple[int, int, int, int]], dtypes: Iterable[str], note: str,
-                 ) -> list[Row]:  # fmt: skip
+def planned_rows(
+    shapes: Iterable[tuple[int, int, int, int]],
+    dtypes: Iterable[str],
+    note: str,
+) -> list[Row]:
     """Every row the benchmark would measure, none measured, each reading ``note``."""
     dtypes = list(dtypes)
-    return [Row(tuple(s), d, impl, note=note) for s in shapes for d in dtypes
-            for impl in implementations(d)]  # fmt: skip
+    return [Row(tuple(s), d, impl, note=note) for s in shapes for d in dtypes for impl in implementations(d)]
 
 
 def _cell(row: Row, metric: str) -> str:
@@ -163,10 +165,15 @@ def parse_args(argv: list[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--warmup", type=_positive(int), default=5)
     parser.add_argument("--repeats", type=_positive(int), default=50)
-    parser.add_argument("--dtypes", type=_dtypes, default=list(DTYPES),
-                        help="comma-separated subset of " + ",".join(DTYPES))  # fmt: skip
-    parser.add_argument("--time-limit", type=_positive(float), default=200.0,
-                        help="seconds; rows not started by then are not measured")  # fmt: skip
+    parser.add_argument(
+        "--dtypes", type=_dtypes, default=list(DTYPES), help="comma-separated subset of " + ",".join(DTYPES)
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=_positive(float),
+        default=200.0,
+        help="seconds; rows not started by then are not measured",
+    )
     parser.add_argument("--json", help="also write every number to this file")
     return parser.parse_args(argv)
 

@@ -26,22 +26,33 @@ from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 CONV = {"stride": 1, "padding": 1, "dilation": 1}
 ROI = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "gamma": 0.1}
 ALIGN = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "aligned": True}
-PSROI = {"spatial_scale": 0.25, "output_dim": 8, "group_size": 3, "pooled_size": 3,
-         "sample_per_part": 2, "trans_std": 0.1}  # fmt: skip
+PSROI = {
+    "spatial_scale": 0.25,
+    "output_dim": 8,
+    "group_size": 3,
+    "pooled_size": 3,
+    "sample_per_part": 2,
+    "trans_std": 0.1,
+}
 REFERENCE_PARAMS = {
     "deform_conv2d": DeformConv2dParams((1, 1), (1, 1), (1, 1), groups=1, offset_groups=1),
-    "deform_roi_pool": DeformRoIPoolParams(7, 7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1,
-                                           aligned=True),
+    "deform_roi_pool": DeformRoIPoolParams(
+        7, 7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1, aligned=True
+    ),
     "deform_psroi_pool": DeformPSRoIPoolParams(**{**PSROI, "part_size": 3}),
-}  # fmt: skip
+}
 
 
 def inputs(op: str, rng: np.random.Generator) -> list[np.ndarray]:
     """float64 inputs of a detection-like size, and the cotangent drawn later from the output."""
     if op == "deform_conv2d":
-        return [rng.standard_normal((2, 16, 24, 24)), rng.uniform(-3, 3, (2, 18, 24, 24)),
-                rng.standard_normal((16, 16, 3, 3)) / 12, rng.standard_normal(16),
-                rng.uniform(0.1, 1, (2, 9, 24, 24))]  # fmt: skip
+        return [
+            rng.standard_normal((2, 16, 24, 24)),
+            rng.uniform(-3, 3, (2, 18, 24, 24)),
+            rng.standard_normal((16, 16, 3, 3)) / 12,
+            rng.standard_normal(16),
+            rng.uniform(0.1, 1, (2, 9, 24, 24)),
+        ]
     channels = 8 * 9 if op == "deform_psroi_pool" else 16
     x1, y1 = rng.uniform(-8, 90, 32), rng.uniform(-8, 90, 32)
     w, h = rng.uniform(8, 60, 32), rng.uniform(8, 60, 32)
@@ -73,12 +84,13 @@ def truth(op: str, arrays: list, grad_out: np.ndarray) -> list:
     if op == "roi_align":  # deform_roi_pool without offset, aligned
         p = REFERENCE_PARAMS["deform_roi_pool"]
         args = [*arrays[:2], None]
-        return [reference.deform_roi_pool_forward(*args, p),
-                reference.deform_roi_pool_backward(grad_out, *args, p)[0]]  # fmt: skip
+        return [
+            reference.deform_roi_pool_forward(*args, p),
+            reference.deform_roi_pool_backward(grad_out, *args, p)[0],
+        ]
     forward = getattr(reference, f"{op}_forward")
     backward = getattr(reference, f"{op}_backward")
-    return [forward(*arrays, REFERENCE_PARAMS[op]),
-            *backward(grad_out, *arrays, REFERENCE_PARAMS[op])]  # fmt: skip
+    return [forward(*arrays, REFERENCE_PARAMS[op]), *backward(grad_out, *arrays, REFERENCE_PARAMS[op])]
 
 
 def error(got: np.ndarray, want: np.ndarray, dtype) -> float:

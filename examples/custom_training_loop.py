@@ -34,10 +34,16 @@ def bars(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
 rng = np.random.default_rng(0)
 init = np.random.default_rng(1)
 net = nn.Sequential(
-    nn.Conv2d(1, 8, 3, padding=1, rng=init), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-    nn.DeformConv2dPack(8, 16, 3, padding=1, rng=init), nn.BatchNorm2d(16), nn.ReLU(),
-    nn.GlobalAvgPool2d(), nn.Linear(16, 2, rng=init),
-)  # fmt: skip
+    nn.Conv2d(1, 8, 3, padding=1, rng=init),
+    nn.BatchNorm2d(8),
+    nn.ReLU(),
+    nn.MaxPool2d(2),
+    nn.DeformConv2dPack(8, 16, 3, padding=1, rng=init),
+    nn.BatchNorm2d(16),
+    nn.ReLU(),
+    nn.GlobalAvgPool2d(),
+    nn.Linear(16, 2, rng=init),
+)
 offset_params = list(net[4].conv_offset.parameters())
 other_params = [p for p in net.parameters() if all(p is not q for q in offset_params)]
 opt = optim.Adam([{"params": other_params}, {"params": offset_params, "lr": 1e-3}], lr=1e-2)

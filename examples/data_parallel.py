@@ -35,9 +35,10 @@ parser.add_argument("--lr", type=float, default=3e-3)
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--backend", default="auto", choices=dist.comm.BACKENDS)
 parser.add_argument(
-    "--quick", action="store_true",
+    "--quick",
+    action="store_true",
     help="CI smoke run: 40 steps, fewer digits (too short for a meaningful accuracy)",
-)  # fmt: skip
+)
 parser.add_argument("--out", type=Path, help="rank 0 writes the checkpoint and metrics.json here")
 args = parser.parse_args()
 if args.quick:
@@ -62,8 +63,10 @@ def summed(values):
     return comm.allreduce(np.array(values, dtype=np.float64)).tolist()
 
 
-say(f"{size} rank(s) ({comm.backend}), global batch {args.batch} = {size} x {local_batch}, "
-    f"{args.steps} steps, {device.description}")  # fmt: skip
+say(
+    f"{size} rank(s) ({comm.backend}), global batch {args.batch} = {size} x {local_batch}, "
+    f"{args.steps} steps, {device.description}"
+)
 digits = load_digits(n_train, n_test)
 net = digit_net("deform", np.random.default_rng(args.seed))
 if device.name == "cuda":
@@ -103,8 +106,9 @@ rate = summed(rate.tolist())
 
 test = zoomed_test_set(digits)
 mine = np.arange(rank, len(test.labels), size)  # disjoint, every test digit once
-correct, count = summed([float(np.sum(predict(net, test.images[mine], device) == test.labels[mine])),
-                         float(len(mine))])  # fmt: skip
+correct, count = summed(
+    [float(np.sum(predict(net, test.images[mine], device) == test.labels[mine])), float(len(mine))]
+)
 flat = np.concatenate([device.get(p.data).ravel().astype(np.float64) for p in net.parameters()])
 ours = comm.broadcast(flat.copy(), root=0)
 identical = summed([float(not np.array_equal(ours, flat))])[0] == 0
@@ -117,7 +121,13 @@ say(f"replicas identical on every rank: {identical}")
 if rank == 0 and args.out is not None:
     args.out.mkdir(parents=True, exist_ok=True)
     nn.save_checkpoint(net, args.out / "data_parallel.npz")  # atomic: never a truncated file
-    metrics = {"ranks": size, "images_per_s": rate, "accuracy": correct / count,
-               "first_loss": losses[0], "last_loss": float(np.mean(losses[-3:])),
-               "replicas_identical": bool(identical), "cudcn": cudcn.__version__}  # fmt: skip
+    metrics = {
+        "ranks": size,
+        "images_per_s": rate,
+        "accuracy": correct / count,
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-3:])),
+        "replicas_identical": bool(identical),
+        "cudcn": cudcn.__version__,
+    }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))

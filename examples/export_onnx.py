@@ -128,9 +128,11 @@ def main() -> None:
     net = trained_net(args.checkpoint, 10 if args.quick else 60)
     rows = [compare_net(net, out, repeats, 16 if args.quick else 64)]
     rows += [compare_layer(s, out, repeats) for s in (QUICK_SHAPES if args.quick else LAYER_SHAPES)]
-    print(f"\ncudcn {cudcn.__version__} (CPU backend, {numba.get_num_threads()} Numba threads) vs "
-          f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, default threads), float32, "
-          f"medians of {repeats} in ms")  # fmt: skip
+    print(
+        f"\ncudcn {cudcn.__version__} (CPU backend, {numba.get_num_threads()} Numba threads) vs "
+        f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider, default threads), float32, "
+        f"medians of {repeats} in ms"
+    )
     print("| model | cudcn ms | onnxruntime ms | ort / cudcn | largest abs difference | max abs output |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

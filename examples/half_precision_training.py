@@ -43,8 +43,9 @@ def run(dtype) -> dict:
     opt = optim.Adam(net.parameters(), lr=3e-3)
     schedule = optim.CosineAnnealingLR(opt, T_max=steps)
     scaler = optim.GradScaler(enabled=dtype == np.float16)
-    data = batches(digits.train, digits.train_labels, 64, steps, np.random.default_rng(args.seed),
-                   random_zoom)  # fmt: skip
+    data = batches(
+        digits.train, digits.train_labels, 64, steps, np.random.default_rng(args.seed), random_zoom
+    )
     losses, skipped, seconds = [], 0, []
     net.train()
     with np.errstate(over="ignore", invalid="ignore"):  # the skipped steps' inf/NaN
@@ -62,21 +63,30 @@ def run(dtype) -> dict:
             losses.append(float(loss.data.astype(np.float32)))
     accuracy = float(np.mean(predict(net, test.images.astype(dtype), cpu) == test.labels))
     ms = statistics.median(seconds[1:]) * 1e3  # step 1 compiles the kernels
-    return {"net": net, "losses": losses, "skipped": skipped, "scale": scaler.get_scale(),
-            "ms": ms, "accuracy": accuracy}  # fmt: skip
+    return {
+        "net": net,
+        "losses": losses,
+        "skipped": skipped,
+        "scale": scaler.get_scale(),
+        "ms": ms,
+        "accuracy": accuracy,
+    }
 
 
 print(f"the demo's deformable net, {steps} Adam steps of 64 zoomed digits, same start and batches")
-print(f"{'dtype':<9} {'loss first 10 -> last 10':>25} {'skipped':>8} {'final scale':>12} "
-      f"{'ms/step':>8} {'zoomed-test acc':>16}")  # fmt: skip
+print(
+    f"{'dtype':<9} {'loss first 10 -> last 10':>25} {'skipped':>8} {'final scale':>12} "
+    f"{'ms/step':>8} {'zoomed-test acc':>16}"
+)
 results = {}
-for name, dtype in (("float32", np.float32), ("float16", np.float16),
-                    ("bfloat16", ml_dtypes.bfloat16)):  # fmt: skip
+for name, dtype in (("float32", np.float32), ("float16", np.float16), ("bfloat16", ml_dtypes.bfloat16)):
     r = results[name] = run(dtype)
     first, last = np.mean(r["losses"][:10]), np.mean(r["losses"][-10:])
     scale = f"{r['scale']:.0f}" if name == "float16" else "-"
-    print(f"{name:<9} {first:>14.3f} -> {last:<8.3f} {r['skipped']:>8d} {scale:>12} "
-          f"{r['ms']:>8.1f} {100 * r['accuracy']:>15.1f}%")  # fmt: skip
+    print(
+        f"{name:<9} {first:>14.3f} -> {last:<8.3f} {r['skipped']:>8d} {scale:>12} "
+        f"{r['ms']:>8.1f} {100 * r['accuracy']:>15.1f}%"
+    )
 
 net = results["bfloat16"]["net"]
 with tempfile.TemporaryDirectory() as tmp:

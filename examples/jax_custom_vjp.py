@@ -99,8 +99,7 @@ def main() -> None:
     loss = jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=(0, 1, 2, 3, 4))
     grads = [np.asarray(g) for g in loss(*args)]
     out_tape = cudcn.Tensor(x, requires_grad=True)
-    tape = cudcn.functional.deform_conv2d(out_tape, offset, weight, bias, stride, padding,
-                                          dilation, mask)  # fmt: skip
+    tape = cudcn.functional.deform_conv2d(out_tape, offset, weight, bias, stride, padding, dilation, mask)
     (tape**2).sum().backward()
     print(f"input gradient equals cudcn's tape: {np.allclose(grads[0], out_tape.grad, rtol=1e-12)}")
     for dtype in (jnp.float16, jnp.bfloat16):

@@ -43,8 +43,9 @@ g_input, g_offset, g_weight, g_bias, g_mask = cudcn.ops.deform_conv2d_backward(
 print("array-level grad matches tape:", np.allclose(g_offset, ot.grad, rtol=1e-4, atol=1e-6))
 
 # 4. Check the gradients against central finite differences (float64).
-x64, off64, w64, m64 = (a.astype(np.float64) for a in (x[:1, :2, :5, :5], offset[:1, :, :5, :5],
-                                                         weight[:3, :2], mask[:1, :, :5, :5]))  # fmt: skip
-ok = cudcn.gradcheck(lambda a, o, w, m: F.deform_conv2d(a, o, w, padding=1, mask=m),
-                     [x64, off64, w64, m64])  # fmt: skip
+x64, off64, w64, m64 = (
+    a.astype(np.float64)
+    for a in (x[:1, :2, :5, :5], offset[:1, :, :5, :5], weight[:3, :2], mask[:1, :, :5, :5])
+)
+ok = cudcn.gradcheck(lambda a, o, w, m: F.deform_conv2d(a, o, w, padding=1, mask=m), [x64, off64, w64, m64])
 print("gradcheck passed:", ok)

@@ -125,8 +125,10 @@ if __name__ == "__main__":
         theirs = tv_deform_conv2d(x, offset, weight, bias, padding=1, mask=mask)
         g_ours = torch.autograd.grad(ours.sum(), (x, offset, weight, mask))
         g_theirs = torch.autograd.grad(theirs.sum(), (x, offset, weight, mask))
-        err = max([(ours - theirs).abs().max().item()]
-                  + [(a - b).abs().max().item() for a, b in zip(g_ours, g_theirs, strict=True)])  # fmt: skip
+        err = max(
+            [(ours - theirs).abs().max().item()]
+            + [(a - b).abs().max().item() for a, b in zip(g_ours, g_theirs, strict=True)]
+        )
         print(f"largest difference to torchvision (output and gradients): {err:.2e}")
         if err > 1e-9:
             sys.exit(f"cudcn and torchvision differ by {err:.2e}")

@@ -70,9 +70,14 @@ def test_conv2d_matches_scipy(rng, case, dtype):
     bias = rng.standard_normal(o)
     expected = conv2d_scipy(x, weight, bias, stride, padding, dilation, groups)
     out = F.conv2d(
-        x.astype(dtype), weight.astype(dtype), bias.astype(dtype), stride, padding, dilation,
+        x.astype(dtype),
+        weight.astype(dtype),
+        bias.astype(dtype),
+        stride,
+        padding,
+        dilation,
         groups,
-    )  # fmt: skip
+    )
     assert out.dtype == dtype and out.shape == expected.shape
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * np.abs(expected).max())

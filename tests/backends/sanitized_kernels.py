@@ -54,8 +54,22 @@ def compare(what: str, got: list, want: list, dtype) -> None:
             mismatches.append(f"{what} result {i}: {str(error).splitlines()[3:5]}")
 
 
-def conv(seed, dtype, batch, channels, size, out_channels, kernel, stride, padding, dilation,
-         groups, offset_groups, use_mask, scale) -> None:  # fmt: skip
+def conv(
+    seed,
+    dtype,
+    batch,
+    channels,
+    size,
+    out_channels,
+    kernel,
+    stride,
+    padding,
+    dilation,
+    groups,
+    offset_groups,
+    use_mask,
+    scale,
+) -> None:
     rng = np.random.default_rng(seed)
     kh, kw = kernel
     out_h = (size[0] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
@@ -92,8 +106,9 @@ def roi(seed, dtype, aligned, sampling_ratio, use_offset) -> None:
     offset = rng.uniform(-3, 3, (7, 2, 3, 2)).astype(dtype) if use_offset else None
     if use_offset:
         offset.flat[::5] = np.round(offset.flat[::5])
-    p = DeformRoIPoolParams(3, 2, spatial_scale=0.5, sampling_ratio=sampling_ratio, gamma=0.2,
-                            aligned=aligned)  # fmt: skip
+    p = DeformRoIPoolParams(
+        3, 2, spatial_scale=0.5, sampling_ratio=sampling_ratio, gamma=0.2, aligned=aligned
+    )
     grad_out = rng.standard_normal((7, 3, 3, 2)).astype(dtype)
     check_op("deform_roi_pool", seed, dtype, (x, rois, offset), grad_out, p)
 
@@ -103,8 +118,15 @@ def psroi(seed, dtype, use_trans) -> None:
     x = rng.standard_normal((2, 4 * 4, 7, 6)).astype(dtype)  # output_dim 4, group_size 2
     rois = rois_for(rng, 6, 2, 7, 6, 0.5).astype(dtype)
     trans = rng.uniform(-2, 2, (6, 4, 3, 3)).astype(dtype) if use_trans else None  # 2 classes
-    p = DeformPSRoIPoolParams(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3,
-                              part_size=3, sample_per_part=2, trans_std=0.2)  # fmt: skip
+    p = DeformPSRoIPoolParams(
+        spatial_scale=0.5,
+        output_dim=4,
+        group_size=2,
+        pooled_size=3,
+        part_size=3,
+        sample_per_part=2,
+        trans_std=0.2,
+    )
     grad_out = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
     check_op("deform_psroi_pool", seed, dtype, (x, rois, trans), grad_out, p)
 

@@ -170,8 +170,20 @@ def test_build_error_shows_the_compiler_message_and_leaves_no_file(monkeypatch, 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("index", ["int", "long long"])
 def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype, index) -> None:
-    case = Case("chunks", batch=9, in_channels=6, out_channels=4, height=5, width=6, kernel=(2, 3),
-                stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=2, offset_groups=3)  # fmt: skip
+    case = Case(
+        "chunks",
+        batch=9,
+        in_channels=6,
+        out_channels=4,
+        height=5,
+        width=6,
+        kernel=(2, 3),
+        stride=(1, 2),
+        padding=(1, 0),
+        dilation=(2, 1),
+        groups=2,
+        offset_groups=3,
+    )
     out_h, out_w = case.out_size()
     # Columns of 2 items per chunk: chunks of 2, 2, 2, 2, 1 (an uneven last one).
     per_item = 6 * 2 * 3 * out_h * out_w * np.dtype(dtype).itemsize
@@ -180,8 +192,14 @@ def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype
         monkeypatch.setattr(launch, "INDEX32_LIMIT", 0)
     inputs = make_inputs(case, dtype, SEED)
     params = case.params()
-    plan = dc_launch._Plan(emulated.host_kernels("deform_conv2d"), inputs["input"],
-                           inputs["offset"], inputs["weight"], inputs["mask"], params)  # fmt: skip
+    plan = dc_launch._Plan(
+        emulated.host_kernels("deform_conv2d"),
+        inputs["input"],
+        inputs["offset"],
+        inputs["weight"],
+        inputs["mask"],
+        params,
+    )
     assert [stop - start for start, stop in plan.chunks] == [2, 2, 2, 2, 1]
     assert plan.index_name == index
     grad_out = np.random.default_rng(SEED + 1).standard_normal((9, 4, out_h, out_w)).astype(dtype)
@@ -190,8 +208,9 @@ def test_several_batch_chunks_and_64bit_index_match_reference(monkeypatch, dtype
         out = emulated.deform_conv2d_forward(*args, params)
         grads = emulated.deform_conv2d_backward(grad_out, *args, params)
     x64 = [None if a is None else a.astype(np.float64) for a in args]
-    assert_allclose_to_reference(out, reference.deform_conv2d_forward(*x64, params), dtype,
-                                 factor=64, name=f"output (seed {SEED})")  # fmt: skip
+    assert_allclose_to_reference(
+        out, reference.deform_conv2d_forward(*x64, params), dtype, factor=64, name=f"output (seed {SEED})"
+    )
     wanted = reference.deform_conv2d_backward(grad_out.astype(np.float64), *x64, params)
     for name, got, want in zip(NAMES, grads, wanted, strict=True):
         assert_allclose_to_reference(got, want, dtype, factor=64, name=f"grad {name} (seed {SEED})")

@@ -47,9 +47,17 @@ def test_named_parameters_follow_the_kernel_signatures(stem: str) -> None:
 
 def test_scalars_take_the_parameter_widths() -> None:
     params = roi_launch.DeformRoIPoolKernelParams(
-        channels=3, height=4, width=5, pooled_h=2, pooled_w=2, spatial_scale=0.5,
-        sampling_ratio=0, gamma=0.1, aligned=1, use_offset=0,
-    )  # fmt: skip
+        channels=3,
+        height=4,
+        width=5,
+        pooled_h=2,
+        pooled_w=2,
+        spatial_scale=0.5,
+        sampling_ratio=0,
+        gamma=0.1,
+        aligned=1,
+        use_offset=0,
+    )
     scalars = params.scalars(np.float32)
     assert [type(v) for v in scalars] == [np.int32] * 5 + [np.float32, np.int32, np.float32] + [np.int32] * 2
 
@@ -77,8 +85,9 @@ def test_roi_index_type_covers_the_offset_gradient(monkeypatch) -> None:
     grad = rng.standard_normal((3, 1, 2, 2))
     monkeypatch.setattr(launch, "INDEX32_LIMIT", grad.size)  # n fits, the offset does not
     recorder = _Recorder("deform_roi_pool")
-    params = DeformRoIPoolParams(pooled_h=2, pooled_w=2, spatial_scale=1.0, sampling_ratio=2,
-                                 gamma=0.1, aligned=True)  # fmt: skip
+    params = DeformRoIPoolParams(
+        pooled_h=2, pooled_w=2, spatial_scale=1.0, sampling_ratio=2, gamma=0.1, aligned=True
+    )
     roi_launch.deform_roi_pool_backward(np, recorder, grad, x, rois, offset, params)
     assert recorder.names == ["deform_roi_pool_backward<double, long long>"]
 
@@ -90,8 +99,15 @@ def test_psroi_index_type_covers_trans(monkeypatch) -> None:
     trans = np.zeros((1, 8, 5, 5))  # 4 classes, 5 x 5 parts: 200 elements, more than the input
     monkeypatch.setattr(launch, "INDEX32_LIMIT", x.size)
     recorder = _Recorder("deform_psroi_pool")
-    params = DeformPSRoIPoolParams(spatial_scale=1.0, output_dim=4, group_size=1, pooled_size=1,
-                                   part_size=5, sample_per_part=2, trans_std=0.1)  # fmt: skip
+    params = DeformPSRoIPoolParams(
+        spatial_scale=1.0,
+        output_dim=4,
+        group_size=1,
+        pooled_size=1,
+        part_size=5,
+        sample_per_part=2,
+        trans_std=0.1,
+    )
     psroi_launch.deform_psroi_pool_forward(np, recorder, x, rois, trans, params)
     assert recorder.names == ["deform_psroi_pool_forward<double, long long>"]
 

@@ -96,8 +96,13 @@ def compile_text(source: str, label: str, names: tuple[str, ...], arch: str) -> 
     try:
         for name in names:
             _ok(nvrtc.nvrtcAddNameExpression(program, name.encode()), f"adding {name}")
-        options = [*NVRTC_OPTIONS, *CUPY_OPTIONS, *include_options(), f"--gpu-architecture={arch}",
-                   "-Xptxas=-v"]  # fmt: skip
+        options = [
+            *NVRTC_OPTIONS,
+            *CUPY_OPTIONS,
+            *include_options(),
+            f"--gpu-architecture={arch}",
+            "-Xptxas=-v",
+        ]
         result = nvrtc.nvrtcCompileProgram(program, len(options), [o.encode() for o in options])
         (size,) = _ok(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
         buffer = b" " * size

@@ -67,8 +67,10 @@ def runtime(name: str) -> str | None:
     try:
         found = subprocess.run(
             [compiler(), f"-print-file-name=lib{name[0]}san.so"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return found if os.path.isabs(found) and os.path.exists(found) else None
@@ -81,9 +83,14 @@ def sanitized(name: str, args: list[str], package_root: Path = ROOT) -> subproce
         pytest.skip(f"the C++ compiler has no lib{name[0]}san.so")
     env = dict(os.environ)
     key, value = OPTIONS[name].split("=", 1)
-    env.update({key: value}, LD_PRELOAD=library, CUDCN_HOST_SANITIZE=name,
-               CUDCN_EMULATED_MODE="concurrent", CUDCN_EMULATED_WORKERS="3",
-               PYTHONPATH=os.pathsep.join([str(package_root), str(TESTS)]))  # fmt: skip
+    env.update(
+        {key: value},
+        LD_PRELOAD=library,
+        CUDCN_HOST_SANITIZE=name,
+        CUDCN_EMULATED_MODE="concurrent",
+        CUDCN_EMULATED_WORKERS="3",
+        PYTHONPATH=os.pathsep.join([str(package_root), str(TESTS)]),
+    )
     env.pop("CUDCN_HOST_DEBUG", None)
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
 

@@ -59,8 +59,13 @@ def fake_cupy(asarray=np.asarray) -> SimpleNamespace:
         set_allocator=lambda f: allocator.__setitem__(0, f),
         Device=lambda: SimpleNamespace(synchronize=lambda: None),
     )
-    return SimpleNamespace(__version__="0-fake", asarray=asarray, asnumpy=np.asarray,
-                           get_default_memory_pool=lambda: pool, cuda=cuda)  # fmt: skip
+    return SimpleNamespace(
+        __version__="0-fake",
+        asarray=asarray,
+        asnumpy=np.asarray,
+        get_default_memory_pool=lambda: pool,
+        cuda=cuda,
+    )
 
 
 def _args(**kw) -> SimpleNamespace:
@@ -70,8 +75,7 @@ def _args(**kw) -> SimpleNamespace:
 def test_command_line_defaults_and_bad_values(capsys) -> None:
     args = gpu_table.parse_args([], "x")
     assert (args.warmup, args.repeats, args.dtypes) == (5, 50, ["float32", "float16", "bfloat16"])
-    assert gpu_table.parse_args(["--dtypes", "float16, bfloat16"], "x").dtypes == [
-        "float16", "bfloat16"]  # fmt: skip
+    assert gpu_table.parse_args(["--dtypes", "float16, bfloat16"], "x").dtypes == ["float16", "bfloat16"]
     for bad in (["--dtypes", "float8"], ["--repeats", "0"], ["--time-limit", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             gpu_table.parse_args(bad, "x")
@@ -124,8 +128,12 @@ def test_time_limit_and_exit_status() -> None:
     now[0] = 10.0
     assert deadline.expired() and "10 s" in deadline.note()
     measured = Row(SHAPE, "float32", "cudcn", 1.0, 2.0, 3.0, 4.0)
-    assert gpu_table.exit_status([measured, Row(SHAPE, "bfloat16", "torchvision",
-                                                note=gpu_table.TV_NO_BFLOAT16)], True) == 0  # fmt: skip
+    assert (
+        gpu_table.exit_status(
+            [measured, Row(SHAPE, "bfloat16", "torchvision", note=gpu_table.TV_NO_BFLOAT16)], True
+        )
+        == 0
+    )
     assert gpu_table.exit_status([measured], checks_ok=False) == 2
     assert gpu_table.exit_status([Row(SHAPE, "float32", "cudcn", note=deadline.note())], True) == 2
     assert gpu_table.exit_status([Row(SHAPE, "float32", "cudcn", failed=True)], True) == 2
@@ -174,19 +182,18 @@ def test_the_measuring_loop_end_to_end_on_the_cpu_backend() -> None:
         assert rows[dtype, "cudcn deterministic"].measured(gpu_table.BACKWARD_METRICS)
         assert rows[dtype, "cudcn deterministic"].fwd_ms is None
         assert rows[dtype, "torchvision"].note == "not measured (no torch)"
-        assert any(f"{dtype}: deterministic mode, 3 backward calls bitwise identical: yes" in x
-                   for x in b.lines)  # fmt: skip
+        assert any(
+            f"{dtype}: deterministic mode, 3 backward calls bitwise identical: yes" in x for x in b.lines
+        )
     errors = {x.split(" cudcn:")[0].split()[-1]: x for x in b.lines if "relative error" in x}
     assert set(errors) == set(gpu_table.DTYPES)
     # against float64 on the same rounded inputs: 16-bit results are float32 sums rounded once
     # (relative error eps / 2, plus far less); float32 sums of at most 36 terms each
-    worst = {d: max(float(t.split()[-1]) for t in x.split(": ")[-1].split(", "))
-             for d, x in errors.items()}  # fmt: skip
+    worst = {d: max(float(t.split()[-1]) for t in x.split(": ")[-1].split(", ")) for d, x in errors.items()}
     assert worst["float32"] <= 2 * 36 * eps("float32")
     assert worst["float16"] <= eps("float16") and worst["bfloat16"] <= eps("bfloat16")
     assert b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 0
-    assert gpu_table.verdict(b.rows, b.checks_ok).endswith(
-        "failed rows 0, rows out of time 0, checks passed")  # fmt: skip
+    assert gpu_table.verdict(b.rows, b.checks_ok).endswith("failed rows 0, rows out of time 0, checks passed")
     det = [x for x in gpu_table.table(b.rows, "CPU").splitlines() if "deterministic / default" in x]
     assert len(det) == 3 and all(x.endswith(" | — |") for x in det)  # the fake pool allocates 0
 
@@ -223,6 +230,7 @@ def test_a_failing_cudcn_call_is_a_failed_row_and_the_table_still_prints(monkeyp
     assert rows["float32", "cudcn"].measured() and not rows["float32", "cudcn"].failed
     assert any("float16 determinism failed: RuntimeError: boom" in x for x in b.lines)
     assert not b.checks_ok and gpu_table.exit_status(b.rows, b.checks_ok) == 2
-    assert gpu_table.verdict(b.rows, b.checks_ok).endswith("failed rows 2, rows out of time 0, "
-                                                           "a check FAILED")  # fmt: skip
+    assert gpu_table.verdict(b.rows, b.checks_ok).endswith(
+        "failed rows 2, rows out of time 0, a check FAILED"
+    )
     assert "failed: RuntimeError: boom" in gpu_table.table(b.rows, "CPU")

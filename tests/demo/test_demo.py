@@ -90,8 +90,7 @@ def test_deform_net_starts_as_the_plain_net_and_keeps_its_weights():
 
 
 def test_widened_net_matches_the_parameter_count():
-    counts = {k: models.count_parameters(models.digit_net(k, np.random.default_rng(0)))
-              for k in models.KINDS}  # fmt: skip
+    counts = {k: models.count_parameters(models.digit_net(k, np.random.default_rng(0))) for k in models.KINDS}
     gap = abs(counts["wide"] - counts["deform"])
     for width in (models.wide_width() - 1, models.wide_width() + 1):
         other = models.count_parameters(models._build(width, False, np.random.default_rng(0)))
@@ -155,8 +154,12 @@ def test_demo_quick_writes_every_picture(tmp_path):
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "cudcn", "demo", "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     print(f"cudcn demo --quick took {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stderr
     assert "running on the CPU" in result.stdout or "running on the GPU" in result.stdout

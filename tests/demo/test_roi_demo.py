@@ -82,8 +82,10 @@ def test_variants_start_from_the_same_function():
         net = roi_models.Detector(variant, np.random.default_rng([0, 10]))
         assert not net.bin_offsets(images, rois).any()
         assert any(np.abs(p.data).sum() for p in net.pool.offset_fc.parameters())
-    counts = {v: roi_models.count_parameters(roi_models.Detector(v, np.random.default_rng(0)))
-              for v in ("roialign", "deform", "wide")}  # fmt: skip
+    counts = {
+        v: roi_models.count_parameters(roi_models.Detector(v, np.random.default_rng(0)))
+        for v in ("roialign", "deform", "wide")
+    }
     assert counts["roialign"] < counts["deform"] < counts["wide"]
     enlarged = roi_models.enlarge(rois, 1.5)
     np.testing.assert_allclose(enlarged[0], [0, 0, -1, 24, 29])
@@ -122,15 +124,20 @@ def test_demo_roi_quick_writes_pictures(tmp_path):
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "cudcn", "demo", "roi", "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     print(f"cudcn demo roi --quick took {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stderr
     assert "numbers mean nothing" in result.stdout and "threads: Numba" in result.stdout
     for line in ("per proposal-IoU bin", "differences to RoIAlign per seed", "claims", "r_x ="):
         assert line in result.stdout
-    pictures = [out / f"{n}.png" for n in ("roi_gain_by_bin", "roi_deformed_bins",
-                                           "roi_shift_vs_displacement")]  # fmt: skip
+    pictures = [
+        out / f"{n}.png" for n in ("roi_gain_by_bin", "roi_deformed_bins", "roi_shift_vs_displacement")
+    ]
     for path in pictures:
         assert f"wrote {path}" in result.stdout
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

@@ -32,8 +32,7 @@ def test_encode_decode_round_trip():
 
 
 def test_nms_keeps_and_suppresses_within_groups():
-    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10.0],
-                      [0, 0, 10, 6.0]])  # fmt: skip
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10.0], [0, 0, 10, 6.0]])
     score = np.array([0.9, 0.8, 0.7, 0.95, 0.6])
     group = np.array([0, 0, 0, 1, 0])
     keep = nms(boxes, score, group, 0.5)
@@ -51,8 +50,7 @@ def test_average_precision_by_hand():
     # TP (image 0), FP (a duplicate of the same box), TP (image 1), FP (far), TP (image 1, 2nd box)
     gt = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30.0]])
     gt_image, gt_class = np.array([0, 1, 1]), np.zeros(3, int)
-    det = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [1, 0, 10, 10], [40, 40, 50, 50],
-                    [20, 20, 30, 28.0]])  # fmt: skip
+    det = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [1, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 28.0]])
     score = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     det_image = np.array([0, 0, 1, 1, 1])
     # precision after each: 1, 1/2, 2/3, 2/4, 3/5; recall 1/3, 1/3, 2/3, 2/3, 1
@@ -70,9 +68,25 @@ def test_average_precision_classes_and_empty():
     gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]])
     det = gt.copy()
     # class 0 found, class 1 detected as class 0 -> class 1 AP 0, class 0 AP: TP then FP = 1.0
-    ap = average_precision(det, np.array([0.9, 0.8]), np.array([0, 0]), np.zeros(2, int), gt,
-                           np.array([0, 1]), np.zeros(2, int), [0.5])  # fmt: skip
+    ap = average_precision(
+        det,
+        np.array([0.9, 0.8]),
+        np.array([0, 0]),
+        np.zeros(2, int),
+        gt,
+        np.array([0, 1]),
+        np.zeros(2, int),
+        [0.5],
+    )
     assert ap[0] == pytest.approx(0.5)
-    none = average_precision(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), np.zeros(0, int), gt,
-                             np.array([0, 1]), np.zeros(2, int), [0.5, 0.75])  # fmt: skip
+    none = average_precision(
+        np.zeros((0, 4)),
+        np.zeros(0),
+        np.zeros(0, int),
+        np.zeros(0, int),
+        gt,
+        np.array([0, 1]),
+        np.zeros(2, int),
+        [0.5, 0.75],
+    )
     assert none.tolist() == [0.0, 0.0]

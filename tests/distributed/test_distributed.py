@@ -53,8 +53,9 @@ def run_ranks(script: str, *args: str, n: int = 2, timeout: float = 120, via_mpi
     command = [mpiexec(), "-n", str(n), *launcher, str(path), *args]
     env = {**os.environ, **RANK_ENV, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -160,9 +161,13 @@ def test_shard_sampler_covers_every_index(shuffle, drop_last):
 def bn_net(rng_seed: int = 0, batchnorm=nn.BatchNorm2d) -> nn.Sequential:
     rng = np.random.default_rng(rng_seed)
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1, rng=rng), batchnorm(3), nn.ReLU(), nn.GlobalAvgPool2d(),
-        nn.Linear(3, 4, rng=rng), nn.BatchNorm1d(4),
-    ).to(np.float64)  # fmt: skip
+        nn.Conv2d(1, 3, 3, padding=1, rng=rng),
+        batchnorm(3),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(3, 4, rng=rng),
+        nn.BatchNorm1d(4),
+    ).to(np.float64)
 
 
 def test_sync_batchnorm_on_one_rank_is_batchnorm():
@@ -306,8 +311,7 @@ def test_two_rank_training_equals_single_process_training(tmp_path):
             eval_tol = 4 * terms * np.finfo(np.float32).eps
         print(f"{dtype}: largest difference {worst:.3g}, allowed {tolerance:.3g}")
         assert worst <= tolerance, (dtype, worst, tolerance)
-        moved = max(np.max(np.abs(d[f"{dtype}/reference64/{k}"] - d[f"{dtype}/initial/{k}"]))
-                    for k in keys)  # fmt: skip
+        moved = max(np.max(np.abs(d[f"{dtype}/reference64/{k}"] - d[f"{dtype}/initial/{k}"])) for k in keys)
         assert moved > 1e4 * tolerance  # training moved the weights far more than the tolerance
         eval_diff = np.max(np.abs(d[f"{dtype}/eval/distributed"] - d[f"{dtype}/eval/reference"]))
         assert eval_diff <= eval_tol, (dtype, eval_diff)

@@ -80,8 +80,9 @@ def test_demo_nets_match_onnxruntime_at_several_batch_sizes(kind):
     assert ("DeformConv" in ops) == (kind == "deform") and {"Conv", "BatchNormalization"} <= ops
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     for batch in (1, 3):
-        check_against_runtime(net, [rng.uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)],
-                              digit_terms(kind == "deform"))  # fmt: skip
+        check_against_runtime(
+            net, [rng.uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)], digit_terms(kind == "deform")
+        )
 
 
 class ModulatedNet(nn.Module):
@@ -113,8 +114,7 @@ def test_modulated_pack_with_groups_stride_dilation():
     assert {"Slice", "Sigmoid", "Reshape", "Gemm", "LogSoftmax"} <= {n.op_type for n in model.graph.node}
     terms = [4 * 9, 2 * 9 * 4, 4, 6 * 4 * 4, 5]  # offset conv, DCN, pool, linear, log_softmax
     for batch in (2, 3):
-        check_against_runtime(net, [rng.standard_normal((batch, 4, 11, 13)).astype(np.float32)],
-                              terms)  # fmt: skip
+        check_against_runtime(net, [rng.standard_normal((batch, 4, 11, 13)).astype(np.float32)], terms)
 
 
 class Shapes(nn.Module):
@@ -144,7 +144,7 @@ def test_shapes_indexing_and_math_at_other_batch_sizes():
         for i in model.graph.initializer
         if any(n.op_type == "Reshape" and n.input[1] == i.name for n in model.graph.node)
     ]
-    assert shapes == [[-1, 5], [-1, 60], [0, 1]]  # fmt: skip
+    assert shapes == [[-1, 5], [-1, 60], [0, 1]]
     sess = session(model)
     for batch in (1, 4):
         x = rng.standard_normal((batch, 3, 4, 5)).astype(np.float32)
@@ -187,9 +187,13 @@ def test_roi_head_matches_onnxruntime_with_other_roi_counts():
     features = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
     names = ("features", "rois")
     model = cudcn.onnx.export(net, (features, make_rois(rng, 2, 2)), None, input_names=list(names))
-    modes = {onnx.helper.get_attribute_value(a).decode() for n in model.graph.node
-             if n.op_type == "RoiAlign" for a in n.attribute
-             if a.name == "coordinate_transformation_mode"}  # fmt: skip
+    modes = {
+        onnx.helper.get_attribute_value(a).decode()
+        for n in model.graph.node
+        if n.op_type == "RoiAlign"
+        for a in n.attribute
+        if a.name == "coordinate_transformation_mode"
+    }
     assert modes == {"half_pixel", "output_half_pixel"}
     assert model.graph.input[1].type.tensor_type.shape.dim[0].dim_param == "rois_axis0"
     terms = [3 * 9, 8 * 4 * 2, 4 * 2 * 3]  # conv, up to 8 x 8 adaptive samples of 4 terms, linear
@@ -209,8 +213,7 @@ def test_onnxruntime_forces_tiny_rois_to_one_pixel_like_torchvision():
         def head(f, r, aligned=aligned):
             return roi_align(f, r, 2, 1.0, 0, aligned=aligned)
 
-        got = session(cudcn.onnx.export(head, (x, rois), None)).run(None, {"input_0": x,
-                                                                            "input_1": rois})[0]  # fmt: skip
+        got = session(cudcn.onnx.export(head, (x, rois), None)).run(None, {"input_0": x, "input_1": rois})[0]
         np.testing.assert_allclose(got, roi_align(x, rois, 2, 1.0, 0, aligned), atol=1e-6)
     # the rule matters for these RoIs: unforced sizes (aligned=True on RoIs shifted by half a pixel)
     unforced = roi_align(x, rois + np.array([0, 0.5, 0.5, 0.5, 0.5], np.float32), 2, 1.0, 0, aligned=True)
@@ -248,16 +251,22 @@ class Pooled(nn.Module):
 
 class PSHead(nn.Module):
     def forward(self, features, rois):
-        return deform_psroi_pool(features, rois, None, spatial_scale=1.0, output_dim=2,
-                                 group_size=2, pooled_size=2)  # fmt: skip
+        return deform_psroi_pool(
+            features, rois, None, spatial_scale=1.0, output_dim=2, group_size=2, pooled_size=2
+        )
 
 
 @pytest.mark.parametrize(
     "head, op, where",
-    [(nn.DeformRoIPoolPack(2, 8, deform_fc_channels=4), "deform_roi_pool with offsets",
-      "module 'roi_head.0' (DeformRoIPoolPack)"),
-     (PSHead(), "deform_psroi_pool", "module 'roi_head.0' (PSHead)")],
-)  # fmt: skip
+    [
+        (
+            nn.DeformRoIPoolPack(2, 8, deform_fc_channels=4),
+            "deform_roi_pool with offsets",
+            "module 'roi_head.0' (DeformRoIPoolPack)",
+        ),
+        (PSHead(), "deform_psroi_pool", "module 'roi_head.0' (PSHead)"),
+    ],
+)
 def test_ops_without_standard_onnx_raise_naming_op_and_module(head, op, where):
     features = np.ones((1, 8, 6, 6), np.float32)
     rois = np.array([[0, 1, 1, 4, 4]], np.float32)
@@ -321,8 +330,13 @@ print("demo:", models.save_trained(net, __import__("pathlib").Path({str(tmp_path
 def half_net(dtype, rng: np.random.Generator) -> nn.Module:
     """A small deformable net (offset conv, deformable conv, BatchNorm, ReLU, max pool, conv) in
     ``dtype``; its BatchNorm statistics stay float32."""
-    net = nn.Sequential(nn.DeformConv2dPack(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.MaxPool2d(2), nn.Conv2d(8, 4, 3, padding=1))  # fmt: skip
+    net = nn.Sequential(
+        nn.DeformConv2dPack(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 4, 3, padding=1),
+    )
     return randomise(net, rng).eval().to(dtype)
 
 

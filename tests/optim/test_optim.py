@@ -249,9 +249,17 @@ def test_one_cycle_hand_computed():
 
 def test_one_cycle_linear_three_phase_and_sgd_momentum():
     opt = SGD([Parameter(np.ones(1))], lr=0.0, momentum=0.9)
-    sched = OneCycleLR(opt, max_lr=2.0, epochs=2, steps_per_epoch=5, pct_start=0.3,
-                       anneal_strategy="linear", three_phase=True, div_factor=4.0,
-                       final_div_factor=5.0)  # fmt: skip
+    sched = OneCycleLR(
+        opt,
+        max_lr=2.0,
+        epochs=2,
+        steps_per_epoch=5,
+        pct_start=0.3,
+        anneal_strategy="linear",
+        three_phase=True,
+        div_factor=4.0,
+        final_div_factor=5.0,
+    )
     seen = [(opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"])]
     for _ in range(9):
         sched.step()

@@ -28,14 +28,27 @@ pytestmark = pytest.mark.skipif(
     shutil.which(host_build.compiler()) is None, reason="no C++ compiler for the emulated backend"
 )
 SEED = 9091
-SCHEDULES = [("concurrent", "3", "0"), ("concurrent", "2", "1"), ("concurrent", "1", "2"),
-             ("serial", "1", "3"), ("serial", "2", "4"), ("concurrent", "3", "5")]  # fmt: skip
+SCHEDULES = [
+    ("concurrent", "3", "0"),
+    ("concurrent", "2", "1"),
+    ("concurrent", "1", "2"),
+    ("serial", "1", "3"),
+    ("serial", "2", "4"),
+    ("concurrent", "3", "5"),
+]
 CONV = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
 ROI = DeformRoIPoolParams(
     pooled_h=3, pooled_w=3, spatial_scale=0.5, sampling_ratio=2, gamma=0.3, aligned=True
 )
-PSROI = DeformPSRoIPoolParams(spatial_scale=0.5, output_dim=4, group_size=2, pooled_size=3, part_size=3,
-             sample_per_part=2, trans_std=0.3)  # fmt: skip
+PSROI = DeformPSRoIPoolParams(
+    spatial_scale=0.5,
+    output_dim=4,
+    group_size=2,
+    pooled_size=3,
+    part_size=3,
+    sample_per_part=2,
+    trans_std=0.3,
+)
 
 
 def _inputs(op: str, dtype, seed: int = SEED) -> tuple:
@@ -114,8 +127,9 @@ def test_deterministic_conv_matches_the_float64_reference():
         got = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
     want = reference.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
     scale = reference.deform_conv2d_backward(abs(grad), x, offset, abs(weight), None, mask, CONV)
-    assert_allclose_to_reference(got[0], want[0], np.float64, scale=scale[0] + 1e-300, factor=64,
-                                 name="grad_input")  # fmt: skip
+    assert_allclose_to_reference(
+        got[0], want[0], np.float64, scale=scale[0] + 1e-300, factor=64, name="grad_input"
+    )
 
 
 @pytest.mark.parametrize("op", OPS)

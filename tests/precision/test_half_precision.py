@@ -70,8 +70,10 @@ def test_the_position_trap_side_by_side_with_torchvision() -> None:
     offset = np.zeros((1, 2, 1, WIDTH), np.float16)
     offset[:, 1] = SHIFT
     weight = np.ones((1, 1, 1, 1), np.float16)
-    ours = {dt: deform_conv2d_forward(*(a.astype(dt) for a in (row(), offset, weight)))
-            for dt in (np.float16, np.float32)}  # fmt: skip
+    ours = {
+        dt: deform_conv2d_forward(*(a.astype(dt) for a in (row(), offset, weight)))
+        for dt in (np.float16, np.float32)
+    }
     assert ours[np.float16][0, 0, 0, ORIGIN] == np.float16(SHIFT)
     np.testing.assert_array_equal(ours[np.float16], ours[np.float32].astype(np.float16))
     theirs = {}
@@ -79,9 +81,11 @@ def test_the_position_trap_side_by_side_with_torchvision() -> None:
         args = [torch.from_numpy(a.astype(dt)) for a in (row(), offset, weight)]
         theirs[dt] = torchvision.ops.deform_conv2d(*args).numpy()
     np.testing.assert_array_equal(theirs[np.float32], ours[np.float32])
-    print(f"at x = 1500 + 0.3: cudcn float16 {float(ours[np.float16][0, 0, 0, ORIGIN])}, "
-          f"torchvision {torchvision.__version__} float16 {float(theirs[np.float16][0, 0, 0, ORIGIN])}, "
-          f"float32 {float(theirs[np.float32][0, 0, 0, ORIGIN])}")  # fmt: skip
+    print(
+        f"at x = 1500 + 0.3: cudcn float16 {float(ours[np.float16][0, 0, 0, ORIGIN])}, "
+        f"torchvision {torchvision.__version__} float16 {float(theirs[np.float16][0, 0, 0, ORIGIN])}, "
+        f"float32 {float(theirs[np.float32][0, 0, 0, ORIGIN])}"
+    )
 
 
 def _conv_inputs(rng: np.random.Generator) -> list[np.ndarray]:

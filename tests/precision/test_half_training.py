@@ -136,10 +136,14 @@ def test_gradcheck_explains_why_16_bit_is_refused():
 
 def small_net(rng: np.random.Generator) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.ModulatedDeformConv2dPack(4, 4, 3, padding=1, rng=rng), nn.ReLU(),
-        nn.GlobalAvgPool2d(), nn.Linear(4, 2, rng=rng),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.ModulatedDeformConv2dPack(4, 4, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(4, 2, rng=rng),
+    )
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
@@ -219,9 +223,11 @@ def test_batchnorm_statistics_are_float32(layer, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-@pytest.mark.parametrize("make", [lambda p: optim.SGD(p, lr=1.0, momentum=0.5),
-                                  lambda p: optim.AdamW(p, lr=1e-3, weight_decay=0.0)],
-                         ids=["SGD", "AdamW"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [lambda p: optim.SGD(p, lr=1.0, momentum=0.5), lambda p: optim.AdamW(p, lr=1e-3, weight_decay=0.0)],
+    ids=["SGD", "AdamW"],
+)
 def test_master_copy_keeps_steps_below_16_bit_spacing(make, dtype):
     # steps of about 1e-4 on a parameter of 1: below half the spacing at 1 (eps / 2 >= 4.9e-4)
     p = Tensor(np.ones(4, dtype), requires_grad=True)
@@ -276,8 +282,13 @@ def param_with_grad(grad, dtype=np.float32):
 def test_grad_scaler_defaults_are_pytorchs():
     scaler = optim.GradScaler()
     state = scaler.state_dict()
-    assert state == {"scale": 2.0**16, "growth_factor": 2.0, "backoff_factor": 0.5,
-                     "growth_interval": 2000, "_growth_tracker": 0}  # fmt: skip
+    assert state == {
+        "scale": 2.0**16,
+        "growth_factor": 2.0,
+        "backoff_factor": 0.5,
+        "growth_interval": 2000,
+        "_growth_tracker": 0,
+    }
     assert scaler.get_scale() == 65536.0 and scaler.is_enabled()
 
 
@@ -312,18 +323,24 @@ def test_grad_scaler_grows_after_growth_interval_and_an_overflow_resets_the_coun
 def test_grad_scaler_state_dict_round_trip():
     p = param_with_grad([1.0])
     opt = optim.SGD([p], lr=0.0)
-    first = optim.GradScaler(init_scale=32.0, growth_factor=4.0, backoff_factor=0.25,
-                             growth_interval=2)  # fmt: skip
+    first = optim.GradScaler(init_scale=32.0, growth_factor=4.0, backoff_factor=0.25, growth_interval=2)
     for grad in (np.inf, 1.0):
         p.grad = np.array([grad], np.float32)
         first.step(opt)
         first.update()
     second = optim.GradScaler()
     second.load_state_dict(first.state_dict())
-    assert second.state_dict() == first.state_dict() == {
-        "scale": 8.0, "growth_factor": 4.0, "backoff_factor": 0.25, "growth_interval": 2,
-        "_growth_tracker": 1,
-    }  # fmt: skip
+    assert (
+        second.state_dict()
+        == first.state_dict()
+        == {
+            "scale": 8.0,
+            "growth_factor": 4.0,
+            "backoff_factor": 0.25,
+            "growth_interval": 2,
+            "_growth_tracker": 1,
+        }
+    )
     for scaler in (first, second):  # the next good step completes the interval on both
         p.grad = np.array([1.0], np.float32)
         scaler.step(opt)
@@ -365,10 +382,12 @@ def test_grad_scaler_disabled_is_a_pass_through_and_checks_its_arguments():
     scaler.step(opt)
     scaler.update()
     assert p.data.tolist() == [-1.0] and scaler.state_dict() == {}
-    for kwargs, match in [({"init_scale": 0.0}, "init_scale must be a finite number > 0"),
-                          ({"growth_factor": 1.0}, "growth_factor must be > 1"),
-                          ({"backoff_factor": 1.5}, "backoff_factor must lie in"),
-                          ({"growth_interval": 0}, "growth_interval must be >= 1")]:  # fmt: skip
+    for kwargs, match in [
+        ({"init_scale": 0.0}, "init_scale must be a finite number > 0"),
+        ({"growth_factor": 1.0}, "growth_factor must be > 1"),
+        ({"backoff_factor": 1.5}, "backoff_factor must lie in"),
+        ({"growth_interval": 0}, "growth_interval must be >= 1"),
+    ]:
         with pytest.raises(ValueError, match=match):
             optim.GradScaler(**kwargs)
     with pytest.raises(TypeError, match=r"outputs must be a cudcn.Tensor"):
@@ -443,7 +462,9 @@ def test_16_bit_training_loss_falls_like_float32(backend, dtype):
     u = eps(dtype) / 2
     bound = ROUNDINGS * u * want[0]
     gap = np.abs(got - aligned)
-    print(f"{backend} {dtype}: loss {got[0]:.4f} -> {got[-1]:.4f} (float32 {want[0]:.4f} -> "
-          f"{want[-1]:.4f}); max gap {gap.max():.2e}, bound {bound:.2e}")  # fmt: skip
+    print(
+        f"{backend} {dtype}: loss {got[0]:.4f} -> {got[-1]:.4f} (float32 {want[0]:.4f} -> "
+        f"{want[-1]:.4f}); max gap {gap.max():.2e}, bound {bound:.2e}"
+    )
     assert gap.max() <= bound
     assert want[-1] < 0.5 * want[0] and got[-1] < 0.5 * got[0]  # it is learning

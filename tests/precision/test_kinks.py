@@ -142,8 +142,10 @@ def test_roi_align_samples_on_its_border_clamp_and_snap(backend, dtype) -> None:
     )
     got = _run_roi(backend, x, rois, offset, grad, params)
     x64, r64, o64, g64 = (a.astype(np.float64) for a in (x, rois, offset, grad))
-    want = [reference.deform_roi_pool_forward(x64, r64, o64, params),
-            *reference.deform_roi_pool_backward(g64, x64, r64, o64, params)]  # fmt: skip
+    want = [
+        reference.deform_roi_pool_forward(x64, r64, o64, params),
+        *reference.deform_roi_pool_backward(g64, x64, r64, o64, params),
+    ]
     for name, g, w in zip(("output", "grad_input", "grad_offset"), got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=0, atol=_allowed(dtype, w, 64), err_msg=name)
 
@@ -173,11 +175,15 @@ def test_psroi_samples_on_its_limits_and_integers(backend, dtype) -> None:
     dev = [backend.asarray(a) for a in (x, rois, trans, grad)]
     with backend.context(), poison_outputs():
         module = get_backend(dev[0])
-        got = [module.deform_psroi_pool_forward(*dev[:3], params),
-               *module.deform_psroi_pool_backward(dev[3], *dev[:3], params)]  # fmt: skip
+        got = [
+            module.deform_psroi_pool_forward(*dev[:3], params),
+            *module.deform_psroi_pool_backward(dev[3], *dev[:3], params),
+        ]
     x64, r64, t64, g64 = (a.astype(np.float64) for a in (x, rois, trans, grad))
-    want = [reference.deform_psroi_pool_forward(x64, r64, t64, params),
-            *reference.deform_psroi_pool_backward(g64, x64, r64, t64, params)]  # fmt: skip
+    want = [
+        reference.deform_psroi_pool_forward(x64, r64, t64, params),
+        *reference.deform_psroi_pool_backward(g64, x64, r64, t64, params),
+    ]
     for name, g, w in zip(("output", "grad_input", "grad_trans"), got, want, strict=True):
         g = backend.to_numpy(g)
         np.testing.assert_allclose(g, w, rtol=0, atol=_allowed(dtype, w, 64), err_msg=name)

@@ -93,10 +93,14 @@ comm._reduce = reduce
 seen["buckets"] = opt.buckets
 seen["reduction_sizes"] = reductions
 seen["after_step"] = {
-    "big": big.data[:3].tolist(), "small": small[5].data.tolist(), "none_here": none_here.data.tolist(),
-    "none_here_grad": none_here.grad.tolist(), "frozen": frozen.data.tolist(),
-    "frozen_grad_is_none": frozen.grad is None, "frozen_has_state": id(frozen) in inner.state,
-}  # fmt: skip
+    "big": big.data[:3].tolist(),
+    "small": small[5].data.tolist(),
+    "none_here": none_here.data.tolist(),
+    "none_here_grad": none_here.grad.tolist(),
+    "frozen": frozen.data.tolist(),
+    "frozen_grad_is_none": frozen.grad is None,
+    "frozen_has_state": id(frozen) in inner.state,
+}
 seen["passthrough"] = opt.param_groups is inner.param_groups and opt.state_dict() == inner.state_dict()
 
 # SyncBatchNorm on uneven shards (3 and 5 images) against BatchNorm2d on all 8: the output, the

@@ -26,9 +26,12 @@ report["broadcast"] = comm.broadcast(cupy.full(3, float(rank)), root=size - 1).g
 def run(device):
     rng = np.random.default_rng(0)
     net = nn.Sequential(
-        nn.DeformConv2dPack(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.GlobalAvgPool2d(), nn.Linear(4, 3, rng=rng),
-    ).to(np.float64)  # fmt: skip
+        nn.DeformConv2dPack(1, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(4, 3, rng=rng),
+    ).to(np.float64)
     nn.init.uniform_(net[0].conv_offset.weight, -0.5, 0.5, rng)
     if device == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net.to("cuda"), comm)

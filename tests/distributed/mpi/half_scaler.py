@@ -87,9 +87,8 @@ ref = nn.BatchNorm2d(3)
 ref_out = ref(Tensor(np.concatenate([batch(0), batch(1)]).astype(np.float32)))
 seen["syncbn_dtypes"] = [str(bn.running_mean.dtype), str(bn.running_var.dtype), str(out.dtype)]
 seen["syncbn_stat_diff"] = float(
-    max(np.abs(bn.running_mean - ref.running_mean).max(),
-        np.abs(bn.running_var - ref.running_var).max())
-)  # fmt: skip
+    max(np.abs(bn.running_mean - ref.running_mean).max(), np.abs(bn.running_var - ref.running_var).max())
+)
 mine = ref_out.data[2 * rank : 2 * rank + 2]
 seen["syncbn_out_ulps"] = float(
     np.max(np.abs(out.data.astype(np.float32) - mine) / np.spacing(np.abs(mine).astype(np.float16)))

@@ -27,10 +27,15 @@ rank = comm.rank
 def make_net(dtype):
     rng = np.random.default_rng(SEED)
     net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.DeformConv2dPack(4, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.GlobalAvgPool2d(), nn.Linear(4, 3, rng=rng),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.DeformConv2dPack(4, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.GlobalAvgPool2d(),
+        nn.Linear(4, 3, rng=rng),
+    )
     nn.init.uniform_(net[3].conv_offset.weight, -0.5, 0.5, rng)  # offsets of about a pixel
     return net.to(dtype)
 

@@ -75,8 +75,9 @@ def make_inputs(case: Case, dtype, seed: int):
     rng = np.random.default_rng(seed)
     channels = case.output_dim * case.group_size**2
     x = rng.standard_normal((case.batch, channels, case.height, case.width))
-    rois = make_rois(rng, case.n_rois, case.batch, case.height / case.spatial_scale,
-                     case.width / case.spatial_scale)  # fmt: skip
+    rois = make_rois(
+        rng, case.n_rois, case.batch, case.height / case.spatial_scale, case.width / case.spatial_scale
+    )
     rois[0, 1:] = [0.5, -1.5, 2.5, 2.5]
     trans = None
     if case.num_classes:
@@ -135,9 +136,11 @@ def psroi_oracle(x, rois, scale, pooled, sample_per_part):
                 k = np.arange(sample_per_part)
                 h0 = i * (size[0] / pooled) + start[0]
                 w0 = j * (size[1] / pooled) + start[1]
-                hh, ww = np.meshgrid(h0 + k * (size[0] / pooled / sample_per_part),
-                                     w0 + k * (size[1] / pooled / sample_per_part),
-                                     indexing="ij")  # fmt: skip
+                hh, ww = np.meshgrid(
+                    h0 + k * (size[0] / pooled / sample_per_part),
+                    w0 + k * (size[1] / pooled / sample_per_part),
+                    indexing="ij",
+                )
                 valid = (hh >= -0.5) & (hh <= height - 0.5) & (ww >= -0.5) & (ww <= width - 0.5)
                 if not valid.any():
                     continue
@@ -155,9 +158,15 @@ def test_group_1_without_trans_matches_numpy_oracle(backend, sample_per_part):
     rois = make_rois(rng, 6, 2, 8 / 0.5, 7 / 0.5)
     rois[0, 1:] = [2.5, -0.5, 9.5, 11.5]  # halves round away from zero
     with backend.context(), poison_outputs():
-        got = deform_psroi_pool(backend.asarray(x), backend.asarray(rois), spatial_scale=0.5,
-                                output_dim=3, group_size=1, pooled_size=3,
-                                sample_per_part=sample_per_part)  # fmt: skip
+        got = deform_psroi_pool(
+            backend.asarray(x),
+            backend.asarray(rois),
+            spatial_scale=0.5,
+            output_dim=3,
+            group_size=1,
+            pooled_size=3,
+            sample_per_part=sample_per_part,
+        )
     want = psroi_oracle(x, rois, 0.5, 3, sample_per_part)
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-12, atol=1e-12)
 
@@ -174,8 +183,17 @@ def test_zero_trans_is_no_trans(backend):
 
 def test_gradcheck_input_and_trans(backend):
     """Random trans puts the samples at random, non-integer points (away from the kinks)."""
-    case = Case("gradcheck", batch=1, height=5, width=5, n_rois=2, output_dim=2, pooled_size=2,
-                part_size=2, num_classes=2)  # fmt: skip
+    case = Case(
+        "gradcheck",
+        batch=1,
+        height=5,
+        width=5,
+        n_rois=2,
+        output_dim=2,
+        pooled_size=2,
+        part_size=2,
+        num_classes=2,
+    )
     x, rois, trans = make_inputs(case, np.float64, SEED + 41)
     dev_rois = backend.asarray(rois)
 
@@ -202,8 +220,9 @@ def test_empty_rois(backend):
     params = {"spatial_scale": 1.0, "output_dim": 2, "group_size": 2, "pooled_size": 3}
     with backend.context():
         out = deform_psroi_pool_forward(x, rois, **params)
-        g_input, g_trans = deform_psroi_pool_backward(backend.asarray(np.zeros((0, 2, 3, 3))),
-                                                      x, rois, **params)  # fmt: skip
+        g_input, g_trans = deform_psroi_pool_backward(
+            backend.asarray(np.zeros((0, 2, 3, 3))), x, rois, **params
+        )
     assert out.shape == (0, 2, 3, 3) and g_trans is None
     np.testing.assert_array_equal(backend.to_numpy(g_input), 0.0)
 

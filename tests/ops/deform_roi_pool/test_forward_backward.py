@@ -87,8 +87,9 @@ def make_inputs(case: Case, dtype, seed: int):
     """Random input, rois and (maybe) offset of ``case``, as ``dtype``."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((case.batch, case.channels, case.height, case.width))
-    rois = make_rois(rng, case.n_rois, case.batch, case.height / case.spatial_scale,
-                     case.width / case.spatial_scale)  # fmt: skip
+    rois = make_rois(
+        rng, case.n_rois, case.batch, case.height / case.spatial_scale, case.width / case.spatial_scale
+    )
     offset = rng.uniform(-1.0, 1.0, (case.n_rois, 2, *case.pooled)) if case.offset else None
     return tuple(None if a is None else a.astype(dtype) for a in (x, rois, offset))
 
@@ -174,8 +175,7 @@ def test_roi_align_matches_numpy_oracle(backend, aligned, sampling_ratio):
     x = rng.standard_normal((2, 3, 7, 9))
     rois = make_rois(rng, 7, 2, 7 / 0.5, 9 / 0.5)
     with backend.context(), poison_outputs():
-        got = roi_align(backend.asarray(x), backend.asarray(rois), (3, 4), 0.5, sampling_ratio,
-                        aligned)  # fmt: skip
+        got = roi_align(backend.asarray(x), backend.asarray(rois), (3, 4), 0.5, sampling_ratio, aligned)
     want = roi_align_oracle(x, rois, (3, 4), 0.5, sampling_ratio, aligned)
     np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-12, atol=1e-12)
 
@@ -198,9 +198,13 @@ def test_zero_offset_is_roi_align(backend):
     # atomicAdd scatters (cuda, emulated) add in a schedule-dependent order; the CPU's do not.
     grid = int(np.ceil(np.max(rois[:, 3:] - rois[:, 1:3]) * 0.25 / 2))  # samples per bin and axis
     assert_equal_up_to_summation_order(
-        g_input, g_plain, exact=backend.name == "cpu", abs_sum=backend.to_numpy(abs_sum),
-        terms=6 * 2 * 3 * 4 * (grid + 1) ** 2, name="grad_input",
-    )  # fmt: skip
+        g_input,
+        g_plain,
+        exact=backend.name == "cpu",
+        abs_sum=backend.to_numpy(abs_sum),
+        terms=6 * 2 * 3 * 4 * (grid + 1) ** 2,
+        name="grad_input",
+    )
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
@@ -216,10 +220,10 @@ def test_constant_offset_is_shifted_roi(backend, sampling_ratio):
     moved[:, [1, 3]] += gamma * (rois[:, 3] - rois[:, 1])[:, None] * shift[0]
     moved[:, [2, 4]] += gamma * (rois[:, 4] - rois[:, 2])[:, None] * shift[1]
     with backend.context():
-        got = deform_roi_pool(*(backend.asarray(a) for a in (x, rois, offset)), 3, 0.5,
-                              sampling_ratio, gamma)  # fmt: skip
-        want = deform_roi_pool(backend.asarray(x), backend.asarray(moved), None, 3, 0.5,
-                               sampling_ratio, gamma)  # fmt: skip
+        got = deform_roi_pool(*(backend.asarray(a) for a in (x, rois, offset)), 3, 0.5, sampling_ratio, gamma)
+        want = deform_roi_pool(
+            backend.asarray(x), backend.asarray(moved), None, 3, 0.5, sampling_ratio, gamma
+        )
     np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(want), atol=1e-12)
 
 
@@ -239,10 +243,10 @@ def test_torchvision_roi_align(backend):
             with backend.context():
                 got = roi_align(xs, backend.asarray(rois), (3, 2), 0.5, ratio, aligned)
                 got.backward(backend.asarray(grad))
-            np.testing.assert_allclose(backend.to_numpy(got.data), want.detach().numpy(),
-                                       rtol=1e-10, atol=1e-12)  # fmt: skip
-            np.testing.assert_allclose(backend.to_numpy(xs.grad), xt.grad.numpy(),
-                                       rtol=1e-10, atol=1e-12)  # fmt: skip
+            np.testing.assert_allclose(
+                backend.to_numpy(got.data), want.detach().numpy(), rtol=1e-10, atol=1e-12
+            )
+            np.testing.assert_allclose(backend.to_numpy(xs.grad), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_gradcheck_input_and_offset(backend):
@@ -274,8 +278,9 @@ def test_empty_rois(backend):
     offset = backend.asarray(np.zeros((0, 2, 2, 2)))
     with backend.context():
         out = deform_roi_pool_forward(x, rois, offset, 2)
-        g_input, g_offset = deform_roi_pool_backward(backend.asarray(np.zeros((0, 3, 2, 2))), x,
-                                                     rois, offset, 2)  # fmt: skip
+        g_input, g_offset = deform_roi_pool_backward(
+            backend.asarray(np.zeros((0, 3, 2, 2))), x, rois, offset, 2
+        )
     assert out.shape == (0, 3, 2, 2) and g_offset.shape == (0, 2, 2, 2)
     np.testing.assert_array_equal(backend.to_numpy(g_input), 0.0)
 
