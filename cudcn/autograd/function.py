@@ -163,6 +163,7 @@ class Function:
     _seq: int  # creation order: backward runs nodes by decreasing _seq
     _edges: tuple[Function | Tensor | None, ...] | None  # per input; None once released
     _input_meta: tuple[tuple[tuple[int, ...], Any] | None, ...]  # (shape, dtype) per input
+    _saved_versions: tuple[tuple[Tensor, int], ...]  # inputs whose data backward reads, and versions
     _trace_inputs: tuple[Any, ...]  # export trace mode: the inputs, parameters, module scope
     _trace_params: dict[str, Any]
     _trace_module: tuple[str, str]
@@ -219,6 +220,10 @@ class Function:
         if record:
             fn._edges = tuple(edges)
             fn._input_meta = tuple(meta)
+            saved = {id(a) for a in getattr(fn, "saved", ())}
+            fn._saved_versions = tuple(
+                (x, x._version) for x in inputs if isinstance(x, Tensor) and id(x.data) in saved
+            )
         result = Tensor._from_node(out, fn)
         if trace is not None:
             fn._trace_inputs, fn._trace_params, fn._trace_module = inputs, params, trace.scope[-1]
@@ -261,6 +266,7 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
                 f"backward through a freed graph ({type(node).__name__} was already consumed by an "
                 "earlier backward); call backward(retain_graph=True) the first time to keep it"
             )
+        _check_versions(node)
         grads = node.backward(grad_out)
         if not isinstance(grads, (tuple, list)):
             grads = (grads,)
@@ -285,6 +291,19 @@ def run_backward(root: Tensor, grad: Array, retain_graph: bool) -> None:
             _release(node)
     for leaf, g in leaf_grads.items():
         _accumulate_leaf(leaf, g)
+
+
+def _check_versions(node: Function) -> None:
+    """Refuse to run ``node.backward`` when an input whose data it saved was modified in place since
+    the forward (its backward would silently use the new values)."""
+    for tensor, version in node._saved_versions:
+        if tensor._version != version:
+            raise RuntimeError(
+                f"{type(node).__name__}.backward needs the values of an input of shape "
+                f"{tuple(tensor.shape)} as they were in the forward, but its data was modified in "
+                f"place since (version {version} then, {tensor._version} now); recompute the "
+                "forward after changing it, or change a copy"
+            )
 
 
 def _check_grad(node: Function, i: int, g: Any, meta: tuple[tuple[int, ...], Any]) -> Array:

@@ -34,8 +34,13 @@ class Tensor:
             only: float16, bfloat16, float32, float64).
 
     Attributes:
-        data: the array. grad: a plain array of ``data``'s shape and dtype, or None (float32 for a
-            float16/bfloat16 tensor once :meth:`cudcn.optim.GradScaler.unscale_` has unscaled it).
+        data: the array. Changing it in place through the attribute (``t.data *= 2``, which Python
+            runs as ``t.data = t.data.__imul__(2)``) counts as a modification: a later backward
+            through a graph that saved the old values raises instead of computing wrong gradients.
+            Changes that bypass the attribute (``t.data[...] = x``, ``out=`` arguments) should be
+            followed by :meth:`mark_modified`.
+        grad: a plain array of ``data``'s shape and dtype, or None (float32 for a float16/bfloat16
+            tensor once :meth:`cudcn.optim.GradScaler.unscale_` has unscaled it).
         requires_grad: bool. grad_fn: the :class:`~cudcn.autograd.Function` that produced it, or None.
 
     Example::
@@ -45,7 +50,7 @@ class Tensor:
         x.grad  # array([0., 2., 4.])
     """
 
-    __slots__ = ("__weakref__", "data", "grad", "grad_fn", "requires_grad")
+    __slots__ = ("__weakref__", "_data", "_version", "grad", "grad_fn", "requires_grad")
     __array_ufunc__ = None  # NumPy defers ``ndarray op Tensor`` to the Tensor's reflected operator
     __array_priority__ = 1000.0  # CuPy does the same based on priority
 
@@ -58,7 +63,8 @@ class Tensor:
                 f"requires_grad=True needs a floating dtype ({describe_floats()}), got data of "
                 f"dtype {data.dtype}"
             )
-        self.data = data
+        self._data = data
+        self._version = 0  # in-place modifications of data seen so far
         self.grad: Array | None = None
         self.requires_grad = bool(requires_grad)
         self.grad_fn: Any = None
@@ -67,13 +73,30 @@ class Tensor:
     def _from_node(cls, data: Array, node: Any) -> Tensor:
         """The output of recorded tape node ``node`` (used by ``Function.apply``)."""
         out = cls.__new__(cls)
-        out.data = _as_array(data)
+        out._data = _as_array(data)
+        out._version = 0
         out.grad = None
         out.requires_grad = True
         out.grad_fn = node
         return out
 
     # ----------------------------------------------------------------------- array attributes
+    @property
+    def data(self) -> Array:
+        return self._data
+
+    @data.setter
+    def data(self, value: Array) -> None:
+        if value is self._data:  # the same array written back: ``t.data op= x`` changed it in place
+            self._version += 1
+        self._data = value
+
+    def mark_modified(self) -> None:
+        """Record that ``data`` was changed in place by means the attribute does not see
+        (``t.data[...] = x``, ``numpy.add(t.data, 1, out=t.data)``): a backward through a graph that
+        saved the old values then raises instead of computing wrong gradients."""
+        self._version += 1
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape

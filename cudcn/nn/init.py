@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cudcn.autograd import Tensor
 from cudcn.backends import array_module
 
 __all__ = [
@@ -78,6 +79,13 @@ def _fill(tensor: Any, values: np.ndarray) -> Any:
     """Copy host ``values`` into ``tensor.data`` (any library), keeping its dtype."""
     data = tensor.data
     data[...] = array_module(data).asarray(values.astype(data.dtype, copy=False))
+    return _modified(tensor)
+
+
+def _modified(tensor: Any) -> Any:
+    """``tensor``, its in-place change recorded when it is a Tensor (see ``Tensor.mark_modified``)."""
+    if isinstance(tensor, Tensor):
+        tensor.mark_modified()
     return tensor
 
 
@@ -96,7 +104,7 @@ def normal_(tensor: Any, mean: float = 0.0, std: float = 1.0, rng: np.random.Gen
 def constant_(tensor: Any, value: float) -> Any:
     """Fill with ``value``."""
     tensor.data[...] = value
-    return tensor
+    return _modified(tensor)
 
 
 def zeros_(tensor: Any) -> Any:

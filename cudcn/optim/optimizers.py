@@ -90,9 +90,16 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 if p.grad is not None:
+                    if p.grad.shape != p.shape:
+                        raise ValueError(
+                            f"parameter {i} of group {self.param_groups.index(group)} has shape "
+                            f"{tuple(p.shape)} but its .grad has shape {tuple(p.grad.shape)}; a "
+                            "gradient must have its parameter's shape (no broadcasting)"
+                        )
                     self._step_parameter(p, self.state.setdefault(id(p), {}), group)
+                    p.mark_modified()  # a graph that saved the old values can no longer run backward
         return loss
 
     def _step_parameter(self, p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
