@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -115,9 +117,16 @@ def gradcheck(
 
     Raises:
         TypeError: an input is not a float64 array or Tensor (the message gives its index).
+        ValueError: ``eps`` is not a positive finite number, or ``atol`` / ``rtol`` is negative or
+            not finite.
         GradcheckError: the element with the largest excess error, naming the input index, the element
             index and the tape and finite-difference values.
     """
+    if not (isinstance(eps, numbers.Real) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"gradcheck: eps must be a positive finite number, got {eps!r}")
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"gradcheck: {name} must be a finite number >= 0, got {tol!r}")
     tensors = [_check_input(i, x) for i, x in enumerate(inputs)]
     checked = [i for i, t in enumerate(tensors) if t.requires_grad]
     if not checked:

@@ -126,7 +126,9 @@ def deterministic(enabled: bool = True) -> Iterator[None]:
         with cudcn.deterministic():
             grads = cudcn.ops.deform_conv2d_backward(grad_out, x, offset, weight)
     """
-    token = _deterministic.set(bool(enabled))
+    if not isinstance(enabled, bool):
+        raise TypeError(f"deterministic(enabled) takes True or False, got {enabled!r}")
+    token = _deterministic.set(enabled)
     try:
         yield
     finally:

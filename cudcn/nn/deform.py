@@ -147,6 +147,17 @@ class _PackBase(_DeformConvBase):
         init.zeros_(self.conv_offset.weight)
         init.zeros_(self.conv_offset.bias)
 
+    def _offsets(self, input: Array) -> Array:
+        """``conv_offset(input)``, after checking the input against this layer (not against the
+        hidden offset convolution, whose weight shape would mean nothing to the caller)."""
+        shape = tuple(getattr(input, "shape", ()))
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}({self.extra_repr()}) takes input of shape "
+                f"(B, {self.in_channels}, H, W), got {shape}"
+            )
+        return self.conv_offset(input)
+
 
 class DeformConv2dPack(_PackBase):
     """mmcv's ``DeformConv2dPack`` (DCNv1 as a drop-in for a convolution): ``forward(input)``.
@@ -194,7 +205,7 @@ class DeformConv2dPack(_PackBase):
 
     def forward(self, input: Array) -> Array:
         """(B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
-        return self._deform(input, self.conv_offset(input), None)
+        return self._deform(input, self._offsets(input), None)
 
 
 class ModulatedDeformConv2dPack(_PackBase):
@@ -247,6 +258,6 @@ class ModulatedDeformConv2dPack(_PackBase):
 
     def forward(self, input: Array) -> Array:
         """(B, C_in, H, W) -> (B, C_out, H_out, W_out)."""
-        out = self.conv_offset(input)
+        out = self._offsets(input)
         split = 2 * self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
         return self._deform(input, out[:, :split], sigmoid(out[:, split:]))

@@ -21,15 +21,17 @@ def _library(a: Any) -> str:
     return "cupy" if is_cupy_array(a) else "numpy"
 
 
-def check_arrays(arrays: Mapping[str, Any]) -> np.dtype:
-    """Check that the given arrays (``None`` entries skipped) are NumPy or CuPy arrays of one library,
-    one float dtype (float16, bfloat16, float32 or float64) and, for CuPy, on the first array's
-    device (the input's); return that dtype."""
+def check_arrays(arrays: Mapping[str, Any], optional: tuple[str, ...] = ()) -> np.dtype:
+    """Check that the given arrays are NumPy or CuPy arrays of one library, one float dtype
+    (float16, bfloat16, float32 or float64) and, for CuPy, on the first array's device (the
+    input's); return that dtype. The arrays named in ``optional`` may be None (skipped)."""
     first_name = None
     first = None
     for name, a in arrays.items():
         if a is None:
-            continue
+            if name in optional:
+                continue
+            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got None")
         if not (isinstance(a, np.ndarray) or is_cupy_array(a)):
             raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, got {type(a).__name__}")
         if not is_float_dtype(a.dtype):

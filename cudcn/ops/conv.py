@@ -95,7 +95,7 @@ def check_conv2d(
     groups: Any,
 ) -> Conv2dGeometry:
     """Validate the arguments of conv2d and return the call's geometry."""
-    check_arrays({"input": input, "weight": weight, "bias": bias})
+    check_arrays({"input": input, "weight": weight, "bias": bias}, optional=("bias",))
     stride = int_pair("stride", stride, 1)
     padding = int_pair("padding", padding, 0)
     dilation = int_pair("dilation", dilation, 1)

@@ -46,7 +46,10 @@ class DeformConv2dParams:
         mask: Array | None,
     ) -> DeformConv2dParams:
         """Validate every argument of deform_conv2d (docs/spec.md) and return its parameters."""
-        check_arrays({"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask})
+        check_arrays(
+            {"input": input, "offset": offset, "weight": weight, "bias": bias, "mask": mask},
+            optional=("bias", "mask"),
+        )
         stride = int_pair("stride", stride, 1)
         padding = int_pair("padding", padding, 0)
         dilation = int_pair("dilation", dilation, 1)

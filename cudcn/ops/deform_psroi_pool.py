@@ -54,7 +54,7 @@ class DeformPSRoIPoolParams:
         trans_std: Any,
     ) -> DeformPSRoIPoolParams:
         """Validate the arguments of deform_psroi_pool (docs/spec.md) and return its parameters."""
-        check_arrays({"input": input, "rois": rois, "trans": trans})
+        check_arrays({"input": input, "rois": rois, "trans": trans}, optional=("trans",))
         check_ndim("input", input, 4, "(B, C, H, W)")
         if min(input.shape[2:]) < 1:
             raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")

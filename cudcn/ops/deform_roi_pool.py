@@ -98,7 +98,7 @@ class DeformRoIPoolParams:
         aligned: Any = True,
     ) -> DeformRoIPoolParams:
         """Validate the arguments of deform_roi_pool (docs/spec.md) and return its parameters."""
-        check_arrays({"input": input, "rois": rois, "offset": offset})
+        check_arrays({"input": input, "rois": rois, "offset": offset}, optional=("offset",))
         check_ndim("input", input, 4, "(B, C, H, W)")
         if min(input.shape[2:]) < 1:
             raise ValueError(f"input must have H, W >= 1, got shape {tuple(input.shape)}")

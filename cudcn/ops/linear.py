@@ -13,7 +13,7 @@ from cudcn.ops._checks import check_arrays, check_ndim, check_shape
 
 def check_linear(input: Array, weight: Array, bias: Array | None) -> None:
     """Validate the arguments of linear."""
-    check_arrays({"input": input, "weight": weight, "bias": bias})
+    check_arrays({"input": input, "weight": weight, "bias": bias}, optional=("bias",))
     check_ndim("weight", weight, 2, "(out_features, in_features)")
     if input.ndim < 1 or input.shape[-1] != weight.shape[1]:
         raise ValueError(

@@ -29,7 +29,7 @@ def check_batch_norm(
 ) -> None:
     """Validate the arguments of batch_norm: the running statistics have the input's compute dtype
     (float32 for a 16-bit input), every other array the input's dtype."""
-    check_arrays({"input": input, "weight": weight, "bias": bias})
+    check_arrays({"input": input, "weight": weight, "bias": bias}, optional=("weight", "bias"))
     stats = {"running_mean": running_mean, "running_var": running_var}
     want = compute_dtype(input.dtype)
     for name, a in stats.items():
@@ -39,7 +39,7 @@ def check_batch_norm(
                 f"are kept in {want}), got {a.dtype}"
             )
     if running_mean is not None or running_var is not None:  # their library and device
-        check_arrays({"input": input.reshape(-1)[:0].astype(want), **stats})
+        check_arrays({"input": input.reshape(-1)[:0].astype(want), **stats}, optional=tuple(stats))
     if not 2 <= input.ndim <= 5:
         raise ValueError(f"input must be (B, C) or (B, C, *spatial), got shape {tuple(input.shape)}")
     channels = input.shape[1]
