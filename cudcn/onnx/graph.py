@@ -153,6 +153,56 @@ def _recorded(outputs: Any, trace: Trace) -> list[tuple[Function, Tensor]]:
     return sorted(produced.items(), key=lambda item: item[0]._seq)
 
 
+NUDGE = 1.0 + 2.0**-7  # the second trace's inputs: the example's floats times this
+
+
+def _check_constants(
+    model: Any,
+    inputs: list[Tensor],
+    module_names: dict[int, str],
+    nodes: list[tuple[Function, Tensor]],
+    state: dict[int, str],
+) -> None:
+    """Refuse a graph that would bake in a value computed from the example input outside the tape
+    (``x * Tensor(x.data.mean())``, ``x * float(x.data.max())``): trace the model again on the
+    example's floats times :data:`NUDGE` and compare every constant operand of every node; one that
+    changed was computed from the input. Skipped when the nudged input is not one the model accepts
+    (integer-valued inputs such as RoI batch indices)."""
+    arrays = [t.data for t in inputs]
+    nudged = [a * a.dtype.type(NUDGE) if a.dtype.kind in "fV" else a for a in arrays]
+    variables = {id(t) for t in inputs}
+    try:
+        trace, outputs = _run_traced(model, [Tensor(a) for a in nudged], module_names)
+        again = _recorded(_check_outputs(outputs, trace), trace)
+    except (ValueError, TypeError):
+        return
+    if [type(node) for node, _ in again] != [type(node) for node, _ in nodes]:
+        raise ExportError(
+            "the model records different ops for another input of the same shape (control flow that "
+            "depends on the input's values): one ONNX graph cannot describe it"
+        )
+    for (node, _), (other, _) in zip(nodes, again, strict=True):
+        for i, (x, y) in enumerate(zip(node._trace_inputs, other._trace_inputs, strict=True)):
+            constant = not isinstance(x, Tensor) or (
+                x.grad_fn is None and id(x) not in state and id(x) not in variables
+            )
+            if constant and not _same_value(x, y):
+                raise ExportError(
+                    f"cannot export {type(node).__name__} in {describe(node)}: its operand {i} is a "
+                    "value computed from the model's input outside the recorded ops (it changed when "
+                    "the input did), which ONNX would bake in as the example's constant; compute it "
+                    "with cudcn ops on the Tensor instead"
+                )
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """Whether two constant operands (arrays, leaf Tensors, scalars, None) hold the same values."""
+    if x is None or y is None:
+        return x is y
+    a, b = (to_numpy(v.data if isinstance(v, Tensor) else v) for v in (x, y))
+    return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
 def _check_outputs(outputs: Any, trace: Trace) -> list[Tensor]:
     items = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
     for i, out in enumerate(items):
@@ -202,8 +252,10 @@ def export_model(
     if hasattr(model, "named_parameters"):
         state.update({id(p): n for n, p in model.named_parameters()})
         state.update({id(b): n for n, b in model.named_buffers()})
-    trace, outputs = _run_traced(model, tensors, {id(m): n for n, m in modules.items()})
+    module_names = {id(m): n for n, m in modules.items()}
+    trace, outputs = _run_traced(model, tensors, module_names)
     outs = _check_outputs(outputs, trace)
+    _check_constants(model, tensors, module_names, _recorded(outs, trace), state)
     out_names = _names(output_names, len(outs), "output", "output_names")
     if len(set(in_names + out_names)) != len(in_names) + len(out_names):
         raise ValueError(f"input and output names must be distinct, got {in_names + out_names}")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from cudcn.autograd import math as am
 from cudcn.autograd import shaping as sh
@@ -41,6 +41,12 @@ def _elementwise(op_type: str) -> Translation:
         return b.node(op_type, [b.value(x, out.dtype) for x in node._trace_inputs])
 
     return translate
+
+
+def _cast(b: GraphBuilder, node: Any, out: Tensor) -> str:
+    """``Tensor.astype``: ONNX Cast (rounds to nearest even, as NumPy and ml_dtypes do)."""
+    (x,) = node._trace_inputs
+    return b.node("Cast", [b.value(x)], to=helper.np_dtype_to_tensor_dtype(np.dtype(out.dtype)))
 
 
 def _pow(b: GraphBuilder, node: Any, out: Tensor) -> str:
@@ -262,6 +268,7 @@ TRANSLATIONS: dict[type[Function], Translation] = {
     am.Sigmoid: _elementwise("Sigmoid"),
     am.Tanh: _elementwise("Tanh"),
     am.Pow: _pow,
+    am.Cast: _cast,
     sh.Sum: _reduce("ReduceSum"),
     sh.Mean: _reduce("ReduceMean"),
     sh.Max: _reduce("ReduceMax"),
