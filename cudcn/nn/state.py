@@ -57,29 +57,27 @@ def state_dict(module: Module) -> OrderedDict[str, Any]:
 _KINDS = {"U": "str", "S": "bytes", "O": "object", "c": "complex", "M": "datetime", "m": "timedelta"}
 
 
-def converted(value: Any, like: Any) -> tuple[Any, tuple[str, str] | None]:
-    """``value`` (an array, a Tensor, a number or a nested list) as an array of ``like``'s array
-    library and dtype, ready to be copied into ``like``; or (None, (what, why)): "wrong shape", or
-    "wrong kind" for elements that are not numbers (strings, bytes, objects, complex numbers)."""
+def converted(value: Any, shape: tuple[int, ...], dtype: Any, xp: Any) -> tuple[Any, tuple[str, str] | None]:
+    """``value`` (an array, a Tensor, a number or a nested list) as an array of the array library
+    ``xp`` (NumPy or CuPy) and ``dtype`` (None: its own), checked to have ``shape``; or
+    (None, (what, why)): "wrong shape", or "wrong kind" for elements that are not numbers (strings,
+    bytes, objects, complex numbers). The result may be ``value`` itself when nothing changes."""
     if isinstance(value, Tensor):
         value = value.data
     try:
-        shape = tuple(np.shape(value))
+        got = tuple(np.shape(value))
     except ValueError as exc:  # a ragged nested list
         return None, ("wrong kind", f"not an array ({exc})")
-    if shape != tuple(like.shape):
-        return None, ("wrong shape", f"expected {tuple(like.shape)}, got {shape}")
-    if is_cupy_array(value) and not is_cupy_array(like):
+    if got != tuple(shape):
+        return None, ("wrong shape", f"expected {tuple(shape)}, got {got}")
+    if is_cupy_array(value) and xp is np:
         value = value.get()
     array = value if is_cupy_array(value) else np.asarray(value)
-    dtype = np.dtype(array.dtype)
-    if dtype.kind not in "biuf" and not is_bfloat16(dtype):
-        kind = _KINDS.get(dtype.kind, "non-numbers")
-        return None, (
-            "wrong kind",
-            f"an array of {kind} ({dtype}), expected numbers to store as {like.dtype}",
-        )
-    return array_module(like).asarray(array).astype(like.dtype, copy=False), None
+    kind = np.dtype(array.dtype).kind
+    if kind not in "biuf" and not is_bfloat16(array.dtype):
+        what = f"an array of {_KINDS.get(kind, 'non-numbers')} ({array.dtype}), expected numbers"
+        return None, ("wrong kind", what)
+    return xp.asarray(array).astype(dtype or array.dtype, copy=False), None
 
 
 def load_state_dict(module: Module, state: Any, strict: bool = True) -> IncompatibleKeys:
@@ -97,7 +95,8 @@ def load_state_dict(module: Module, state: Any, strict: bool = True) -> Incompat
     ready = {}
     for key, where in entries.items():
         if key in values:
-            ready[key], problem = converted(values[key], _array(*where))
+            target = _array(*where)
+            ready[key], problem = converted(values[key], target.shape, target.dtype, array_module(target))
             if problem is not None:
                 problems.append(f"  {problem[0]}: {key}: {problem[1]}")
     if strict:
