@@ -10,7 +10,8 @@ A process killed with SIGKILL cannot clean up after itself: it can leave its tem
 damaged target). The next :func:`atomic_write` of the same target removes such files when the process
 whose id they carry is gone.
 
-:func:`folder_problem` tells, before any work, why a folder could not receive files.
+:func:`folder_problem` tells, before any work, why a folder could not receive files;
+:func:`require_folder` raises it as a ValueError.
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TEMPORARY_MARK", "atomic_write", "folder_problem", "remove_stale_temporaries"]
+__all__ = [
+    "TEMPORARY_MARK",
+    "atomic_write",
+    "folder_problem",
+    "remove_stale_temporaries",
+    "require_folder",
+]
 
 TEMPORARY_MARK = ".cudcn-tmp-"  # temporary files are named ".<target name>.cudcn-tmp-<pid>-<id>"
 
@@ -121,3 +128,15 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"the folder {str(parent)!r} is not writable"
     return None
+
+
+def require_folder(folder: str | os.PathLike, name: str) -> Path:
+    """``folder`` as a Path, checked with :func:`folder_problem` before any work is done.
+
+    Raises:
+        ValueError: "cannot write into <name> '<folder>': <why>".
+    """
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ValueError(f"cannot write into {name} {os.fspath(folder)!r}: {problem}")
+    return Path(folder)
