@@ -8,7 +8,8 @@ was. The target keeps its permission bits (a 0600 checkpoint stays 0600; a new f
 
 A process killed with SIGKILL cannot clean up after itself: it can leave its temporary file (never a
 damaged target). The next :func:`atomic_write` of the same target removes such files when the process
-whose id they carry is gone.
+whose id they carry is gone (judged on this machine: in a folder that several machines write, a
+writer elsewhere whose pid is free here loses its temporary file and fails, its target intact).
 
 :func:`folder_problem` tells, before any work, why a folder could not receive files;
 :func:`require_folder` raises it as a ValueError.
@@ -43,6 +44,10 @@ def _resolve(path: str | os.PathLike) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still exist; always True off POSIX (Windows' os.kill(pid, 0)
+    would send a Ctrl-C, not probe), so no file is ever taken from a live writer."""
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
