@@ -6,7 +6,8 @@
     cudcn demo [conv|roi] [--all] [--quick] [--seeds N] [--epochs N] [--out DIR]
 
 Exit codes: 0 success, 1 a failed check or a missing optional dependency, 2 a bad command line (one
-line on stderr, no traceback).
+line on stderr, no traceback), including a ``--out`` folder that cannot be written (checked before
+any work).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from importlib import metadata
 from typing import NoReturn
 
 import cudcn
+from cudcn.files import require_folder
 
 
 class UsageError(Exception):
@@ -207,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 "cudcn demo: --epochs applies to the conv demo, not to roi (see 'cudcn demo --help')"
             )
+        if args.command == "demo":  # the only subcommand that writes files: check before any work
+            try:
+                require_folder(args.out, "--out")
+            except ValueError as exc:
+                raise UsageError(f"cudcn demo: {exc}") from None
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return 2

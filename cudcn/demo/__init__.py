@@ -31,6 +31,7 @@ from typing import TextIO
 
 from cudcn.demo.experiments import QUICK, Run, Settings, experiment_a, experiment_b, make_context
 from cudcn.demo.runlog import RunLog
+from cudcn.files import require_folder
 
 __all__ = ["QUICK", "DemoResult", "Settings", "run"]
 
@@ -58,6 +59,7 @@ def run(
     from cudcn.demo import models, plots, report
     from cudcn.demo.train import pick_device
 
+    out = require_folder(out, "out")  # before any work, not after the training
     settings = settings if settings is not None else Settings()
     log = RunLog(stream)
     say, lap = log.say, log.lap
@@ -81,9 +83,9 @@ def run(
     say()
     for line in tables:
         say(line)
-    pictures = plots.draw_all(ctx, runs_a, runs_b, Path(out))
+    pictures = plots.draw_all(ctx, runs_a, runs_b, out)
     lap("pictures")
-    saved, note = models.save_trained(ctx.keep["deform"], Path(out))
+    saved, note = models.save_trained(ctx.keep["deform"], out)
     lap("saving")
     say()
     for path in pictures + saved:

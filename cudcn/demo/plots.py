@@ -17,6 +17,7 @@ import numpy as np
 
 from cudcn.demo.experiments import FINETUNES, MODEL_NAMES, Context, Run
 from cudcn.demo.radius import composite_points, predict_with_offsets, regular_radius
+from cudcn.files import atomic_write
 
 COLOURS = {"plain": "tab:blue", "wide": "tab:orange", "deform": "tab:red"}
 
@@ -27,6 +28,14 @@ def _figure(width: float, height: float) -> Any:
     except ImportError as exc:
         raise ImportError("the demo's pictures need matplotlib: pip install 'cudcn[examples]'") from exc
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (:func:`cudcn.files.atomic_write`): Ctrl-C or an error
+    mid-write keeps the picture that was there. The format comes from the suffix (PNG without one)."""
+    with atomic_write(path) as file:
+        fig.savefig(file, format=Path(path).suffix[1:].lower() or "png")
+    return path
 
 
 def _smooth(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +62,7 @@ def training_curves(runs_a: list[Run], runs_b: list[Run], path: Path) -> Path:
     for ax in (ax_a, ax_b):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def accuracy_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
@@ -72,8 +80,7 @@ def accuracy_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def sampling_locations(ctx: Context, path: Path, digit: int = 0) -> Path:
@@ -103,8 +110,7 @@ def sampling_locations(ctx: Context, path: Path, digit: int = 0) -> Path:
         " unit (green): learned (red), regular grid (cyan)",
         fontsize=9,
     )
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def radius_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
@@ -138,8 +144,7 @@ def radius_vs_scale(ctx: Context, runs_a: list[Run], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_all(ctx: Context, runs_a: list[Run], runs_b: list[Run], out: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from typing import TextIO
 
 from cudcn.demo.roi_experiments import NAMES, QUICK, Run, Settings, make_context, run_all
 from cudcn.demo.runlog import RunLog
+from cudcn.files import require_folder
 
 __all__ = ["QUICK", "RoiResult", "Settings", "run"]
 
@@ -60,6 +61,7 @@ def run(
     from cudcn.demo import roi_plots, roi_report
     from cudcn.demo.train import pick_device
 
+    out = require_folder(out, "out")  # before any work, not after the training
     s = settings if settings is not None else Settings()
     log = RunLog(stream)
     say, lap = log.say, log.lap
@@ -83,7 +85,7 @@ def run(
     say()
     for line in lines:
         say(line)
-    pictures = roi_plots.draw_all(ctx, runs, Path(out))
+    pictures = roi_plots.draw_all(ctx, runs, out)
     lap("pictures")
     say()
     for path in pictures:

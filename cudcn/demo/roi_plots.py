@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import cudcn
-from cudcn.demo.plots import _figure
+from cudcn.demo.plots import _figure, save_figure
 from cudcn.demo.roi_data import IOU_BINS
 from cudcn.demo.roi_experiments import NAMES, Context, Run
 from cudcn.demo.roi_models import POOLED
@@ -46,8 +46,7 @@ def gain_by_bin(ctx: Context, runs: list[Run], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("gain over RoIAlign by proposal quality (mean over seeds, band: min-max)", fontsize=9)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _cells(ax, box: np.ndarray, shift: np.ndarray | None, colour: str) -> None:
@@ -131,8 +130,7 @@ def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> 
         " by the learned offsets (bottom); refined boxes dashed, ground truth green",
         fontsize=8,
     )
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
@@ -155,8 +153,7 @@ def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
         )
         ax.grid(alpha=0.3)
     fig.suptitle("deformable head, first seed: each RoI made from a digit", fontsize=9)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def draw_all(ctx: Context, runs: list[Run], out: Path) -> list[Path]:

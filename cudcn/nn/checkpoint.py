@@ -1,15 +1,15 @@
 """Checkpoints: a state dict saved as an ``.npz`` file, written atomically.
 
-The archive is written to a temporary file in the destination's directory, flushed to disk, and
-renamed over the destination with ``os.replace``: a crash or error mid-write leaves the previous
-checkpoint untouched, never a truncated one. Files open with ``numpy.load`` (no pickles).
+The archive is written with :func:`cudcn.files.atomic_write`: to a temporary file in the destination's
+folder, fsynced, and renamed over the destination, so a crash, error or Ctrl-C mid-write leaves the
+previous checkpoint untouched, never a truncated one; the file keeps its mode and a symbolic link
+stays a link. Files open with ``numpy.load`` (no pickles); :func:`load_checkpoint` refuses anything
+else (a ``.npy`` file, a truncated or corrupt archive) with a ValueError naming the file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 from cudcn.autograd import Tensor
 from cudcn.backends import is_cupy_array
 from cudcn.dtypes import is_bfloat16
+from cudcn.files import atomic_write
 from cudcn.nn.module import Module
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
@@ -59,26 +60,36 @@ def save_checkpoint(module_or_state: Module | dict[str, Any], path: str | os.Pat
         if not isinstance(key, str) or not key:
             raise TypeError(f"state keys must be non-empty strings, got {key!r}")
         arrays[key] = _host(value)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            _write_npz(file, arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; use the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_write(path) as file:
+        _write_npz(file, arrays)
 
 
 def load_checkpoint(path: str | os.PathLike) -> OrderedDict[str, np.ndarray]:
     """Read a checkpoint written by :func:`save_checkpoint` (or ``numpy.savez``): an ordered
-    name -> NumPy array mapping, ready for ``Module.load_state_dict``."""
-    with np.load(os.fspath(path), allow_pickle=False) as archive:
-        return OrderedDict((key, archive[key]) for key in archive.files)
+    name -> NumPy array mapping, ready for ``Module.load_state_dict``.
+
+    Raises:
+        ValueError: ``path`` is not an ``.npz`` archive (a ``.npy`` array, another kind of file), is
+            truncated or corrupt, or holds pickled (object) arrays; the message names the file.
+        OSError: the file cannot be read (FileNotFoundError, PermissionError, ...).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    expected = "expected an .npz archive as save_checkpoint or numpy.savez write it"
+    if magic == b"\x93NUMPY":
+        raise ValueError(f"{path!r} holds a .npy array, not an .npz checkpoint: {expected}")
+    if not magic.startswith(b"PK"):
+        raise ValueError(f"{path!r} is not an .npz checkpoint (not a zip archive): {expected}")
+    key = None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            state = OrderedDict()
+            for key in archive.files:
+                state[key] = archive[key]
+            return state
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        where = f" (entry {key!r})" if key is not None else ""
+        raise ValueError(
+            f"{path!r} is a truncated or corrupt .npz checkpoint, or holds pickled objects{where}: {exc}"
+        ) from exc

@@ -260,9 +260,10 @@ class Module:
         """Copy arrays from ``state_dict`` (name -> NumPy/CuPy array or Tensor) into the parameters
         and buffers, in place, converted to each one's array library and dtype.
 
-        Nothing is loaded if a key has the wrong shape, or, with ``strict``, if any key is missing
-        or unexpected: a single ``ValueError`` lists every such key. Returns the missing and
-        unexpected keys.
+        All or nothing: every entry is checked and converted before any is copied. Nothing is
+        loaded if a key has the wrong shape or elements that are not numbers (strings, bytes,
+        objects, complex numbers), or, with ``strict``, if any key is missing or unexpected: a
+        single ``ValueError`` lists every such key. Returns the missing and unexpected keys.
         """
         return state.load_state_dict(self, state_dict, strict)
 

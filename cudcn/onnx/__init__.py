@@ -63,7 +63,9 @@ def export(
             a tuple of Tensors computed from its inputs.
         example_inputs: one NumPy/CuPy array, or a tuple of them (one per ``model`` argument), e.g.
             (B, C, H, W) images, or (features, rois) for a RoI head.
-        f: a file path or a writable binary file for the model; None writes nothing.
+        f: a file path or a writable binary file for the model; None writes nothing. A path is
+            written atomically (:func:`cudcn.files.atomic_write`): a failed, interrupted or killed
+            export leaves the previous file as it was; its mode and a symbolic link are kept.
         opset: the ONNX opset, at least 19 (the first with ``DeformConv``); 22 or more for a bfloat16
             model (the first where Conv, DeformConv and the poolings take bfloat16).
         input_names, output_names: graph names; default ``input`` / ``output`` (``input_0``, ... when
@@ -90,9 +92,13 @@ def export(
         import onnx
     except ImportError as exc:
         raise ImportError("cudcn.onnx.export needs the onnx package: pip install 'cudcn[onnx]'") from exc
+    from cudcn.files import atomic_write
     from cudcn.onnx.graph import export_model
 
     model_proto = export_model(model, example_inputs, opset, input_names, output_names, bool(dynamic_batch))
-    if f is not None:
+    if isinstance(f, (str, os.PathLike)):
+        with atomic_write(f) as file:  # a failed or killed export keeps the previous model
+            file.write(model_proto.SerializeToString())
+    elif f is not None:
         onnx.save_model(model_proto, f)
     return model_proto

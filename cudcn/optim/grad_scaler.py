@@ -204,22 +204,29 @@ class GradScaler:
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (nothing happens when disabled)."""
+        """Restore what :meth:`state_dict` returned (nothing happens when disabled). All or nothing:
+        a value out of range raises and changes nothing."""
         if not self._enabled:
             return
         if not state_dict:
             raise RuntimeError(
                 "the source state dict is empty, possibly because it was saved from a disabled GradScaler"
             )
-        scale = state_dict["scale"]
-        scale = _positive("state_dict['scale']", scale.item() if hasattr(scale, "item") else scale)
-        self._set_factors(
-            state_dict["growth_factor"],
-            state_dict["backoff_factor"],
-            state_dict["growth_interval"],
+        missing = [k for k in self.state_dict() if k not in state_dict]
+        if missing:
+            raise ValueError(f"state_dict lacks {missing}: expected what GradScaler.state_dict() returns")
+        values = {k: v.item() if hasattr(v, "item") else v for k, v in state_dict.items()}
+        tracker = values["_growth_tracker"]
+        if isinstance(tracker, bool) or not isinstance(tracker, numbers.Integral) or tracker < 0:
+            raise TypeError(f"state_dict['_growth_tracker'] must be an int >= 0, got {tracker!r}")
+        checked = GradScaler(  # all or nothing: every value checked by the constructor's rules first
+            _positive("state_dict['scale']", values["scale"]),
+            values["growth_factor"],
+            values["backoff_factor"],
+            values["growth_interval"],
         )
-        tracker = state_dict["_growth_tracker"]
-        self._scale, self._growth_tracker = scale, int(tracker)
+        self._set_factors(checked._growth_factor, checked._backoff_factor, checked._growth_interval)
+        self._scale, self._growth_tracker = checked._scale, int(tracker)
 
     def __repr__(self) -> str:
         if not self._enabled:

@@ -4,7 +4,8 @@ StepLR, CosineAnnealingLR and OneCycleLR, on a shared :class:`LRScheduler` base.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cudcn.optim.optimizers import Optimizer
@@ -45,9 +46,16 @@ class LRScheduler:
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the epoch counter and base rates, and set the learning rates accordingly."""
-        self.last_epoch = int(state["last_epoch"])
-        self.base_lrs = list(state["base_lrs"])
+        """Restore the epoch counter and base rates, and set the learning rates accordingly. All
+        or nothing: both are checked first, and an error changes nothing."""
+        last_epoch = _saved_epoch(state)
+        base_lrs = state.get("base_lrs")
+        groups = len(self.optimizer.param_groups)
+        if not isinstance(base_lrs, (list, tuple)) or len(base_lrs) != groups:
+            raise ValueError(f"state['base_lrs'] must hold one rate per group ({groups}), got {base_lrs!r}")
+        if not all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in base_lrs):
+            raise TypeError(f"state['base_lrs'] must hold numbers, got {base_lrs!r}")
+        self.last_epoch, self.base_lrs = last_epoch, list(base_lrs)
         self._apply()
 
     def _apply(self) -> None:
@@ -196,8 +204,25 @@ class OneCycleLR(LRScheduler):
         return {"last_epoch": self.last_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_epoch = int(state["last_epoch"])
+        """Restore the step counter and set the rates (and momentum) for it; all or nothing."""
+        last_epoch = _saved_epoch(state)
+        if last_epoch > self.total_steps:
+            raise ValueError(
+                f"state['last_epoch'] is {last_epoch}; the schedule has total_steps = {self.total_steps}"
+            )
+        self.last_epoch = last_epoch
         self._apply()
+
+
+def _saved_epoch(state: Any) -> int:
+    """``state["last_epoch"]``, checked to be an int >= 0 (a NumPy integer or 0-d array is fine)."""
+    if not isinstance(state, Mapping) or "last_epoch" not in state:
+        raise ValueError(f"expected a scheduler's state_dict() with 'last_epoch', got {state!r}")
+    value = state["last_epoch"]
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise TypeError(f"state['last_epoch'] must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 def _positive_int(name: str, value: Any) -> int:

@@ -134,24 +134,17 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore hyperparameters and state saved by :meth:`state_dict` from an optimiser with the
-        same group sizes; state arrays are copied into each parameter's array library."""
-        groups = state_dict["param_groups"]
-        sizes = [len(g["params"]) for g in self.param_groups]
-        saved = [len(g["params"]) for g in groups]
-        if sizes != saved:
-            raise ValueError(f"state_dict has group sizes {saved}, this optimiser has {sizes}")
-        by_index = {}
-        for group, saved_group in zip(self.param_groups, groups, strict=True):
-            for p, i in zip(group["params"], saved_group["params"], strict=True):
-                by_index[i] = p
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
-        self.state = {}
-        for i, s in state_dict["state"].items():
-            p = by_index[int(i)]
-            xp = array_module(p.data)
-            self.state[id(p)] = {
-                k: xp.array(v, copy=True) if hasattr(v, "shape") else v for k, v in s.items()
-            }
+        same group sizes; state arrays are copied into each parameter's array library.
+
+        All or nothing: the whole state is checked first (group sizes, parameter indices, each
+        group's hyperparameters by this optimiser's rules, state arrays of the parameter's shape
+        holding numbers), and a ValueError or TypeError naming the problem changes nothing."""
+        from cudcn.optim.loading import checked_state  # late: cudcn.nn imports cudcn.optim
+
+        hyperparameters, state = checked_state(self, state_dict)
+        for group, values in zip(self.param_groups, hyperparameters, strict=True):
+            group.update(values)
+        self.state = state
 
 
 class SGD(Optimizer):
