@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from cudcn.distributed.agreement import EXIT, Call, digest, disagreement
+from cudcn.distributed.mpi import TIMEOUT_VARIABLE, collective_timeout
 from tests.distributed.ranks import run_ranks
 
 LIMIT = 60  # seconds; a job still running then is killed and the test fails
@@ -50,3 +52,61 @@ def test_a_stuck_rank_ends_the_job_after_the_collective_timeout():
     assert "allreduce #" in output and "did not complete within 2 s" in output
     assert "CUDCN_COLLECTIVE_TIMEOUT" in output
     assert "rank 0 finished" not in output
+
+
+@pytest.mark.slow
+def test_a_rank_may_leave_while_another_computes_past_the_timeout():
+    """Rank 1 leaves while rank 0 computes alone for 3 s with ``CUDCN_COLLECTIVE_TIMEOUT=1``: the
+    wait at exit has no timeout, so the job ends normally when rank 0 leaves too."""
+    env = {"CUDCN_COLLECTIVE_TIMEOUT": "1"}
+    result, seconds = run_ranks("out_of_step.py", "late_exit", timeout=LIMIT, env=env)
+    print(f"ended after {seconds:.1f} s, exit code {result.returncode}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0 finished" in result.stdout
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def test_disagreement_names_every_ranks_view():
+    allreduce = Call("allreduce", ("op sum", "dtype float64", "shape (4,)"), None, 7)
+    assert digest(allreduce) == digest(allreduce._replace(sequence=8))  # the number only labels
+    assert digest(allreduce) != digest(Call("barrier", (), None, 7))
+    error = disagreement([allreduce, Call(EXIT, (), None, 7), allreduce])
+    assert isinstance(error, RuntimeError)
+    assert str(error).startswith(
+        "the ranks are out of step: ranks [0, 2] wait in allreduce #7 (op sum, dtype float64, "
+        "shape (4,)); rank 1 left the job"
+    )
+    assert "A rank leaves when its script ends" in str(error)
+    error = disagreement([Call("SyncBatchNorm", ("a",), None, 3), Call("DistributedOptimizer", (), None, 3)])
+    assert "is one rank's model in eval mode?" in str(error)
+    error = disagreement([allreduce, allreduce._replace(items=("op sum", "dtype float32", "shape (4,)"))])
+    assert isinstance(error, ValueError)
+    assert (
+        str(error)
+        == "allreduce: the ranks disagree at item 1: rank 0 has dtype float64, rank 1 has dtype float32"
+    )
+    error = disagreement([allreduce, Call("allreduce", (), "TypeError: array must have dtype ...", 7)])
+    assert isinstance(error, ValueError)
+    assert str(error).startswith("allreduce: rank 1 rejected its arguments (TypeError: array must have dtype")
+    long = Call("broadcast_parameters", tuple(f"p{i}" for i in range(10)), None, 2)
+    assert long.doing() == "waits in broadcast_parameters #2 (p0, p1, p2, p3, ...)"
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 300.0), ("", 300.0), ("2.5", 2.5), ("0", None), ("inf", None)]
+)
+def test_collective_timeout_from_the_environment(monkeypatch, value, seconds):
+    if value is None:
+        monkeypatch.delenv(TIMEOUT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(TIMEOUT_VARIABLE, value)
+    assert collective_timeout() == seconds
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan"])
+def test_collective_timeout_rejects_nonsense(monkeypatch, value):
+    monkeypatch.setenv("CUDCN_COLLECTIVE_TIMEOUT", value)
+    with pytest.raises(ValueError, match=r"CUDCN_COLLECTIVE_TIMEOUT must be a number of seconds >= 0"):
+        collective_timeout()

@@ -14,6 +14,9 @@ Scenarios (rank 0 always waits in ``comm.allreduce`` unless said otherwise):
 * ``syncbn``: a ``SyncBatchNorm`` forward, in training mode on rank 0 and eval mode on rank 1;
 * ``caught_typeerror``: rank 1 passes an int16 array, catches the TypeError and goes on;
 * ``stuck``: rank 1 computes far longer than ``CUDCN_COLLECTIVE_TIMEOUT`` before its allreduce.
+
+And one that must end well (exit code 0, "rank 0 finished"): ``late_exit``, rank 1 leaves while
+rank 0 computes alone for longer than ``CUDCN_COLLECTIVE_TIMEOUT``, then leaves too.
 """
 
 import sys
@@ -58,6 +61,9 @@ elif scenario == "caught_typeerror":
     except TypeError as exc:
         print(f"rank {comm.rank} caught: {exc}", flush=True)
     comm.allreduce(x)
+elif scenario == "late_exit":
+    if not leaves:
+        time.sleep(3)
 elif scenario == "stuck":
     if leaves:
         time.sleep(120)
