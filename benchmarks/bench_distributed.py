@@ -237,4 +237,5 @@ def resnet() -> None:
     )
 
 
-{"train": train, "allreduce": allreduce, "overhead": overhead, "buckets": buckets, "resnet": resnet}[args.part]()
+PARTS = {"train": train, "allreduce": allreduce, "overhead": overhead, "buckets": buckets, "resnet": resnet}
+PARTS[args.part]()
