@@ -3,6 +3,7 @@
     python benchmarks/bench_distributed.py train                          # 1 rank
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py train   # 2 ranks
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py allreduce
+    mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py overhead --repeats 5000
     mpiexec -n 2 python -m mpi4py benchmarks/bench_distributed.py buckets
     python benchmarks/bench_distributed.py resnet                         # compute of one rank
 
@@ -13,6 +14,10 @@
   included), and the images/s of all ranks together.
 * ``allreduce``: ``Communicator.allreduce`` of float32 arrays from 4 B to 64 MiB (median of
   ``--repeats``), to fit latency and bandwidth of this machine's MPI.
+* ``overhead``: the cost of the collectives' safety (argument check, agreement on the next
+  collective, polled waits): median of ``--repeats`` back-to-back calls of a raw mpi4py
+  ``Allreduce`` of 4 float64 (the floor), ``comm.allreduce`` of the same array with and without
+  ``check``, ``comm.barrier()``, and a checked allreduce of 1 MiB.
 * ``buckets``: ``DistributedOptimizer.average_gradients`` for the demo net's and ResNet-50's
   parameter shapes (25.6 M float32) at several bucket sizes.
 * ``resnet``: forward + backward of a ResNet-50 whose 3x3 convolutions in stages 3-5 are
@@ -35,7 +40,7 @@ from cudcn import functional as F
 from cudcn import nn, optim
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("part", choices=["train", "allreduce", "buckets", "resnet"])
+parser.add_argument("part", choices=["train", "allreduce", "overhead", "buckets", "resnet"])
 parser.add_argument("--batch", type=int, default=64)
 parser.add_argument("--steps", type=int, default=20)
 parser.add_argument("--repeats", type=int, default=20)
@@ -113,6 +118,26 @@ def allreduce() -> None:
             comm.allreduce(a, "sum", check=False)
             times.append(time.perf_counter() - start)
         report(part="allreduce", bytes=a.nbytes, us=1e6 * statistics.median(times))
+
+
+def overhead() -> None:
+    from mpi4py import MPI
+
+    small, large = np.ones(4), np.ones(2**17)  # 32 B and 1 MiB of float64
+    calls = {
+        "raw mpi4py Allreduce, 32 B": lambda: MPI.COMM_WORLD.Allreduce(MPI.IN_PLACE, small),
+        "allreduce, 32 B": lambda: comm.allreduce(small),
+        "allreduce check=False, 32 B": lambda: comm.allreduce(small, check=False),
+        "barrier": comm.barrier,
+        "allreduce, 1 MiB": lambda: comm.allreduce(large),
+    }
+    for name, call in calls.items():
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        report(part="overhead", call=name, repeats=args.repeats, median_us=1e6 * statistics.median(times))
 
 
 def resnet50_shapes() -> list[tuple[int, ...]]:
@@ -212,4 +237,5 @@ def resnet() -> None:
     )
 
 
-{"train": train, "allreduce": allreduce, "buckets": buckets, "resnet": resnet}[args.part]()
+PARTS = {"train": train, "allreduce": allreduce, "overhead": overhead, "buckets": buckets, "resnet": resnet}
+PARTS[args.part]()

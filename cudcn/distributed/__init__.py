@@ -12,8 +12,10 @@ Every rank runs the same script on its shard of each global batch::
     ...                                                  # loss.backward(); opt.step()
 
 Launch with ``mpiexec -n 4 python -m mpi4py train.py``: ``-m mpi4py`` aborts every rank when one
-raises (``init`` also installs that behaviour for uncaught exceptions). Nothing here imports mpi4py
-or CuPy until a communicator needs it.
+raises (``init`` also installs that behaviour for uncaught exceptions). No rank waits forever: the
+ranks agree on each collective before it, a rank that leaves tells the others at exit, and a wait
+longer than ``CUDCN_COLLECTIVE_TIMEOUT`` seconds (default 300) aborts the job (docs/distributed.md,
+"Failures"). Nothing here imports mpi4py or CuPy until a communicator needs it.
 """
 
 from cudcn.distributed.batchnorm import sync_batch_norm

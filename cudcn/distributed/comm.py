@@ -2,9 +2,11 @@
 
 Notation: ``size`` processes (ranks) numbered ``0 .. size - 1``; every rank runs the same script.
 A collective (``allreduce``, ``broadcast``, ``barrier``) must be called by every rank, in the same
-order, with arrays of the same shape and dtype. The public collectives first check that last rule
-across ranks (one 16-byte allreduce of a hash of the arguments): on a mismatch every rank raises the
-same ``ValueError`` naming it, instead of hanging or exchanging mismatched bytes.
+order, with arrays of the same shape and dtype. Before each one the ranks agree on what comes next
+(one 16-byte allreduce of a hash of the collective's name and arguments, see
+``cudcn.distributed.agreement``): when they disagree, every rank raises an error naming each rank's
+view instead of hanging or exchanging mismatched bytes. A rank whose own arguments are wrong joins
+that agreement with its error, so the others raise too. ``barrier`` is that agreement alone.
 
 The MPI communicator is in ``cudcn.distributed.mpi``, the NCCL one in ``cudcn.distributed.nccl``;
 mpi4py is imported only when one is created, so ``import cudcn`` never imports it.
@@ -12,16 +14,16 @@ mpi4py is imported only when one is created, so ``import cudcn`` never imports i
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from cudcn.arrays import Array, is_cupy_array
+from cudcn.distributed.agreement import Call, digest, disagreement
 
 __all__ = [
     "Communicator",
@@ -54,22 +56,9 @@ def contiguous(array: Array) -> Array:
     return xp.ascontiguousarray(array)
 
 
-def first_difference(every: list[list[str]]) -> str:
-    """Name the first item where some rank's list differs from rank 0's (``every[r]``: rank r's)."""
-    ours = every[0]
-    for i in range(max(len(items) for items in every)):
-        for rank, theirs in enumerate(every):
-            a = ours[i] if i < len(ours) else "nothing"
-            b = theirs[i] if i < len(theirs) else "nothing"
-            if a != b:
-                return f"the ranks disagree at item {i}: rank 0 has {a}, rank {rank} has {b}"
-    return "the ranks disagree"
-
-
 class Communicator:
-    """The collectives of one rank. Subclasses implement ``_reduce``, ``_broadcast``,
-    ``_gather_objects`` and ``barrier``; this class validates the arguments and checks them
-    across ranks.
+    """The collectives of one rank. Subclasses implement ``_reduce``, ``_broadcast`` and
+    ``_gather_objects``; this class validates the arguments and has the ranks agree on them.
 
     Attributes:
         rank: this process's rank, ``0 <= rank < size``.
@@ -80,6 +69,8 @@ class Communicator:
     rank: int = 0
     size: int = 1
     backend: str = ""
+    _sequence: int = 0  # agreements so far (labels messages: "allreduce #12")
+    _current: str = "no collective yet"  # the last agreement, for a payload that never completes
 
     def allreduce(self, array: Array, op: str = "sum", *, check: bool = True) -> Array:
         """Reduce ``array`` over all ranks, in place, and return it.
@@ -88,21 +79,23 @@ class Communicator:
             array: a NumPy or CuPy array (float32, float64, int32 or int64), any shape, the same
                 shape and dtype on every rank.
             op: ``"sum"``, ``"mean"`` (floating arrays only) or ``"max"``.
-            check: check the shape, dtype and op across ranks first (``False`` only for callers
-                that checked a whole sequence of collectives with :meth:`check_agreement`).
+            check: agree on the shape, dtype and op across ranks first (``False`` only for callers
+                that checked a whole sequence of collectives with :meth:`check_agreement`: then
+                nothing is exchanged first, and an argument error is raised on this rank only).
 
         Returns:
             ``array``, holding the element-wise reduction on every rank.
         """
-        check_array("array", array)
-        if op not in OPS:
-            raise ValueError(f"op must be one of {OPS}, got {op!r}")
-        if op == "mean" and array.dtype.kind != "f":
-            raise TypeError(f"op 'mean' needs a floating array, got dtype {array.dtype}")
-        if check:
-            self.check_agreement(
-                "allreduce", [f"op {op}", f"dtype {array.dtype}", f"shape {tuple(array.shape)}"]
-            )
+
+        def validate() -> list[str]:
+            check_array("array", array)
+            if op not in OPS:
+                raise ValueError(f"op must be one of {OPS}, got {op!r}")
+            if op == "mean" and array.dtype.kind != "f":
+                raise TypeError(f"op 'mean' needs a floating array, got dtype {array.dtype}")
+            return [f"op {op}", f"dtype {array.dtype}", f"shape {tuple(array.shape)}"]
+
+        self._validate_and_agree("allreduce", validate, check)
         if self.size == 1:
             return array
         buffer = contiguous(array)
@@ -121,15 +114,16 @@ class Communicator:
             root: the rank whose values are sent, ``0 <= root < size``.
             check: as in :meth:`allreduce`.
         """
-        check_array("array", array)
-        if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
-            raise TypeError(f"root must be an int, got {type(root).__name__}")
-        if not 0 <= root < self.size:
-            raise ValueError(f"root must be in [0, {self.size}), got {root}")
-        if check:
-            self.check_agreement(
-                "broadcast", [f"root {root}", f"dtype {array.dtype}", f"shape {tuple(array.shape)}"]
-            )
+
+        def validate() -> list[str]:
+            check_array("array", array)
+            if isinstance(root, bool) or not isinstance(root, (int, np.integer)):
+                raise TypeError(f"root must be an int, got {type(root).__name__}")
+            if not 0 <= root < self.size:
+                raise ValueError(f"root must be in [0, {self.size}), got {root}")
+            return [f"root {root}", f"dtype {array.dtype}", f"shape {tuple(array.shape)}"]
+
+        self._validate_and_agree("broadcast", validate, check)
         if self.size == 1:
             return array
         buffer = contiguous(array)
@@ -139,28 +133,54 @@ class Communicator:
         return array
 
     def barrier(self) -> None:
-        """Wait until every rank has called ``barrier``."""
+        """Wait until every rank has called ``barrier``: an agreement with no payload, so a rank
+        in another collective, or one that left, makes every rank raise (see :meth:`check_agreement`)."""
+        self.check_agreement("barrier", [])
 
     def check_agreement(self, what: str, items: Sequence[str]) -> None:
-        """Raise the same ``ValueError`` on every rank unless every rank passed equal ``items``.
+        """Raise on every rank unless every rank called ``check_agreement`` with equal ``what`` and
+        ``items``: a ``ValueError`` naming the first item that differs when ``what`` is the same
+        everywhere, else a ``RuntimeError`` saying what each rank is doing (the ranks are out of
+        step: different collectives, or a rank that left the job).
 
-        Costs one allreduce of two int64 (a 64-bit hash of ``items``); only on a mismatch are the
-        items gathered, to name the first one that differs.
+        Costs one allreduce of two int64 (a 64-bit hash of ``what`` and ``items``); only on a
+        mismatch are the calls gathered, to name the difference.
 
         Args:
-            what: the operation, for the message (``"broadcast_parameters"``).
+            what: the operation (``"broadcast_parameters"``), which the other ranks must be in too.
             items: short descriptions (``"conv.weight (8, 1, 3, 3) float32"``), in call order.
         """
+        self._agree(Call(what, tuple(str(item) for item in items), None, self._sequence + 1))
+
+    def _validate_and_agree(self, what: str, validate: Callable[[], list[str]], check: bool) -> None:
+        """Run ``validate`` (this rank's argument checks, returning the items to agree on) and, with
+        ``check``, agree on the call across ranks. A TypeError or ValueError from ``validate`` is
+        raised after the agreement, so that the other ranks raise too instead of waiting."""
+        try:
+            items = validate()
+        except (TypeError, ValueError) as exc:
+            if check:
+                self._agree(Call(what, (), f"{type(exc).__name__}: {exc}", self._sequence + 1))
+            raise
+        if check:
+            self.check_agreement(what, items)
+
+    def _agree(self, call: Call) -> None:
+        """Exchange ``call``'s hash with every rank; on a mismatch gather the calls and raise the
+        error of :func:`~cudcn.distributed.agreement.disagreement` (a rank with a ``problem`` of
+        its own returns instead, for its caller to raise that)."""
         if self.size == 1:
             return
-        items = [str(item) for item in items]
-        digest = hashlib.blake2b("\n".join(items).encode(), digest_size=8).digest()
-        h = int.from_bytes(digest, "little", signed=True)
+        self._sequence = call.sequence
+        self._current = f"{call.what} #{call.sequence}"
+        h = digest(call)
         flags = np.array([h, ~h], dtype=np.int64)
         self._reduce(flags, "max")  # max(h) == min(h) on every rank iff all agree
         if flags[0] == ~flags[1]:
             return
-        raise ValueError(f"{what}: {first_difference(self._gather_objects(items))}")
+        error = disagreement(self._gather_objects(call))
+        if call.problem is None:
+            raise error
 
     def _reduce(self, buffer: Array, op: str) -> None:
         raise NotImplementedError

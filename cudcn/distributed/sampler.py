@@ -29,6 +29,11 @@ class ShardSampler:
     multiple of ``size`` (``n // size`` each; some items are not seen). Call :meth:`set_epoch` at
     the start of each epoch for a new order.
 
+    Creating a sampler is a collective: the ranks check that they all passed the same ``n``,
+    ``shuffle``, ``seed`` and ``drop_last`` (otherwise their shards would overlap, or one rank would
+    run out of batches and leave the others waiting in the next allreduce), and on a difference
+    every rank raises a ``ValueError`` naming it.
+
     Args:
         n: the number of items (>= 0).
         comm: the communicator whose ``rank`` and ``size`` are used (None: the default one).
@@ -59,6 +64,9 @@ class ShardSampler:
             self.num_samples = self.n // self.size
         else:
             self.num_samples = math.ceil(self.n / self.size)
+        if isinstance(comm, Communicator):  # not a stand-in with rank and size only
+            agreed = [f"dataset length n={self.n}", f"shuffle={self.shuffle}", f"seed={self.seed}"]
+            comm.check_agreement("ShardSampler", [*agreed, f"drop_last={bool(drop_last)}"])
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` (>= 0) from now on."""

@@ -1,9 +1,8 @@
 """cudcn.distributed: in-process checks of every piece, then 2-rank runs under ``mpiexec``.
 
-Each multi-rank test starts ``mpiexec -n 2 <python> -m mpi4py mpi/<script> <out>`` (mpi/ beside this
-file) in its own process group, kills the group on a timeout, and reads what rank 0 wrote to
-``<out>``; it never parses the ranks' interleaved output. Ranks get one Numba/OpenMP/BLAS thread
-each (2 ranks on 2 cores). Without ``mpiexec`` or mpi4py these tests skip, saying so.
+Each multi-rank test starts ``mpiexec -n 2 <python> -m mpi4py mpi/<script> <out>`` through
+``tests/distributed/ranks.py`` and reads what rank 0 wrote to ``<out>``; it never parses the ranks'
+interleaved output. Without ``mpiexec`` or mpi4py these tests skip, saying so.
 """
 
 from __future__ import annotations
@@ -12,58 +11,21 @@ import importlib.util
 import io
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import cudcn.distributed as dist
 from cudcn import Tensor, nn, optim
+from tests.distributed.ranks import run_ranks
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = Path(__file__).resolve().parent / "mpi"
-RANK_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 EQUIVALENCE_SEED = 20261201  # tests/distributed/mpi/train_equivalence.py's SEED
-
-
-def mpiexec() -> str:
-    """The ``mpiexec`` next to this interpreter (the mpich wheel's) or on PATH, else skip."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install 'cudcn[distributed]')")
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    found = shutil.which("mpiexec", path=path)
-    if found is None:
-        pytest.skip("mpiexec not found (pip install mpich)")
-    return found
-
-
-def run_ranks(script: str, *args: str, n: int = 2, timeout: float = 120, via_mpi4py: bool = True):
-    """Run ``script`` (in tests/distributed/mpi, or a path from the repository root) on ``n`` ranks; returns
-    (CompletedProcess, seconds). The whole process group is killed if it outlives ``timeout``."""
-    launcher = [sys.executable, "-m", "mpi4py"] if via_mpi4py else [sys.executable]
-    path = SCRIPTS / script if (SCRIPTS / script).exists() else ROOT / script
-    command = [mpiexec(), "-n", str(n), *launcher, str(path), *args]
-    env = {**os.environ, **RANK_ENV, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{script} on {n} ranks still ran after {timeout} s (killed):\n{err[-3000:]}")
-    result = subprocess.CompletedProcess(command, proc.returncode, out, err)
-    return result, time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- one process
