@@ -113,26 +113,49 @@ __device__ __forceinline__ void bilinear_sample_grad(const S* plane, int height,
   grad_x = hy * (c.v01 - c.v00) + c.ly * (c.v11 - c.v10);
 }
 
-// Where a backward kernel's scatter goes. With scale == 0: atomicAdd on T, fast, but the order of
-// the additions, and so the last bits of the sums, varies from run to run. With scale > 0 (the
-// deterministic mode): value * scale rounded to an int64, added with an integer atomicAdd (two's
-// complement on unsigned long long), exact, so no order changes the sum; the launcher chose the
-// power-of-two scale so every sum stays below 2**62 and converts the integers back. A non-finite
-// value still goes to target with atomicAdd: a sum of NaNs and infinities is the same in any order.
+// Where a backward kernel's scatter goes, in one of three passes (the launcher's `scatter_pass`,
+// cudcn/backends/launch/common.py, ScatterTarget; docs/determinism.md has the design and the bound):
+//   * kScatterAtomic: atomicAdd on T, fast, but the order of the additions, and so the last bits of
+//     the sums, varies from run to run.
+//   * kScatterSurvey (deterministic mode, first launch): per destination element, the largest binary
+//     exponent E of its finite nonzero contributions (atomicMax on int, order-free) into shift[2i]
+//     and their count m (integer atomicAdd) into fixed[2i]. The launcher then writes per element
+//     the shifts s = 62 - E - L and k = 62 - L, where m < 2**L, and zeroes fixed.
+//   * kScatterAdd (second launch, same contributions): x = value * 2**s is split into a high word
+//     round(x) and a low word round((x - round(x)) * 2**k), each added with an integer atomicAdd
+//     (two's complement on unsigned long long), exact, so no order changes either sum; by the
+//     choice of s and k neither sum can reach 2**63. The launcher converts the two back.
+// Each destination has its own scale, so a huge value elsewhere in the launch costs it nothing. A
+// non-finite value skips the survey and goes to target with atomicAdd: a sum of NaNs and
+// infinities is the same in any order.
+enum : int { kScatterAtomic = 0, kScatterSurvey = 1, kScatterAdd = 2 };
+
 template <typename T>
 struct Scatter {
   T* target;
-  unsigned long long* fixed;
-  double scale;
+  unsigned long long* fixed;  // two words per element of target (deterministic passes only)
+  int* shift;                 // two ints per element of target (deterministic passes only)
+  int pass;
 
   template <typename I>
   __device__ __forceinline__ void add(I index, T value) const {
-    if (scale > 0.0 && isfinite(value)) {
-      const long long units = __double2ll_rn(static_cast<double>(value) * scale);
-      atomicAdd(fixed + index, static_cast<unsigned long long>(units));
-    } else {
-      atomicAdd(target + index, value);
+    if (pass == kScatterAtomic || !isfinite(value)) {
+      if (pass != kScatterSurvey) atomicAdd(target + index, value);
+      return;
     }
+    if (value == T(0)) return;
+    const long long slot = 2 * static_cast<long long>(index);
+    const double v = static_cast<double>(value);
+    if (pass == kScatterSurvey) {
+      atomicMax(shift + slot, ilogb(v) + 1);  // |v| < 2**(ilogb(v) + 1), subnormals included
+      atomicAdd(fixed + slot, 1ull);
+      return;
+    }
+    const double x = ldexp(v, shift[slot]);  // exact unless it underflows (then below one unit)
+    const long long high = __double2ll_rn(x);
+    const long long low = __double2ll_rn(ldexp(x - static_cast<double>(high), shift[slot + 1]));
+    atomicAdd(fixed + slot, static_cast<unsigned long long>(high));
+    atomicAdd(fixed + slot + 1, static_cast<unsigned long long>(low));
   }
 };
 

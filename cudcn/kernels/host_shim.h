@@ -58,7 +58,9 @@ using std::ceil;
 using std::floor;
 using std::fmax;
 using std::fmin;
+using std::ilogb;
 using std::isfinite;
+using std::ldexp;
 using std::round;
 
 // CUDA's min / max: fmin / fmax for floating values (a NaN operand yields the other operand).
@@ -101,6 +103,15 @@ template <typename T>
 inline T atomicCAS(T* address, T compare, T value) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, value, std::memory_order_relaxed);
   return compare;  // the old value, whether or not it was replaced
+}
+
+template <typename T>
+inline T atomicMax(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load(std::memory_order_relaxed);
+  while (old < value && !ref.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
+  }
+  return old;
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
