@@ -79,7 +79,7 @@ __global__ void deform_conv2d_col2im(const compute_t<S>* __restrict__ columns,
                                      const S* __restrict__ offset, const S* __restrict__ mask,
                                      compute_t<S>* __restrict__ grad_input,
                                      unsigned long long* __restrict__ fixed_input,
-                                     int* __restrict__ shift_input, int scatter_pass, I n,
+                                     int scatter_pass, I n,
                                      int batch, int channels, int height, int width, int out_h,
                                      int out_w, int kernel_h, int kernel_w, int stride_h,
                                      int stride_w, int pad_h, int pad_w, int dilation_h,
@@ -95,7 +95,7 @@ __global__ void deform_conv2d_col2im(const compute_t<S>* __restrict__ columns,
     const int ox = p % out_w;
     const int g = c / (channels / offset_groups);
 
-    const Scatter<T> scatter{grad_input, fixed_input, shift_input, scatter_pass};
+    const Scatter<T> scatter{grad_input, fixed_input, scatter_pass};
     const I plane = (static_cast<I>(b) * channels + c) * height * width;
     const S* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
     const I mask_base = static_cast<I>(b * offset_groups + g) * taps * out_plane;  // if use_mask

@@ -167,8 +167,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
                                            compute_t<S>* __restrict__ grad_trans,
                                            unsigned long long* __restrict__ fixed_input,
                                            unsigned long long* __restrict__ fixed_trans,
-                                           int* __restrict__ shift_input,
-                                           int* __restrict__ shift_trans, int scatter_pass, I n,
+                                           int scatter_pass, I n,
                                            int channels, int height, int width,
                                            compute_t<S> spatial_scale, int output_dim,
                                            int group_size, int pooled, int part_size,
@@ -187,7 +186,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
     if (count == 0) continue;
     const I plane_start = (static_cast<I>(bin.b) * channels + bin.c) * height * width;
     const S* plane = input + plane_start;
-    const Scatter<T> to_input{grad_input, fixed_input, shift_input, scatter_pass};
+    const Scatter<T> to_input{grad_input, fixed_input, scatter_pass};
     const T g = widen(grad_out[index]) / static_cast<T>(count);
     T sum_x = T(0), sum_y = T(0);
     for (int ih = 0; ih < sample_per_part; ++ih) {
@@ -211,7 +210,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
       }
     }
     if (use_trans) {
-      const Scatter<T> to_trans{grad_trans, fixed_trans, shift_trans, scatter_pass};
+      const Scatter<T> to_trans{grad_trans, fixed_trans, scatter_pass};
       to_trans.add(bin.trans_x, sum_x * trans_std * bin.roi_w * g);
       to_trans.add(bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h * g);
     }

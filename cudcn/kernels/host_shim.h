@@ -58,9 +58,7 @@ using std::ceil;
 using std::floor;
 using std::fmax;
 using std::fmin;
-using std::ilogb;
 using std::isfinite;
-using std::ldexp;
 using std::round;
 
 // CUDA's min / max: fmin / fmax for floating values (a NaN operand yields the other operand).
@@ -89,6 +87,8 @@ inline int __float2int_rz(float v) { return __double2int_rz(static_cast<double>(
 // Reinterpreting a float's bits, as CUDA's intrinsics do.
 inline unsigned int __float_as_uint(float v) { return std::bit_cast<unsigned int>(v); }
 inline float __uint_as_float(unsigned int v) { return std::bit_cast<float>(v); }
+inline long long __double_as_longlong(double v) { return std::bit_cast<long long>(v); }
+inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v); }
 
 // Round to nearest even, to a 64-bit integer (callers keep |v| < 2**62).
 inline long long __double2ll_rn(double v) { return std::llrint(v); }

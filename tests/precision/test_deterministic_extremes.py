@@ -144,9 +144,9 @@ PIXEL = DeformRoIPoolParams(
     ],
 )
 def test_an_element_whose_magnitude_sum_overflows(grads, want):
-    """The bound (docs/determinism.md) at one element: within ``m * 2**(E + 2L - 125)`` of the exact
-    sum (E: the largest contribution's binary exponent, m < 2**L contributions), then rounded; inf
-    exactly where the exact sum is past float64's range."""
+    """The bound (docs/determinism.md) at one element: ``|result - S| <= 2**-51 |S| +
+    m 2**(E + L - 112) + m 2**(E + 2L - 124)`` for the exact sum S of m < 2**L contributions, the
+    largest below 2**E; inf exactly where the exact sum is past float64's range."""
     grad, x, rois = _pixel_rois(grads)
     with cudcn.deterministic():
         got = emulated.deform_roi_pool_backward(grad, x, rois, None, PIXEL)[0][0, 0, 2, 2]
@@ -154,8 +154,11 @@ def test_an_element_whose_magnitude_sum_overflows(grads, want):
     if np.isinf(want):
         assert got == want
         return
-    exponent = np.frexp(max(abs(g) for g in grads))[1]
-    allowed = len(grads) * 2.0 ** (exponent + 2 * 2 - 125) + np.finfo(np.float64).eps * abs(want)
+    m, exponent = len(grads), int(np.frexp(max(abs(g) for g in grads))[1])
+    width = int(np.frexp(float(m))[1])
+    allowed = (
+        2.0**-51 * abs(want) + m * 2.0 ** (exponent + width - 112) + m * 2.0 ** (exponent + 2 * width - 124)
+    )
     assert abs(got - want) <= allowed, (got, want, allowed)
 
 

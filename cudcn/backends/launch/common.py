@@ -85,78 +85,70 @@ class KernelParams:
         )
 
 
-# Passes of a Scatter (kScatterAtomic, kScatterSurvey, kScatterAdd in common.cuh).
+# Passes of a Scatter (kScatterAtomic, kScatterSurvey, kScatterAdd and kExponentBias in common.cuh).
 SCATTER_ATOMIC, SCATTER_SURVEY, SCATTER_ADD = 0, 1, 2
-# The survey's starting exponent: below that of every nonzero double (ilogb + 1 >= -1073).
-NO_EXPONENT = -1100
+EXPONENT_BIAS = 2048
 
 
 class ScatterTarget:
     """A zeroed gradient that kernels scatter into through ``Scatter`` (``cudcn/kernels/common.cuh``).
 
-    Atomic mode: the kernels add floats to ``target`` with atomicAdd; the fixed-point arguments are
-    one-element placeholders. Deterministic mode (docs/determinism.md): :func:`scatter_passes`
-    launches the kernel twice. The survey records, per element of ``target``, the largest binary
-    exponent ``E`` of its finite nonzero contributions (``|v| < 2**E``) and their count ``m``;
-    :meth:`prepare` turns them into the element's own shifts ``s = 62 - E - L`` and
-    ``k = 62 - L`` (``m < 2**L``); the second launch adds each contribution ``v`` as two int64 words,
-    ``round(v * 2**s)`` and the rounded remainder times ``2**k``, exactly; :meth:`finish` adds the
-    sums, converted back, to ``target`` (which holds the sum of any non-finite contributions).
+    Atomic mode: the kernels add floats to ``target`` with atomicAdd; ``fixed`` is a placeholder.
+    Deterministic mode (docs/determinism.md): ``fixed`` holds a record of four int64 words per
+    element of ``target``, and :func:`scatter_passes` launches the kernel twice. The survey counts
+    each element's finite nonzero contributions ``m`` and records the largest ``E`` with
+    ``|v| < 2**E``; the second launch adds each contribution as two words, ``round(v * 2**s)`` and
+    the rounded remainder times ``2**k``, with the element's own ``s = 62 - E - L`` and
+    ``k = 62 - L`` (``m < 2**L``), exactly; :meth:`finish` adds the sums, converted back, to
+    ``target`` (which holds the sum of any non-finite contributions).
 
-    Error of an element whose finite contributions sum to ``S`` (``m`` of them, the largest of
-    magnitude ``M``): ``|result - S| <= 2**-52 * |S| + m**3 * M * 2**-110``, plus ``2**-1075`` where
-    the result is subnormal, before its one rounding to the dtype; ``inf`` only where ``|S|`` is
-    that close to float64's overflow threshold or past it. No sum can overflow an int64: the high
-    words add up to at most ``m * (2**(62 - L) + 1/2) < 2**62 + m``, the low ones to less than
-    ``m * (2**(61 - L) + 1/2)``.
+    Error of an element whose ``m`` finite nonzero contributions sum to ``S``: each contribution is
+    rounded to a multiple of ``2**-(s + k)``, and the conversion rounds twice in float64, so
+    ``|result - S| <= 2**-51 * |S| + m * 2**(E + L - 112) + m * 2**(E + 2 * L - 124)``, plus
+    ``2**-1074`` where the result is subnormal, before its one rounding to the dtype; ``inf`` only
+    where ``|S|`` is that close to float64's overflow threshold or past it. No sum can reach 2**63
+    (for ``m < 2**60``): the high words add up to at most ``m * (2**(62 - L) + 1/2)``, the low ones
+    to at most ``m * (2**(61 - L) + 1/2)``.
     """
 
     def __init__(self, xp: Any, target: Any, deterministic: bool):
         self.xp, self.target, self.deterministic = xp, target, deterministic
-        words = 2 * target.size if deterministic else 1
-        self.fixed = xp.zeros(words, dtype=np.uint64)  # (count, 0) after the survey, then the sums
-        self.shift = xp.full(words, NO_EXPONENT, dtype=np.int32)  # E, then (s, k) per element
+        self.fixed = xp.zeros(4 * target.size if deterministic else 4, dtype=np.uint64)
 
     def args(self) -> tuple[Any, ...]:
-        """The kernel arguments ``(target, fixed, shift)``."""
-        return self.target, self.fixed, self.shift
-
-    def prepare(self) -> None:
-        """Deterministic mode, between the survey and the add pass: the shifts from the largest
-        exponents and the counts; the words zeroed."""
-        if not self.deterministic:
-            return
-        xp = self.xp
-        count = self.fixed[0::2].astype(np.float64)  # exact: far below 2**53 contributions
-        width = xp.frexp(count)[1].astype(np.int32)  # count < 2**width (0 for no contribution)
-        exponent = self.shift[0::2].copy()
-        self.shift[0::2] = (62 - width) - exponent
-        self.shift[1::2] = 62 - width
-        self.fixed.fill(0)
+        """The kernel arguments ``(target, fixed)``."""
+        return self.target, self.fixed
 
     def finish(self) -> None:
-        """Deterministic mode: target += the fixed-point sums, converted back (in place)."""
+        """Deterministic mode, after both passes: target += the fixed-point sums, converted back
+        (in place)."""
         if not self.deterministic:
             return
-        xp, words = self.xp, self.fixed.view(np.int64)
+        xp, words = self.xp, self.fixed.reshape(-1, 4)
+        hit = xp.flatnonzero(words[:, 2])  # the elements with a finite nonzero contribution
+        if hit.size == 0:
+            return
+        record = words[hit]
+        # L and E as Scatter::add computes them.
+        width = xp.frexp(record[:, 2].astype(np.float64))[1]
+        exponent = (record[:, 3].view(np.int64) - EXPONENT_BIAS).astype(np.int32)
+        sums = record[:, :2].view(np.int64).astype(np.float64)
+        flat = self.target.reshape(-1)  # a view: targets are C-contiguous
         with np.errstate(over="ignore", under="ignore"):  # an inf or subnormal sum is the answer
-            low = xp.ldexp(words[1::2].astype(np.float64), -self.shift[1::2])
-            sums = xp.ldexp(words[0::2].astype(np.float64) + low, -self.shift[0::2])
+            sums = xp.ldexp(sums[:, 0] + xp.ldexp(sums[:, 1], width - 62), exponent + width - 62)
             # The target holds only zeros or non-finite sums: one add, computed in float64 and
             # rounded once to the target's dtype.
-            xp.add(self.target, sums.reshape(self.target.shape), out=self.target, casting="same_kind")
+            flat[hit] = flat[hit] + sums
 
 
 def scatter_passes(launch: Callable[[np.int32], None], *targets: ScatterTarget) -> None:
     """Run a scatter kernel into ``targets`` (all of one mode): ``launch(scatter_pass)`` once with
-    atomics, or, in the deterministic mode, the survey, :meth:`ScatterTarget.prepare`, the add pass
-    and :meth:`ScatterTarget.finish`."""
+    atomics, or, in the deterministic mode, the survey and the add pass, then
+    :meth:`ScatterTarget.finish`."""
     if not any(t.deterministic for t in targets):
         launch(np.int32(SCATTER_ATOMIC))
         return
     launch(np.int32(SCATTER_SURVEY))
-    for target in targets:
-        target.prepare()
     launch(np.int32(SCATTER_ADD))
     for target in targets:
         target.finish()
@@ -173,7 +165,7 @@ def roi_pool_backward(
 ) -> tuple[Any, Any | None]:
     """Launch the backward kernel of a RoI pooling op (deform_roi_pool, deform_psroi_pool), whose
     arguments are ``(grad_out, input, rois, shift, grad_input, grad_shift, fixed_input,
-    fixed_shift, shift_input, shift_shift, scatter_pass, *scalars)``; returns ``(grad_input, grad_shift)``,
+    fixed_shift, scatter_pass, *scalars)``; returns ``(grad_input, grad_shift)``,
     ``grad_shift`` None when ``shift`` is.
 
     ``shift`` is the bins' offset (trans) or None (then a one-element placeholder the kernel never
@@ -193,7 +185,7 @@ def roi_pool_backward(
 
     def launch(scatter_pass: np.int32) -> None:
         arrays = (grad_out, input, rois, shift_arg, grad_input, grad_shift)
-        words = (to_input.fixed, to_shift.fixed, to_input.shift, to_shift.shift)
+        words = (to_input.fixed, to_shift.fixed)
         launch_1d(kernel, grad_out.size, (*arrays, *words, scatter_pass, *scalars))
 
     scatter_passes(launch, to_input, to_shift)
