@@ -1,5 +1,6 @@
 """Cost of ``cudcn.deterministic()`` on the emulated backend: the backward of each op with float
-atomics against the same backward with int64 fixed-point scatters, side by side in one process.
+atomics against the same backward with the deterministic fixed-point scatters (two launches, per-element
+scales: docs/determinism.md), side by side in one process.
 
 The emulated backend runs the CUDA kernels on the host (``CUDCN_EMULATED_MODE`` as set, default
 ``auto``), so these are host timings of the same kernels and launch code the GPU runs, not GPU
@@ -180,8 +181,8 @@ def compare_designs(repeats: int) -> None:
         f"{int(med['count'])} pairs ({med['MiB']:.0f} MiB with the sort's index), making them "
         f"{med['pairs']:.1f} ms, stable sort {med['sort']:.1f} ms, segmented sums "
         f"{med['reduce']:.1f} ms (medians of {repeats}); equals the fixed-point sums within "
-        f"{diff:.2g} (bound {bound:.2g}). The fixed-point path's extra memory: one int64 per "
-        f"input element, {x.size * 8 / 2**20:.1f} MiB."
+        f"{diff:.2g} (bound {bound:.2g}). The fixed-point path's extra memory: a record of four "
+        f"int64 words per input element, {x.size * 32 / 2**20:.1f} MiB."
     )
 
 

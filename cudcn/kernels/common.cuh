@@ -113,26 +113,70 @@ __device__ __forceinline__ void bilinear_sample_grad(const S* plane, int height,
   grad_x = hy * (c.v01 - c.v00) + c.ly * (c.v11 - c.v10);
 }
 
-// Where a backward kernel's scatter goes. With scale == 0: atomicAdd on T, fast, but the order of
-// the additions, and so the last bits of the sums, varies from run to run. With scale > 0 (the
-// deterministic mode): value * scale rounded to an int64, added with an integer atomicAdd (two's
-// complement on unsigned long long), exact, so no order changes the sum; the launcher chose the
-// power-of-two scale so every sum stays below 2**62 and converts the integers back. A non-finite
-// value still goes to target with atomicAdd: a sum of NaNs and infinities is the same in any order.
+// v * 2**s by exponent arithmetic (no ldexp call: this runs once per contribution). One
+// multiplication, exact, when 2**s is a normal double; else two, each by a normal power of two,
+// exact unless the result underflows. |s| stays below 1200 (see Scatter).
+__device__ __forceinline__ double pow2(int e) {  // e in [-1022, 1023]
+  return __longlong_as_double(static_cast<long long>(e + 1023) << 52);
+}
+
+__device__ __forceinline__ double times_pow2(double v, int s) {
+  if (s > 1023) return v * pow2(1023) * pow2(s - 1023);
+  if (s < -1022) return v * pow2(-1022) * pow2(s + 1022);
+  return v * pow2(s);
+}
+
+// E with |v| < 2**E for a finite v, from its biased exponent b: E = b - 1022 (a subnormal, b = 0,
+// is below 2**-1022). For a count c >= 1 converted to double (rounded to nearest), c < 2**E too.
+__device__ __forceinline__ int magnitude_exponent(double v) {
+  return static_cast<int>((__double_as_longlong(v) >> 52) & 0x7ff) - 1022;
+}
+
+// Where a backward kernel's scatter goes, in one of three passes (the launcher's `scatter_pass`;
+// cudcn/backends/launch/common.py, ScatterTarget; docs/determinism.md has the design and the bound):
+//   * kScatterAtomic: atomicAdd on T, fast, but the order of the additions, and so the last bits of
+//     the sums, varies from run to run.
+//   * kScatterSurvey (deterministic mode, first launch): per destination element, the count m of
+//     its finite nonzero contributions (integer atomicAdd) and the largest E of them (atomicMax of
+//     E + kExponentBias), both order-free, into words 2 and 3 of the element's record.
+//   * kScatterAdd (second launch, the same contributions): with m < 2**L, s = 62 - E - L and
+//     k = 62 - L, x = value * 2**s is split into a high word round(x) and a low word
+//     round((x - round(x)) * 2**k), added with integer atomicAdds (two's complement on unsigned
+//     long long) into words 0 and 1: exact, so no order changes either sum, and neither sum can
+//     reach 2**63. The launcher converts the two back.
+// Each destination has its own scale, so a huge value elsewhere in the launch costs it nothing. A
+// non-finite value skips the survey and goes to target with atomicAdd: a sum of NaNs and
+// infinities is the same in any order.
+enum : int { kScatterAtomic = 0, kScatterSurvey = 1, kScatterAdd = 2 };
+constexpr long long kExponentBias = 2048;  // a recorded exponent is > 0; 0 means no contribution
+
 template <typename T>
 struct Scatter {
   T* target;
-  unsigned long long* fixed;
-  double scale;
+  unsigned long long* fixed;  // deterministic passes: 4 words per element of target
+  int pass;
 
   template <typename I>
   __device__ __forceinline__ void add(I index, T value) const {
-    if (scale > 0.0 && isfinite(value)) {
-      const long long units = __double2ll_rn(static_cast<double>(value) * scale);
-      atomicAdd(fixed + index, static_cast<unsigned long long>(units));
-    } else {
-      atomicAdd(target + index, value);
+    if (pass == kScatterAtomic || !isfinite(value)) {
+      if (pass != kScatterSurvey) atomicAdd(target + index, value);
+      return;
     }
+    if (value == T(0)) return;
+    unsigned long long* record = fixed + 4 * static_cast<long long>(index);
+    const double v = static_cast<double>(value);
+    if (pass == kScatterSurvey) {
+      atomicAdd(record + 2, 1ull);
+      atomicMax(record + 3, static_cast<unsigned long long>(magnitude_exponent(v) + kExponentBias));
+      return;
+    }
+    const int width = magnitude_exponent(static_cast<double>(record[2]));  // m < 2**width
+    const int exponent = static_cast<int>(static_cast<long long>(record[3]) - kExponentBias);
+    const double x = times_pow2(v, 62 - exponent - width);  // exact unless it underflows
+    const long long high = __double2ll_rn(x);
+    const long long low = __double2ll_rn(times_pow2(x - static_cast<double>(high), 62 - width));
+    atomicAdd(record, static_cast<unsigned long long>(high));
+    atomicAdd(record + 1, static_cast<unsigned long long>(low));
   }
 };
 

@@ -72,14 +72,14 @@ __global__ void deform_conv2d_im2col(const S* __restrict__ input, const S* __res
 // grad_input[b, c] += bilinear_scatter of mask * columns[c * kh * kw + k, b, p] for every tap k,
 // where columns holds the gradient of the column buffer. grad_input (and fixed_input) must be
 // zeroed; the Scatter (common.cuh) resolves the collisions of neighbouring sampling points, atomic
-// or, with fixed_scale > 0, deterministic. One thread per (c, b, p);
-// n = C * batch * Ho * Wo.
+// or, in the deterministic mode's two passes (scatter_pass), in fixed point. One thread per
+// (c, b, p); n = C * batch * Ho * Wo.
 template <typename S, typename I>
 __global__ void deform_conv2d_col2im(const compute_t<S>* __restrict__ columns,
                                      const S* __restrict__ offset, const S* __restrict__ mask,
                                      compute_t<S>* __restrict__ grad_input,
                                      unsigned long long* __restrict__ fixed_input,
-                                     double fixed_scale, I n,
+                                     int scatter_pass, I n,
                                      int batch, int channels, int height, int width, int out_h,
                                      int out_w, int kernel_h, int kernel_w, int stride_h,
                                      int stride_w, int pad_h, int pad_w, int dilation_h,
@@ -95,7 +95,7 @@ __global__ void deform_conv2d_col2im(const compute_t<S>* __restrict__ columns,
     const int ox = p % out_w;
     const int g = c / (channels / offset_groups);
 
-    const Scatter<T> scatter{grad_input, fixed_input, fixed_scale};
+    const Scatter<T> scatter{grad_input, fixed_input, scatter_pass};
     const I plane = (static_cast<I>(b) * channels + c) * height * width;
     const S* offset_bg = offset + static_cast<I>(b * offset_groups + g) * 2 * taps * out_plane;
     const I mask_base = static_cast<I>(b * offset_groups + g) * taps * out_plane;  // if use_mask

@@ -157,8 +157,8 @@ __global__ void deform_psroi_pool_forward(const S* __restrict__ input, const S* 
 
 // grad_input += the samples' bilinear weights times grad_out / count, and, when use_trans,
 // grad_trans[r, 2 * cls (+ 1), part_i, part_j] += the derivative along x (y) times trans_std *
-// roi_size; both through a Scatter (common.cuh: atomic, or deterministic fixed-point when the
-// scale is > 0), the targets and fixed buffers zeroed. One thread per grad_out element.
+// roi_size; both through a Scatter (common.cuh: atomic, or a pass of the deterministic fixed-point
+// scatter, scatter_pass), the targets and fixed buffers zeroed. One thread per grad_out element.
 template <typename S, typename I>
 __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
                                            const S* __restrict__ input, const S* __restrict__ rois,
@@ -167,7 +167,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
                                            compute_t<S>* __restrict__ grad_trans,
                                            unsigned long long* __restrict__ fixed_input,
                                            unsigned long long* __restrict__ fixed_trans,
-                                           double input_scale, double trans_scale, I n,
+                                           int scatter_pass, I n,
                                            int channels, int height, int width,
                                            compute_t<S> spatial_scale, int output_dim,
                                            int group_size, int pooled, int part_size,
@@ -186,7 +186,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
     if (count == 0) continue;
     const I plane_start = (static_cast<I>(bin.b) * channels + bin.c) * height * width;
     const S* plane = input + plane_start;
-    const Scatter<T> to_input{grad_input, fixed_input, input_scale};
+    const Scatter<T> to_input{grad_input, fixed_input, scatter_pass};
     const T g = widen(grad_out[index]) / static_cast<T>(count);
     T sum_x = T(0), sum_y = T(0);
     for (int ih = 0; ih < sample_per_part; ++ih) {
@@ -210,7 +210,7 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
       }
     }
     if (use_trans) {
-      const Scatter<T> to_trans{grad_trans, fixed_trans, trans_scale};
+      const Scatter<T> to_trans{grad_trans, fixed_trans, scatter_pass};
       to_trans.add(bin.trans_x, sum_x * trans_std * bin.roi_w * g);
       to_trans.add(bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h * g);
     }

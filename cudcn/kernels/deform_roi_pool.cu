@@ -96,8 +96,8 @@ __global__ void deform_roi_pool_forward(const S* __restrict__ input, const S* __
 
 // grad_input += the bin's bilinear weights times grad_out / count (bins of one plane overlap), and,
 // when use_offset, grad_offset[r, :, i, j] += the derivative of the bin along x and y (the C
-// channels of one bin share it), both through a Scatter (common.cuh): atomic, or deterministic
-// fixed-point when the scale is > 0. The targets and the fixed buffers must be zeroed. One thread per
+// channels of one bin share it), both through a Scatter (common.cuh): atomic, or a pass of the
+// deterministic fixed-point scatter (scatter_pass). The targets and the fixed buffers must be zeroed. One thread per
 // grad_out element; n = R * C * ph * pw.
 template <typename S, typename I>
 __global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S* __restrict__ input,
@@ -106,7 +106,7 @@ __global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S
                                          compute_t<S>* __restrict__ grad_offset,
                                          unsigned long long* __restrict__ fixed_input,
                                          unsigned long long* __restrict__ fixed_offset,
-                                         double input_scale, double offset_scale, I n, int channels,
+                                         int scatter_pass, I n, int channels,
                                          int height, int width, int pooled_h, int pooled_w,
                                          compute_t<S> spatial_scale, int sampling_ratio,
                                          compute_t<S> gamma, int aligned, int use_offset) {
@@ -121,7 +121,7 @@ __global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S
                                              use_offset);
     const I plane_start = (static_cast<I>(bin.roi.b) * channels + c) * height * width;
     const S* plane = input + plane_start;
-    const Scatter<T> to_input{grad_input, fixed_input, input_scale};
+    const Scatter<T> to_input{grad_input, fixed_input, scatter_pass};
     const T g = widen(grad_out[index]) / static_cast<T>(max(bin.grid_h * bin.grid_w, 1));
     T sum_x = T(0), sum_y = T(0);
     for (int iy = 0; iy < bin.grid_h; ++iy) {
@@ -145,7 +145,7 @@ __global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S
       }
     }
     if (use_offset) {
-      const Scatter<T> to_offset{grad_offset, fixed_offset, offset_scale};
+      const Scatter<T> to_offset{grad_offset, fixed_offset, scatter_pass};
       const I off = (2 * static_cast<I>(r) * pooled_h + i) * pooled_w + j;
       to_offset.add(off, gamma * bin.roi.roi_w * g * sum_x);
       to_offset.add(off + pooled_h * pooled_w, gamma * bin.roi.roi_h * g * sum_y);

@@ -87,6 +87,8 @@ inline int __float2int_rz(float v) { return __double2int_rz(static_cast<double>(
 // Reinterpreting a float's bits, as CUDA's intrinsics do.
 inline unsigned int __float_as_uint(float v) { return std::bit_cast<unsigned int>(v); }
 inline float __uint_as_float(unsigned int v) { return std::bit_cast<float>(v); }
+inline long long __double_as_longlong(double v) { return std::bit_cast<long long>(v); }
+inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v); }
 
 // Round to nearest even, to a 64-bit integer (callers keep |v| < 2**62).
 inline long long __double2ll_rn(double v) { return std::llrint(v); }
@@ -101,6 +103,15 @@ template <typename T>
 inline T atomicCAS(T* address, T compare, T value) {
   std::atomic_ref<T>(*address).compare_exchange_strong(compare, value, std::memory_order_relaxed);
   return compare;  // the old value, whether or not it was replaced
+}
+
+template <typename T>
+inline T atomicMax(T* address, T value) {
+  std::atomic_ref<T> ref(*address);
+  T old = ref.load(std::memory_order_relaxed);
+  while (old < value && !ref.compare_exchange_weak(old, value, std::memory_order_relaxed)) {
+  }
+  return old;
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

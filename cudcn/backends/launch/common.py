@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.backends import deterministic_enabled
-from cudcn.dtypes import bfloat16, compute_dtype, narrow, widen
+from cudcn.dtypes import bfloat16, compute_dtype, narrow
 
 Kernel = Callable[[tuple[int, ...], tuple[int, ...], tuple[Any, ...]], Any]
 GetKernel = Callable[[str], Kernel]
@@ -85,74 +85,73 @@ class KernelParams:
         )
 
 
+# Passes of a Scatter (kScatterAtomic, kScatterSurvey, kScatterAdd and kExponentBias in common.cuh).
+SCATTER_ATOMIC, SCATTER_SURVEY, SCATTER_ADD = 0, 1, 2
+EXPONENT_BIAS = 2048
+
+
 class ScatterTarget:
     """A zeroed gradient that kernels scatter into through ``Scatter`` (``cudcn/kernels/common.cuh``).
 
-    Atomic mode (``bound`` None): the kernels add floats to ``target`` with atomicAdd; the
-    fixed-point arguments are a one-element placeholder and scale 0. Deterministic mode: an int64
-    buffer of the target's size and the power-of-two scale that keeps every sum below 2**62 when the
-    contributions' magnitudes add up to at most ``bound``; :meth:`finish` adds the exact integer
-    sums, converted back, to ``target`` (which holds the sum of any non-finite contributions).
+    Atomic mode: the kernels add floats to ``target`` with atomicAdd; ``fixed`` is a placeholder.
+    Deterministic mode (docs/determinism.md): ``fixed`` holds a record of four int64 words per
+    element of ``target``, and :func:`scatter_passes` launches the kernel twice. The survey counts
+    each element's finite nonzero contributions ``m`` and records the largest ``E`` with
+    ``|v| < 2**E``; the second launch adds each contribution as two words, ``round(v * 2**s)`` and
+    the rounded remainder times ``2**k``, with the element's own ``s = 62 - E - L`` and
+    ``k = 62 - L`` (``m < 2**L``), exactly; :meth:`finish` adds the sums, converted back, to
+    ``target`` (which holds the sum of any non-finite contributions).
 
-    Error of the deterministic result: each contribution is rounded to a multiple of 1 / scale, at
-    most ``bound * 2**-63`` off, so an element summing ``m`` contributions is within
-    ``m * bound * 2**-63`` of the exact sum before its one rounding to the dtype.
+    Error of an element whose ``m`` finite nonzero contributions sum to ``S``: each contribution is
+    rounded to a multiple of ``2**-(s + k)``, and the conversion rounds twice in float64, so
+    ``|result - S| <= 2**-51 * |S| + m * 2**(E + L - 112) + m * 2**(E + 2 * L - 124)``, plus
+    ``2**-1074`` where the result is subnormal, before its one rounding to the dtype; ``inf`` only
+    where ``|S|`` is that close to float64's overflow threshold or past it. No sum can reach 2**63
+    (for ``m < 2**60``): the high words add up to at most ``m * (2**(62 - L) + 1/2)``, the low ones
+    to at most ``m * (2**(61 - L) + 1/2)``.
     """
 
-    def __init__(self, xp: Any, target: Any, bound: float | None):
-        self.xp, self.target = xp, target
-        if bound is None:
-            self.fixed, self.scale = xp.zeros((1,), dtype=np.uint64), 0.0
-            return
-        if not np.isfinite(bound):
-            raise OverflowError(
-                "deterministic mode: the gradient contributions' magnitudes add up to more than "
-                "float64 holds; their fixed-point sums cannot be formed"
-            )
-        exponent = 0 if bound == 0 else int(np.ceil(np.log2(bound)))
-        self.fixed = xp.zeros(target.size, dtype=np.uint64)
-        self.scale = float(2.0 ** min(62 - exponent, 1000))
+    def __init__(self, xp: Any, target: Any, deterministic: bool):
+        self.xp, self.target, self.deterministic = xp, target, deterministic
+        self.fixed = xp.zeros(4 * target.size if deterministic else 4, dtype=np.uint64)
 
     def args(self) -> tuple[Any, ...]:
-        """The kernel arguments ``(target, fixed, scale)``."""
-        return self.target, self.fixed, np.float64(self.scale)
+        """The kernel arguments ``(target, fixed)``."""
+        return self.target, self.fixed
 
     def finish(self) -> None:
-        """Deterministic mode: target += the fixed-point sums, converted back (in place)."""
-        if self.scale == 0.0:
+        """Deterministic mode, after both passes: target += the fixed-point sums, converted back
+        (in place)."""
+        if not self.deterministic:
             return
-        # One pass to float64 (scaling by a power of two is exact, like the division it replaces)
-        # and one add into the target, computed in float64 and rounded once: the target holds only
-        # zeros or non-finite sums, so this equals rounding the sums first, bit for bit.
-        sums = self.fixed.view(np.int64) * (1.0 / self.scale)
-        self.xp.add(self.target, sums.reshape(self.target.shape), out=self.target, casting="same_kind")
+        xp, words = self.xp, self.fixed.reshape(-1, 4)
+        hit = xp.flatnonzero(words[:, 2])  # the elements with a finite nonzero contribution
+        if hit.size == 0:
+            return
+        record = words[hit]
+        # L and E as Scatter::add computes them.
+        width = xp.frexp(record[:, 2].astype(np.float64))[1]
+        exponent = (record[:, 3].view(np.int64) - EXPONENT_BIAS).astype(np.int32)
+        sums = record[:, :2].view(np.int64).astype(np.float64)
+        flat = self.target.reshape(-1)  # a view: targets are C-contiguous
+        with np.errstate(over="ignore", under="ignore"):  # an inf or subnormal sum is the answer
+            sums = xp.ldexp(sums[:, 0] + xp.ldexp(sums[:, 1], width - 62), exponent + width - 62)
+            # The target holds only zeros or non-finite sums: one add, computed in float64 and
+            # rounded once to the target's dtype.
+            flat[hit] = flat[hit] + sums
 
 
-def finite_abs_sum(xp: Any, a: Any) -> float:
-    """sum |a| over the finite elements of ``a`` (float64)."""
-    a = widen(a)  # nan_to_num knows no bfloat16
-    total = float(xp.abs(a).sum(dtype=np.float64))
-    if np.isfinite(total):
-        return total
-    return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).sum(dtype=np.float64))
-
-
-def finite_abs_max(xp: Any, a: Any) -> float:
-    """max |a| over the finite elements of ``a`` (0 for none)."""
-    if a.size == 0:
-        return 0.0
-    a = widen(a)
-    largest = float(xp.abs(a).max())
-    if np.isfinite(largest):
-        return largest
-    return float(xp.nan_to_num(xp.abs(a), nan=0.0, posinf=0.0).max())
-
-
-def largest_roi_side(xp: Any, rois: Any) -> float:
-    """max |x2 - x1| and |y2 - y1| over ``rois`` (R, 5), in float64 (a float16 difference overflows
-    past 65504)."""
-    corners = rois[:, 1:5].astype(np.float64)
-    return float(xp.abs(corners[:, 2:] - corners[:, :2]).max()) if len(rois) else 0.0
+def scatter_passes(launch: Callable[[np.int32], None], *targets: ScatterTarget) -> None:
+    """Run a scatter kernel into ``targets`` (all of one mode): ``launch(scatter_pass)`` once with
+    atomics, or, in the deterministic mode, the survey and the add pass, then
+    :meth:`ScatterTarget.finish`."""
+    if not any(t.deterministic for t in targets):
+        launch(np.int32(SCATTER_ATOMIC))
+        return
+    launch(np.int32(SCATTER_SURVEY))
+    launch(np.int32(SCATTER_ADD))
+    for target in targets:
+        target.finish()
 
 
 def roi_pool_backward(
@@ -162,23 +161,16 @@ def roi_pool_backward(
     input: Any,
     rois: Any,
     shift: Any | None,
-    step: float,
-    extent: Callable[[], float],
     scalars: tuple[Any, ...],
 ) -> tuple[Any, Any | None]:
     """Launch the backward kernel of a RoI pooling op (deform_roi_pool, deform_psroi_pool), whose
     arguments are ``(grad_out, input, rois, shift, grad_input, grad_shift, fixed_input,
-    fixed_shift, input_scale, shift_scale, *scalars)``; returns ``(grad_input, grad_shift)``,
+    fixed_shift, scatter_pass, *scalars)``; returns ``(grad_input, grad_shift)``,
     ``grad_shift`` None when ``shift`` is.
 
     ``shift`` is the bins' offset (trans) or None (then a one-element placeholder the kernel never
-    touches); ``step`` (gamma, trans_std) scales it by the RoI size; ``extent()`` bounds any RoI's
-    size in feature-map pixels, called in the deterministic mode only. The bounds of the
-    contributions' magnitudes there: grad_out / count spread with weights summing to <= 1 for the
-    input, and a shift derivative <= step * RoI size * |grad| * 2 max|input|.
-
-    The gradients are scattered into buffers of the compute dtype (float32 for 16-bit inputs) and
-    rounded once to the input dtype at the end.
+    touches). The gradients are scattered (:func:`scatter_passes`) into buffers of the compute dtype
+    (float32 for 16-bit inputs) and rounded once to the input dtype at the end.
     """
     wide = compute_dtype(input.dtype)
     grad_input = xp.zeros(input.shape, dtype=wide)  # scatter target
@@ -187,32 +179,16 @@ def roi_pool_backward(
     else:
         shift_arg = shift
         grad_shift = xp.zeros(shift.shape, dtype=wide)
-    bound_input = bound_shift = None
-    if deterministic_enabled():
-        bound_input = finite_abs_sum(xp, grad_out)
-        if shift is not None:
-            bound_shift = bound_input * abs(step) * extent() * 2.0 * finite_abs_max(xp, input)
-    to_input = ScatterTarget(xp, grad_input, bound_input)
-    to_shift = ScatterTarget(xp, grad_shift, bound_shift)
-    launch_1d(
-        kernel,
-        grad_out.size,
-        (
-            grad_out,
-            input,
-            rois,
-            shift_arg,
-            grad_input,
-            grad_shift,
-            to_input.fixed,
-            to_shift.fixed,
-            np.float64(to_input.scale),
-            np.float64(to_shift.scale),
-            *scalars,
-        ),
-    )
-    to_input.finish()
-    to_shift.finish()
+    deterministic = deterministic_enabled()
+    to_input = ScatterTarget(xp, grad_input, deterministic)
+    to_shift = ScatterTarget(xp, grad_shift, deterministic and shift is not None)
+
+    def launch(scatter_pass: np.int32) -> None:
+        arrays = (grad_out, input, rois, shift_arg, grad_input, grad_shift)
+        words = (to_input.fixed, to_shift.fixed)
+        launch_1d(kernel, grad_out.size, (*arrays, *words, scatter_pass, *scalars))
+
+    scatter_passes(launch, to_input, to_shift)
     return narrow(grad_input, input.dtype), None if shift is None else narrow(grad_shift, input.dtype)
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from cudcn.arrays import Array
 from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.launch.common import (
@@ -35,10 +37,9 @@ from cudcn.backends.launch.common import (
     batch_chunks,
     c_type,
     check_plane,
-    finite_abs_max,
-    finite_abs_sum,
     index_type,
     launch_1d,
+    scatter_passes,
 )
 from cudcn.dtypes import compute_dtype, narrow, widen
 from cudcn.ops.deform_conv2d import DeformConv2dParams
@@ -130,7 +131,7 @@ class _Plan:
             for name in ("im2col", "col2im", "col2im_coord")
         }
 
-    def _launch(self, name: str, n: int, chunk: int, arrays: tuple[Array, ...]) -> None:
+    def _launch(self, name: str, n: int, chunk: int, arrays: tuple[Any, ...]) -> None:
         geometry = replace(self.geometry, batch=chunk)
         launch_1d(self.kernels[name], n, (*arrays, self.index(n), *geometry.scalars(self.dtype)))
 
@@ -152,15 +153,15 @@ class _Plan:
         return cols.reshape(self.groups, self.rows // self.groups, chunk * self.plane)
 
     def col2im(self, g_cols: Array, offset: Array, mask: Array, g_input: ScatterTarget) -> None:
-        """Scatter the column gradient onto ``g_input`` (zeroed, of the compute dtype; atomic or
-        fixed-point)."""
+        """Scatter the column gradient onto ``g_input`` (zeroed, of the compute dtype; atomic, or
+        the deterministic mode's two passes)."""
         chunk = g_input.target.shape[0]
-        self._launch(
-            "col2im",
-            self.channels * chunk * self.plane,
-            chunk,
-            (g_cols, offset, mask, *g_input.args()),
-        )
+        n = self.channels * chunk * self.plane
+
+        def launch(scatter_pass: np.int32) -> None:
+            self._launch("col2im", n, chunk, (g_cols, offset, mask, *g_input.args(), scatter_pass))
+
+        scatter_passes(launch, g_input)
 
     def col2im_coord(
         self,
@@ -254,11 +255,7 @@ def deform_conv2d_backward(
         for g in range(plan.groups):
             gw[g] += xp.matmul(go[g], cols[g].T)
             xp.matmul(w[g].T, go[g], out=cols[g])  # cols now holds the column gradient
-        # Each contribution is a column-gradient entry times the mask, spread with weights <= 1.
-        bound = finite_abs_sum(xp, cols) * (1.0 if mask is None else finite_abs_max(xp, masks))
-        target = ScatterTarget(xp, g_input[batch], bound if deterministic else None)
-        plan.col2im(cols, offset[batch], masks, target)
-        target.finish()
+        plan.col2im(cols, offset[batch], masks, ScatterTarget(xp, g_input[batch], deterministic))
         plan.col2im_coord(
             cols,
             input[batch],

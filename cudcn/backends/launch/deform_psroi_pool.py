@@ -20,7 +20,6 @@ from cudcn.backends.launch.common import (
     c_type,
     check_plane,
     index_type,
-    largest_roi_side,
     launch_1d,
     roi_pool_backward,
 )
@@ -106,9 +105,5 @@ def deform_psroi_pool_backward(
 ) -> tuple[Array, Array | None]:
     """``(grad_input, grad_trans)``; ``grad_trans`` is None when ``trans`` is None."""
     templ, scalars = _launch_args(input, trans, grad_out.size, p)
-
-    def extent() -> float:  # RoI sizes are (round(x2) + 1 - round(x1)) * scale, at least 0.1
-        return max((largest_roi_side(xp, rois) + 2.0) * p.spatial_scale, 0.1)
-
     kernel = get_kernel(f"deform_psroi_pool_backward{templ}")
-    return roi_pool_backward(xp, kernel, grad_out, input, rois, trans, p.trans_std, extent, scalars)
+    return roi_pool_backward(xp, kernel, grad_out, input, rois, trans, scalars)

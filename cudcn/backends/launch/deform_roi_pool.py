@@ -22,7 +22,6 @@ from cudcn.backends.launch.common import (
     c_type,
     check_plane,
     index_type,
-    largest_roi_side,
     launch_1d,
     roi_pool_backward,
 )
@@ -107,9 +106,5 @@ def deform_roi_pool_backward(
 ) -> tuple[Array, Array | None]:
     """``(grad_input, grad_offset)``; ``grad_offset`` is None when ``offset`` is None."""
     templ, scalars = _launch_args(input, offset, grad_out.size, p)
-
-    def extent() -> float:  # RoI sizes are x2 - x1 (at least 1 when not aligned), scaled
-        return largest_roi_side(xp, rois) * p.spatial_scale + 1.0
-
     kernel = get_kernel(f"deform_roi_pool_backward{templ}")
-    return roi_pool_backward(xp, kernel, grad_out, input, rois, offset, p.gamma, extent, scalars)
+    return roi_pool_backward(xp, kernel, grad_out, input, rois, offset, scalars)
