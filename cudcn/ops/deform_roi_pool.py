@@ -19,10 +19,10 @@ from cudcn.autograd import Function
 from cudcn.backends import array_module, get_backend, is_cupy_array, new_output
 from cudcn.ops._checks import (
     check_arrays,
+    check_bool,
     check_ndim,
     check_shape,
     contiguous,
-    check_bool,
     finite_float,
     int_pair,
     positive_int,

@@ -43,7 +43,8 @@ class Corner(NamedTuple):
         (C, *points). A neighbour that is not used adds nothing, not even ``grad * 0`` (which is
         NaN for a non-finite grad), and an empty image takes nothing."""
         ok = self.ok
-        np.add.at(target, (slice(None), self.row[ok], self.col[ok]), grad[:, ok] * self.w[ok])
+        index = (slice(None), self.row[ok], self.col[ok])  # NumPy's stub omits slices here
+        np.add.at(target, index, grad[:, ok] * self.w[ok])  # type: ignore[arg-type]
 
 
 def bilinear_corners(y: np.ndarray, x: np.ndarray, height: int, width: int) -> list[Corner]:
