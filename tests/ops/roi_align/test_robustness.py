@@ -106,9 +106,10 @@ MEMORY_PROBE = textwrap.dedent(
     # the scratch for a 1024 x 1024 grid needs 4 * 2**20 taps * 32 bytes = 128 MiB per task
     resource.setrlimit(resource.RLIMIT_AS, (vm + 48 * 2**20, resource.RLIM_INFINITY))
     results = []
+    grad = np.ones((1, 8, 1, 1))
     for name, call in (
         ("roi_align", lambda: roi_align_forward(feats, rois, 1, 1.0, 1024, True)),
-        ("roi_align backward", lambda: roi_align_backward(np.ones((1, 8, 1, 1)), feats, rois, 1, 1.0, 1024, True)),
+        ("roi_align backward", lambda: roi_align_backward(grad, feats, rois, 1, 1.0, 1024, True)),
         ("psroi", lambda: deform_psroi_pool_forward(feats, rois, None, sample_per_part=1024, **kw)),
     ):
         try:
