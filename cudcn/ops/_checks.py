@@ -91,6 +91,14 @@ def positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """A bool (Python's or NumPy's) as a Python bool; anything else, ``"no"`` or 0 included, is a
+    TypeError: a truthy string must not silently read as True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def finite_float(name: str, value: Any) -> float:
     """A finite real number as a Python float."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):

@@ -22,7 +22,7 @@ from cudcn.ops._checks import (
     finite_float,
     positive_int,
 )
-from cudcn.ops.deform_roi_pool import check_rois
+from cudcn.ops.deform_roi_pool import check_rois, check_samples_per_axis
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class DeformPSRoIPoolParams:
         pooled_size = positive_int("pooled_size", pooled_size)
         part_size = pooled_size if part_size is None else positive_int("part_size", part_size)
         sample_per_part = positive_int("sample_per_part", sample_per_part)
+        check_samples_per_axis("sample_per_part", sample_per_part)
         channels = int(input.shape[1])
         if output_dim * group_size**2 != channels:
             raise ValueError(

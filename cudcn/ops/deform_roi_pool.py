@@ -19,6 +19,7 @@ from cudcn.autograd import Function
 from cudcn.backends import array_module, get_backend, is_cupy_array, new_output
 from cudcn.ops._checks import (
     check_arrays,
+    check_bool,
     check_ndim,
     check_shape,
     contiguous,
@@ -50,7 +51,20 @@ def check_rois(rois: Array, batch: int) -> None:
     )
 
 
-MAX_ADAPTIVE_SAMPLES = 2**20  # per bin: a RoI of ~7000 feature-map pixels at 7 x 7 bins
+MAX_SAMPLES_PER_BIN = 2**20  # every op, every backend: a bin's loop stays short, its indices small
+MAX_SAMPLES_PER_AXIS = 2**10  # sampling_ratio, sample_per_part: MAX_SAMPLES_PER_AXIS**2 per bin
+MAX_ADAPTIVE_SAMPLES = MAX_SAMPLES_PER_BIN  # adaptive grids: a RoI of ~7000 pixels at 7 x 7 bins
+
+
+def check_samples_per_axis(name: str, value: int) -> None:
+    """Refuse more than :data:`MAX_SAMPLES_PER_AXIS` samples per bin along an axis (``value**2`` per
+    bin): beyond it one bin loops over more than :data:`MAX_SAMPLES_PER_BIN` samples, a kernel that
+    seems to hang, scratch of gigabytes, and sizes that overflow 32-bit indices."""
+    if value > MAX_SAMPLES_PER_AXIS:
+        raise ValueError(
+            f"{name} must be at most {MAX_SAMPLES_PER_AXIS} ({MAX_SAMPLES_PER_AXIS}**2 = "
+            f"{MAX_SAMPLES_PER_BIN} samples per bin, the limit of every op and backend), got {value}"
+        )
 
 
 def check_adaptive_grid(rois: Array, pooled_h: int, pooled_w: int, scale: float) -> None:
@@ -108,6 +122,7 @@ class DeformRoIPoolParams:
         if scale <= 0:
             raise ValueError(f"spatial_scale must be > 0, got {scale}")
         ratio = positive_int("sampling_ratio", sampling_ratio, minimum=0)
+        check_samples_per_axis("sampling_ratio", ratio)
         if ratio == 0:
             check_adaptive_grid(rois, pooled_h, pooled_w, scale)
         if offset is not None:
@@ -115,7 +130,7 @@ class DeformRoIPoolParams:
             check_ndim("offset", offset, 4, layout)
             check_shape("offset", offset, (rois.shape[0], 2, pooled_h, pooled_w), layout)
         gamma = finite_float("gamma", gamma)
-        return cls(pooled_h, pooled_w, scale, ratio, gamma, bool(aligned))
+        return cls(pooled_h, pooled_w, scale, ratio, gamma, check_bool("aligned", aligned))
 
 
 def run_forward(input: Array, rois: Array, offset: Array | None, p: DeformRoIPoolParams) -> Array:

@@ -14,7 +14,7 @@ from cudcn.arrays import Array
 from cudcn.autograd import Function, Tensor
 from cudcn.backends import array_module
 from cudcn.dtypes import compute_dtype, is_float_dtype, narrow, widen
-from cudcn.ops._checks import check_arrays, check_shape, finite_float
+from cudcn.ops._checks import check_arrays, check_bool, check_shape, finite_float
 
 
 def check_batch_norm(
@@ -170,7 +170,7 @@ def batch_norm(
         bias,
         running_mean=_array(running_mean),
         running_var=_array(running_var),
-        training=bool(training),
+        training=check_bool("training", training),
         momentum=momentum,
         eps=eps,
     )

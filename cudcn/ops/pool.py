@@ -18,7 +18,7 @@ from cudcn.arrays import Array
 from cudcn.autograd import Function, mean
 from cudcn.backends import array_module
 from cudcn.dtypes import narrow, widen
-from cudcn.ops._checks import check_arrays, check_ndim, int_pair
+from cudcn.ops._checks import check_arrays, check_bool, check_ndim, int_pair
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def avg_pool2d(
         kernel_size=kernel_size,
         stride=stride,
         padding=padding,
-        count_include_pad=bool(count_include_pad),
+        count_include_pad=check_bool("count_include_pad", count_include_pad),
     )
 
 

@@ -12,6 +12,7 @@ import numbers
 from typing import Any
 
 from cudcn.arrays import Array
+from cudcn.ops._checks import check_bool
 from cudcn.ops.deform_roi_pool import (
     DeformRoIPoolFunction,
     DeformRoIPoolParams,
@@ -69,7 +70,7 @@ def _roi_align_params(
         "spatial_scale": spatial_scale,
         "sampling_ratio": max(int(sampling_ratio), 0),
         "gamma": 0.0,
-        "aligned": bool(aligned),
+        "aligned": check_bool("aligned", aligned),
     }
 
 

@@ -20,7 +20,7 @@ class Corner(NamedTuple):
     """One bilinear neighbour of a set of points; every field is an array shaped like the points.
 
     ``ok``: the neighbour is used (the point is in range and the neighbour inside the image);
-    ``row``, ``col``: its pixel (0 where not ok, so that indexing stays in range); ``w``: its bilinear
+    ``row``, ``col``: its pixel (0 where not ok; never read there); ``w``: its bilinear
     weight (0 where not ok); ``dw_dy``, ``dw_dx``: the weight's derivatives with respect to the point.
     """
 
@@ -32,8 +32,19 @@ class Corner(NamedTuple):
     dw_dx: np.ndarray
 
     def value(self, img: np.ndarray) -> np.ndarray:
-        """The neighbour's pixel of ``img`` (C, H, W) for every point, 0 where not ok: (C, *points)."""
-        return np.where(self.ok, img[:, self.row, self.col], 0.0)
+        """The neighbour's pixel of ``img`` (C, H, W) for every point, 0 where not ok: (C, *points).
+        Only ok neighbours are read (an empty image, H = 0 or W = 0, has none)."""
+        out = np.zeros((img.shape[0], *self.ok.shape))
+        out[:, self.ok] = img[:, self.row[self.ok], self.col[self.ok]]
+        return out
+
+    def scatter(self, target: np.ndarray, grad: np.ndarray) -> None:
+        """``target[:, row, col] += grad * w`` for the ok points only: target (C, H, W), grad
+        (C, *points). A neighbour that is not used adds nothing, not even ``grad * 0`` (which is
+        NaN for a non-finite grad), and an empty image takes nothing."""
+        ok = self.ok
+        index = (slice(None), self.row[ok], self.col[ok])  # NumPy's stub omits slices here
+        np.add.at(target, index, grad[:, ok] * self.w[ok])  # type: ignore[arg-type]
 
 
 def bilinear_corners(y: np.ndarray, x: np.ndarray, height: int, width: int) -> list[Corner]:

@@ -137,8 +137,7 @@ def deform_conv2d_backward(
             v = corner.value(img)
             dv_dy += v * corner.dw_dy
             dv_dx += v * corner.dw_dx
-            index = (slice(None), corner.row, corner.col)  # NumPy's stub omits slices here
-            np.add.at(g_input[b, chans], index, gc * m * corner.w)  # type: ignore[arg-type]
+            corner.scatter(g_input[b, chans], gc * m)
         ch = 2 * (g * taps + k)
         g_offset[b, ch] = (gc * dv_dy).sum(axis=0) * m
         g_offset[b, ch + 1] = (gc * dv_dx).sum(axis=0) * m

@@ -246,9 +246,10 @@ def _backward_chunk(
     if mask is not None:
         g_m = g_mask[None] if parts == 1 else np.zeros((parts, *mask.shape), input.dtype)
     m = np.empty((1, 1, 1, 1), dtype=input.dtype) if mask is None else mask
+    scratch = np.empty((bc * len(runs) * slices, 3, cg), dtype=input.dtype)
     with kernel_threads(col.size) as serial:
         args = (xpad, offset, m, mask is not None, runs, (kh, kw), *params, gcol, col, gin, g_off)
-        deform_conv2d_col2im(serial, *args, g_m)
+        deform_conv2d_col2im(serial, *args, g_m, scratch)
         _mark("backward kernel")
         sum_channels_first(serial, gin, g_input)
         _mark("input-gradient reduction")

@@ -59,22 +59,47 @@ def bilinear_weights(y, x):
 
 @njit(cache=True)
 def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
-    """``col[g, pos, k, d0 + t] = scale · bilinear(xpad[b], channel c0 + t)`` for ``t < n``."""
+    """``col[g, pos, k, d0 + t] = scale · bilinear(xpad[b], channel c0 + t)`` for ``t < n``.
+
+    The mask ``scale`` multiplies the interpolated value, not the weights, as the reference does: with
+    an inf mask, ``inf · (w · 0)`` of a zero-padded neighbour would be NaN where the reference's value is
+    inf."""
     one = xpad.dtype.type(1)
     hy = one - ly
     hx = one - lx
-    w00 = scale * hy * hx
-    w01 = scale * hy * lx
-    w10 = scale * ly * hx
-    w11 = scale * ly * lx
+    w00 = hy * hx
+    w01 = hy * lx
+    w10 = ly * hx
+    w11 = ly * lx
     for t in range(n):
         c = c0 + t
-        col[g, pos, k, d0 + t] = (
+        col[g, pos, k, d0 + t] = scale * (
             w00 * xpad[b, r, q, c]
             + w01 * xpad[b, r, q + 1, c]
             + w10 * xpad[b, r + 1, q, c]
             + w11 * xpad[b, r + 1, q + 1, c]
         )
+
+
+@njit(cache=True)
+def zero_sample(scale, n, col, g, pos, k, d0):
+    """``col[g, pos, k, d0 + t] = scale · 0`` for ``t < n``: a sampling point out of range has value 0,
+    modulated like any other (NaN for a non-finite mask, as the reference computes)."""
+    value = scale * col.dtype.type(0)
+    for t in range(n):
+        col[g, pos, k, d0 + t] = value
+
+
+@njit(cache=True)
+def zero_sample_sums(gcol, g, pos, k, d0, n):
+    """The channel sums of ``bilinear_backward`` for a point out of range, whose value and
+    derivatives are 0: ``Σ gcol · 0`` (0, or NaN where the column gradient is not finite, as the
+    reference computes)."""
+    zero = gcol.dtype.type(0)
+    total = zero
+    for t in range(n):
+        total += gcol[g, pos, k, d0 + t] * zero
+    return total
 
 
 @njit(cache=True)
@@ -177,13 +202,12 @@ def _im2col_row(xpad, offset, mask, has_mask, runs, kernel, stride, padding, dil
                     k, _, y, x = sampling_point(
                         offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
                     )
+                    m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
                     if sample_in_range(y, x, height, width):
-                        m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
                         r, q, ly, lx = bilinear_weights(y, x)
                         bilinear_sample(xpad, b, r, q, ly, lx, m, c0, n, col, g, pos, k, d0)
                     else:
-                        for c in range(n):
-                            col[g, pos, k, d0 + c] = 0
+                        zero_sample(m, n, col, g, pos, k, d0)
 
 
 @SerialOrParallel
@@ -213,6 +237,7 @@ def _col2im_task(
     gin,
     g_off,
     g_mask,
+    scratch,
     task,
 ):
     """Task ``task = (b·runs + run)·slices + s`` of ``deform_conv2d_col2im``."""
@@ -228,7 +253,7 @@ def _col2im_task(
     b = task // (slices * nruns)
     og, part = runs[index, 0], runs[index, 4]
     g, c0, n, d0 = _unsigned_run(runs, index, gcol.shape[3])
-    acc = np.empty((3, gcol.shape[3]), dtype=xpad.dtype)
+    acc = scratch[task]
     for oy in range(s * out_h // slices, (s + 1) * out_h // slices):
         for ox in range(out_w):
             pos = np.uint64((b * out_h + oy) * out_w + ox)
@@ -238,15 +263,14 @@ def _col2im_task(
                         offset, b, og, i, j, oy, ox, kernel, stride, padding, dilation
                     )
                     m = mask[b, og * kh * kw + k, oy, ox] if has_mask else t(1)
-                    gv = gy = gx = t(0)
                     if sample_in_range(y, x, height, width):
                         r, q, ly, lx = bilinear_weights(y, x)
                         gv, gy, gx = bilinear_backward(
                             xpad, gin, s, b, r, q, ly, lx, m, c0, n, gcol, col, g, pos, k, d0, acc
                         )
                     else:
-                        for c in range(n):
-                            col[g, pos, k, d0 + c] = 0
+                        zero_sample(m, n, col, g, pos, k, d0)
+                        gv = gy = gx = zero_sample_sums(gcol, g, pos, k, d0, n)
                     g_off[part, b, ch, oy, ox] = gy * m
                     g_off[part, b, ch + 1, oy, ox] = gx * m
                     if has_mask:
@@ -269,6 +293,7 @@ def deform_conv2d_col2im(
     gin,
     g_off,
     g_mask,
+    scratch,
 ):
     """Fused backward of ``deform_conv2d_im2col`` given the column gradient ``gcol``; it also writes
     the columns themselves into ``col`` (same shape), for the weight gradient.
@@ -276,7 +301,9 @@ def deform_conv2d_col2im(
     Scatters into ``gin`` (slices, Bc, H+2, W+2, C), zero on entry: slice s takes output rows
     ``[s·H_out/slices, (s+1)·H_out/slices)``. Writes ``g_off[part]`` (parts, Bc, 2·og·K, H_out, W_out)
     and, when ``has_mask``, ``g_mask[part]`` (parts, Bc, og·K, H_out, W_out) for every element its
-    runs cover. One task per (batch item, run, slice)."""
+    runs cover. One task per (batch item, run, slice); ``scratch`` (tasks, 3, >= C_in/groups) holds
+    each task's channel sums (allocated by the caller: nothing is allocated in the parallel loop,
+    where Numba would lose a MemoryError)."""
     for task in prange(xpad.shape[0] * runs.shape[0] * gin.shape[0]):
         _col2im_task(
             xpad,
@@ -293,6 +320,7 @@ def deform_conv2d_col2im(
             gin,
             g_off,
             g_mask,
+            scratch,
             task,
         )
 
