@@ -20,6 +20,7 @@ from typing import Any
 
 from cudcn.arrays import Array, array_module
 from cudcn.distributed.comm import Communicator
+from cudcn.ops._checks import check_bool
 from cudcn.ops.norm import BatchNormFunction, _array
 
 __all__ = ["SyncBatchNormFunction", "sync_batch_norm"]
@@ -87,7 +88,7 @@ def sync_batch_norm(
         comm=comm,
         running_mean=_array(running_mean),
         running_var=_array(running_var),
-        training=bool(training),
+        training=check_bool("training", training),
         momentum=momentum,
         eps=eps,
     )

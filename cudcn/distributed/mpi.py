@@ -1,6 +1,6 @@
 """The MPI communicator: the ranks of ``MPI.COMM_WORLD`` through mpi4py, imported on first use.
 
-No rank waits forever for another (issue 22):
+No rank waits forever for another:
 
 * every collective waits on a nonblocking request (``Iallreduce``, ``Ibcast``) polled in Python, so
   a wait can end: after ``CUDCN_COLLECTIVE_TIMEOUT`` seconds (default 300; 0 waits forever) it

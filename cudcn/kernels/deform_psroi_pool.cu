@@ -205,14 +205,15 @@ __global__ void deform_psroi_pool_backward(const S* __restrict__ grad_out,
         if (!use_trans) continue;
         const T u00 = widen(plane[p00]), u01 = widen(plane[p01]);
         const T u10 = widen(plane[p10]), u11 = widen(plane[p11]);
-        sum_x += u11 * dy + u10 * (T(1) - dy) - u01 * dy - u00 * (T(1) - dy);
-        sum_y += u11 * dx + u01 * (T(1) - dx) - u10 * dx - u00 * (T(1) - dx);
+        // g multiplies each sample's slope (as in the reference), so inf * 0 is NaN, not skipped.
+        sum_x += (u11 * dy + u10 * (T(1) - dy) - u01 * dy - u00 * (T(1) - dy)) * g;
+        sum_y += (u11 * dx + u01 * (T(1) - dx) - u10 * dx - u00 * (T(1) - dx)) * g;
       }
     }
     if (use_trans) {
       const Scatter<T> to_trans{grad_trans, fixed_trans, scatter_pass};
-      to_trans.add(bin.trans_x, sum_x * trans_std * bin.roi_w * g);
-      to_trans.add(bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h * g);
+      to_trans.add(bin.trans_x, sum_x * trans_std * bin.roi_w);
+      to_trans.add(bin.trans_x + part_size * part_size, sum_y * trans_std * bin.roi_h);
     }
   }
 }

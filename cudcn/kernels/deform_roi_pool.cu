@@ -140,15 +140,17 @@ __global__ void deform_roi_pool_backward(const S* __restrict__ grad_out, const S
         if (!use_offset) continue;
         const T v1 = widen(plane[p1]), v2 = widen(plane[p2]);
         const T v3 = widen(plane[p3]), v4 = widen(plane[p4]);
-        if (t.x_moves) sum_x += hy * (v2 - v1) + t.ly * (v4 - v3);
-        if (t.y_moves) sum_y += hx * (v3 - v1) + t.lx * (v4 - v2);
+        // A sample that does not move along an axis adds 0 times its slope, and g multiplies each
+        // sample's slope: 0 * inf and inf * 0 are NaN here as in the reference (IEEE), not skipped.
+        sum_x += static_cast<T>(t.x_moves) * (hy * (v2 - v1) + t.ly * (v4 - v3)) * g;
+        sum_y += static_cast<T>(t.y_moves) * (hx * (v3 - v1) + t.lx * (v4 - v2)) * g;
       }
     }
     if (use_offset) {
       const Scatter<T> to_offset{grad_offset, fixed_offset, scatter_pass};
       const I off = (2 * static_cast<I>(r) * pooled_h + i) * pooled_w + j;
-      to_offset.add(off, gamma * bin.roi.roi_w * g * sum_x);
-      to_offset.add(off + pooled_h * pooled_w, gamma * bin.roi.roi_h * g * sum_y);
+      to_offset.add(off, gamma * bin.roi.roi_w * sum_x);
+      to_offset.add(off + pooled_h * pooled_w, gamma * bin.roi.roi_h * sum_y);
     }
   }
 }

@@ -30,19 +30,6 @@ from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
 
 BACKENDS = ("cpu", "emulated")
 
-# The CUDA kernels (so the emulated backend) skip the offset/trans derivative of a sample that does
-# not move instead of multiplying it by 0, and multiply grad_out after summing the samples: with a
-# non-finite input or grad_out their offset/trans gradient is not the reference's yet (the CPU's is).
-KERNEL_GAP = pytest.mark.xfail(
-    strict=True, reason="kernels/deform_*roi_pool.cu: offset/trans gradient on non-finite data (issue 22)"
-)
-
-
-def gap(request: pytest.FixtureRequest, backend: str, case: str, cases: set[str]) -> None:
-    """Mark the emulated backend's known offset/trans-gradient cases as expected failures."""
-    if backend == "emulated" and case in cases:
-        request.applymarker(KERNEL_GAP)
-
 
 def kinds(a: np.ndarray) -> np.ndarray:
     """0 finite, 1 NaN, +-2 +-inf: the classes that must match exactly."""
@@ -176,10 +163,7 @@ def test_roi_align_one_inf_pixel_issue_example() -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", ROI_POISONS)
-def test_deform_roi_pool_nonfinite_as_reference(
-    backend: str, case: str, request: pytest.FixtureRequest
-) -> None:
-    gap(request, backend, case, set(ROI_POISONS) - {"input nan"})
+def test_deform_roi_pool_nonfinite_as_reference(backend: str, case: str) -> None:
     a = roi_case(5)
     name, where, value = ROI_POISONS[case]
     a[name] = poison(a[name], where, value)
@@ -202,10 +186,7 @@ PS_POISONS = {
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", PS_POISONS)
 @pytest.mark.parametrize("per_part", [2, 5])
-def test_deform_psroi_pool_nonfinite_as_reference(
-    backend: str, case: str, per_part: int, request: pytest.FixtureRequest
-) -> None:
-    gap(request, backend, case, {"grad_out inf"})
+def test_deform_psroi_pool_nonfinite_as_reference(backend: str, case: str, per_part: int) -> None:
     rng = np.random.default_rng(11)
     a = {
         "x": rng.standard_normal((1, 8, 4, 4)),
