@@ -50,12 +50,26 @@ def c_type(dtype: Any) -> str:
         ) from None
 
 
+INDEX_TYPES = ("int", "long long")  # the kernels' index instantiations, see index_type
+
+
+def name_expressions(stem: str, kernels: tuple[str, ...]) -> tuple[str, ...]:
+    """Every instantiation ``<stem>_<kernel><storage type, index type>`` of an op's kernels: the
+    ``NAME_EXPRESSIONS`` of its launch module."""
+    return tuple(
+        f"{stem}_{kernel}<{scalar}, {index}>"
+        for kernel in kernels
+        for scalar in C_TYPES.values()
+        for index in INDEX_TYPES
+    )
+
+
 def index_type(*counts: int) -> tuple[str, type[np.integer]]:
     """The kernels' index type for a launch whose largest element count is ``max(counts)``:
     ``("int", numpy.int32)``, or ``("long long", numpy.int64)`` past :data:`INDEX32_LIMIT`."""
     if max(counts) <= INDEX32_LIMIT:
-        return "int", np.int32
-    return "long long", np.int64
+        return INDEX_TYPES[0], np.int32
+    return INDEX_TYPES[1], np.int64
 
 
 def check_plane(height: int, width: int, what: str = "input") -> None:

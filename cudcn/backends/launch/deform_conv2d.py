@@ -30,7 +30,6 @@ import numpy as np
 from cudcn.arrays import Array
 from cudcn.backends import deterministic_enabled, new_output
 from cudcn.backends.launch.common import (
-    C_TYPES,
     GetKernel,
     KernelParams,
     ScatterTarget,
@@ -39,17 +38,13 @@ from cudcn.backends.launch.common import (
     check_plane,
     index_type,
     launch_1d,
+    name_expressions,
     scatter_passes,
 )
 from cudcn.dtypes import compute_dtype, narrow, widen
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 
-NAME_EXPRESSIONS = tuple(
-    f"deform_conv2d_{kernel}<{scalar}, {index}>"
-    for kernel in ("im2col", "col2im", "col2im_coord")
-    for scalar in C_TYPES.values()
-    for index in ("int", "long long")
-)
+NAME_EXPRESSIONS = name_expressions("deform_conv2d", ("im2col", "col2im", "col2im_coord"))
 
 COLUMN_BUDGET_BYTES = 128 * 2**20  # bound on the column buffer of one batch chunk
 

@@ -14,23 +14,18 @@ from typing import Any
 from cudcn.arrays import Array
 from cudcn.backends import new_output
 from cudcn.backends.launch.common import (
-    C_TYPES,
     GetKernel,
     KernelParams,
     c_type,
     check_plane,
     index_type,
     launch_1d,
+    name_expressions,
     roi_pool_backward,
 )
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 
-NAME_EXPRESSIONS = tuple(
-    f"deform_psroi_pool_{kernel}<{scalar}, {index}>"
-    for kernel in ("forward", "backward")
-    for scalar in C_TYPES.values()
-    for index in ("int", "long long")
-)
+NAME_EXPRESSIONS = name_expressions("deform_psroi_pool", ("forward", "backward"))
 
 
 @dataclass(frozen=True)
