@@ -15,6 +15,7 @@ from cudcn.ops.deform_psroi_pool import deform_psroi_pool
 from cudcn.ops.deform_roi_pool import deform_roi_pool
 from cudcn.ops.linear import linear
 from cudcn.ops.loss import cross_entropy, mse_loss, smooth_l1_loss
+from cudcn.ops.ms_deform_attn import ms_deform_attn
 from cudcn.ops.norm import batch_norm
 from cudcn.ops.pool import adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d
 from cudcn.ops.roi_align import roi_align
@@ -33,6 +34,7 @@ __all__ = [
     "linear",
     "log_softmax",
     "max_pool2d",
+    "ms_deform_attn",
     "mse_loss",
     "relu",
     "roi_align",

@@ -2,14 +2,16 @@
 
 ``<op>_backward(grad_out, <the forward's arguments>)`` returns the gradients of the differentiable
 inputs in order (``deform_conv2d``: input, offset, weight, bias, mask; ``deform_roi_pool``: input,
-offset; ``deform_psroi_pool``: input, trans), ``None`` where an optional input was ``None``. Nothing is
-kept between the two calls, so they can be wired into any autograd (a PyTorch ``autograd.Function``,
-a JAX ``custom_vjp``, ...).
+offset; ``deform_psroi_pool``: input, trans; ``ms_deform_attn``: value, sampling_locations,
+attention_weights), ``None`` where an optional input was ``None``. Nothing is kept between the two
+calls, so they can be wired into any autograd (a PyTorch ``autograd.Function``, a JAX
+``custom_vjp``, ...).
 """
 
 from cudcn.ops.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool_backward, deform_psroi_pool_forward
 from cudcn.ops.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.ops.ms_deform_attn import ms_deform_attn_backward, ms_deform_attn_forward
 from cudcn.ops.roi_align import roi_align_backward, roi_align_forward
 
 __all__ = [
@@ -19,6 +21,8 @@ __all__ = [
     "deform_psroi_pool_forward",
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "ms_deform_attn_backward",
+    "ms_deform_attn_forward",
     "roi_align_backward",
     "roi_align_forward",
 ]

@@ -14,6 +14,7 @@ from cudcn.reference.deform_psroi_pool import (
     round_half_away,
 )
 from cudcn.reference.deform_roi_pool import deform_roi_pool_backward, deform_roi_pool_forward
+from cudcn.reference.ms_deform_attn import ms_deform_attn_backward, ms_deform_attn_forward
 
 __all__ = [
     "Corner",
@@ -24,5 +25,7 @@ __all__ = [
     "deform_psroi_pool_forward",
     "deform_roi_pool_backward",
     "deform_roi_pool_forward",
+    "ms_deform_attn_backward",
+    "ms_deform_attn_forward",
     "round_half_away",
 ]
