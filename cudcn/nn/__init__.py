@@ -34,6 +34,7 @@ from cudcn.nn.layers import (
     Sigmoid,
 )
 from cudcn.nn.module import IncompatibleKeys, Module, Parameter
+from cudcn.nn.ms_deform_attn import MultiScaleDeformableAttention
 from cudcn.nn.roi import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 from cudcn.nn.sync_batchnorm import SyncBatchNorm
 
@@ -57,6 +58,7 @@ __all__ = [
     "ModulatedDeformRoIPoolPack",
     "Module",
     "ModuleList",
+    "MultiScaleDeformableAttention",
     "Parameter",
     "ReLU",
     "Sequential",
