@@ -72,7 +72,7 @@ def check(got, value, locations, weights, dtype, name):
     assert_allclose_to_reference(got[keep], ref[keep], dtype, scale=scale[keep], factor=factor, name=name)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16], ids=lambda d: np.dtype(d).name)
 def test_matches_reference_and_cudcn_at_other_batch_sizes(dtype):
     rng = np.random.default_rng(SEED)
     print("seed", SEED)
