@@ -54,6 +54,7 @@ PSROI = DeformPSRoIPoolParams(
 )
 
 MSDA = MSDeformAttnParams(((3, 3), (2, 2)), (0, 9))
+PARAMS = {"deform_roi_pool": ROI, "deform_psroi_pool": PSROI, "ms_deform_attn": MSDA}  # but the conv
 # Contributions one scattered element may receive (the summation-order bound's term count).
 TERMS = {"deform_conv2d": 4 * 9 * 3, "deform_roi_pool": 4 * 9 * 12, "deform_psroi_pool": 4 * 9 * 12}
 TERMS["ms_deform_attn"] = 6 * 2  # 6 queries x 2 points of one level, one neighbour each
@@ -89,8 +90,7 @@ def _backward(op: str, args: tuple) -> list[np.ndarray]:
         grad, x, offset, weight, mask = args
         grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
         return [grads[0], grads[1], grads[4]]
-    function = getattr(emulated, f"{op}_backward")
-    return list(function(*args, {"deform_psroi_pool": PSROI, "ms_deform_attn": MSDA}.get(op, ROI)))
+    return list(getattr(emulated, f"{op}_backward")(*args, PARAMS[op]))
 
 
 def _under_schedules(monkeypatch, op: str, args: tuple) -> list[list[np.ndarray]]:
