@@ -198,11 +198,12 @@ __device__ __forceinline__ void bilinear_scatter(const Scatter<T>& scatter, I pl
   const T hy = T(1) - w.ly, hx = T(1) - w.lx;
   const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
   const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
-  const I i00 = w.y0 * width + w.x0;  // may be negative: used only for neighbours that exist
-  if (top && left) scatter.add(plane + i00 * stride, hy * hx * value);
-  if (top && right) scatter.add(plane + (i00 + 1) * stride, hy * w.lx * value);
-  if (bottom && left) scatter.add(plane + (i00 + width) * stride, w.ly * hx * value);
-  if (bottom && right) scatter.add(plane + (i00 + width + 1) * stride, w.ly * w.lx * value);
+  const I i00 = plane + static_cast<I>(w.y0 * width + w.x0) * stride;
+  const I row = static_cast<I>(width) * stride;
+  if (top && left) scatter.add(i00, hy * hx * value);
+  if (top && right) scatter.add(i00 + stride, hy * w.lx * value);
+  if (bottom && left) scatter.add(i00 + row, w.ly * hx * value);
+  if (bottom && right) scatter.add(i00 + row + stride, w.ly * w.lx * value);
 }
 
 #endif  // CUDCN_COMMON_CUH

@@ -234,3 +234,19 @@ def test_non_finite_data_follow_the_reference(kernels, dtype):
         finite = np.isfinite(w)
         scale = float(np.abs(w[finite]).max())
         np.testing.assert_allclose(g[finite], w[finite], rtol=tol, atol=tol * scale, err_msg=name)
+
+
+def test_the_emulator_runs_these_kernels_concurrent(monkeypatch):
+    """The backward's warp shuffles need every CUDA thread of a block to be an OS thread: the loader
+    finds the source cooperating, so the default ("auto") mode runs concurrent, and serial mode
+    refuses rather than running it wrong."""
+    from cudcn.backends.emulated.loader import host_library
+
+    monkeypatch.delenv("CUDCN_EMULATED_MODE", raising=False)
+    assert host_library("ms_deform_attn").get_kernel("ms_deform_attn_backward<float, int>").cooperates
+    value, loc, weights, grad = make_inputs(CASES[0], np.float64, SEED)
+    p = CASES[0].params()
+    cudcn.backends.emulated.ms_deform_attn_backward(grad, value, loc, weights, p)
+    monkeypatch.setenv("CUDCN_EMULATED_MODE", "serial")
+    with pytest.raises(RuntimeError, match="CUDCN_EMULATED_MODE=concurrent"):
+        cudcn.backends.emulated.ms_deform_attn_backward(grad, value, loc, weights, p)
