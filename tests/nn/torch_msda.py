@@ -1,30 +1,13 @@
-"""A PyTorch multi-scale deformable attention, written for the tests from the published definition
-(Deformable DETR's equations; mmcv's parameter names and layout), on ``torch.nn.functional.
-grid_sample``. Imported only where torch is installed.
+"""A PyTorch multi-scale deformable attention module, written for the tests from the published
+definition (Deformable DETR's equations; mmcv's parameter names and layout), on the op's
+``grid_sample`` peer (tests/ops/ms_deform_attn/torch_peer.py). Imported only where torch is installed.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-
-def grid_sample_msda(value, shapes, locations, weights):
-    """value (N, S, M, D), locations (N, Q, M, L, P, 2) normalised (x, y), weights (N, Q, M, L, P)
-    -> (N, Q, M·D): per level, ``grid_sample`` of the (N·M, D, H, W) planes at ``2·loc − 1``."""
-    n, _, m, d = value.shape
-    q, points = locations.shape[1], locations.shape[4]
-    total = 0
-    start = 0
-    for level, (h, w) in enumerate(shapes):
-        planes = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(n * m, d, h, w)
-        grid = 2 * locations[:, :, :, level] - 1  # (N, Q, M, P, 2)
-        grid = grid.permute(0, 2, 1, 3, 4).reshape(n * m, q, points, 2)
-        samples = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        lw = weights[:, :, :, level].permute(0, 2, 1, 3).reshape(n * m, 1, q, points)
-        total = total + (samples * lw).sum(-1)  # (N·M, D, Q)
-        start += h * w
-    return total.reshape(n, m, d, q).permute(0, 3, 1, 2).reshape(n, q, m * d)
+from tests.ops.ms_deform_attn.torch_peer import grid_sample_ms_deform_attn
 
 
 class TorchMSDA(torch.nn.Module):
@@ -54,4 +37,4 @@ class TorchMSDA(torch.nn.Module):
             locations = ref + offsets / size[:, None, :]
         else:
             locations = ref[..., :2] + offsets / p * ref[..., 2:] * 0.5
-        return self.output_proj(grid_sample_msda(v, shapes, locations, weights)) + query
+        return self.output_proj(grid_sample_ms_deform_attn(v, shapes, locations, weights)) + query
