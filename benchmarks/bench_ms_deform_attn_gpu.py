@@ -293,6 +293,7 @@ def torch_peer() -> tuple[Any, Any, str]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests' peer
     try:
         import torch
+
         from tests.ops.ms_deform_attn.torch_peer import grid_sample_ms_deform_attn
     except ImportError as error:
         return None, None, f"not measured (no torch or its peer: {error.name or error})"
