@@ -34,6 +34,7 @@ def test_without_a_gpu_every_row_reads_not_measured(tmp_path, capsys) -> None:
     assert len(rows) == 9 and all(r["fwd_ms"] is None and r["note"] == gpu_table.NO_GPU for r in rows)
 
 
+@pytest.mark.slow
 def test_the_measuring_loop_end_to_end_on_the_emulated_backend(monkeypatch) -> None:
     monkeypatch.setattr(bench, "HEADS", 2)
     monkeypatch.setattr(bench, "CHANNELS", 3)
