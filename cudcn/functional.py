@@ -10,6 +10,8 @@ from __future__ import annotations
 from cudcn.arrays import Array
 from cudcn.ops.activation import dropout, log_softmax, relu
 from cudcn.ops.conv import conv2d
+from cudcn.ops.dcnv3 import dcnv3
+from cudcn.ops.dcnv4 import dcnv4
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool
 from cudcn.ops.deform_roi_pool import deform_roi_pool
@@ -26,6 +28,8 @@ __all__ = [
     "batch_norm",
     "conv2d",
     "cross_entropy",
+    "dcnv3",
+    "dcnv4",
     "deform_conv2d",
     "deform_psroi_pool",
     "deform_roi_pool",
