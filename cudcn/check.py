@@ -150,7 +150,13 @@ DEFORM_PSROI_POOL = OpCheck(
     lambda g, a: reference.deform_psroi_pool_backward(g, a["input"], a["rois"], a["trans"], _PSROI),
 )
 
-_DCN_ARGS = {"kernel_size": 3, "padding": 1, "group": 2, "offset_scale": 0.5, "remove_center": True}
+_DCN_ARGS: dict[str, Any] = {
+    "kernel_size": 3,
+    "padding": 1,
+    "group": 2,
+    "offset_scale": 0.5,
+    "remove_center": True,
+}
 _DCN = DCNv3Params.build(np.zeros((1, 3, 4, 4)), 3, 1, 1, 1, 2, 0.5, True)
 
 
