@@ -130,3 +130,26 @@ def test_tensor_path_gives_tensor_and_array_level_grads():
         np.testing.assert_array_equal(t.grad, g)
     plain = dcnv3(*(a.astype(np.float32) for a in (x, offset, mask)), *case.args())
     assert type(plain) is np.ndarray and plain.dtype == np.float32
+
+
+def test_deterministic_for_any_thread_count_or_schedule(backend, monkeypatch):
+    """Under cudcn.deterministic() the gradients are bitwise identical: on the CPU for 1 and all
+    threads, on the emulated GPU for two block orders and worker counts, on a GPU run to run."""
+    require_core(backend)
+    numba = pytest.importorskip("numba")
+    case = Case("determinism", batch=1, height=6, width=6, group=2, depth=4)
+    x, offset, mask = make_inputs(case, np.float32, SEED + 45)
+    grad = np.random.default_rng(SEED).standard_normal((1, 6, 6, 8)).astype(np.float32)
+    threads = numba.get_num_threads()
+    runs = []
+    try:
+        for i, (workers, seed) in enumerate((("1", "1"), ("3", "2"))):
+            monkeypatch.setenv("CUDCN_EMULATED_WORKERS", workers)
+            monkeypatch.setenv("CUDCN_EMULATED_SEED", seed)
+            numba.set_num_threads(1 if i == 0 else threads)
+            with cudcn.deterministic():
+                runs.append(run_both(backend, case, x, offset, mask, grad)[1])
+    finally:
+        numba.set_num_threads(threads)
+    for got, want in zip(runs[1], runs[0], strict=True):
+        assert got.tobytes() == want.tobytes()
