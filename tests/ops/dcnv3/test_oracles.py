@@ -15,6 +15,7 @@ from cudcn.ops import (
     deform_conv2d_backward,
     deform_conv2d_to_dcnv3,
 )
+from tests.conftest import Backend
 
 from .cases import CASES, Case, make_inputs, require_core
 
@@ -70,7 +71,16 @@ def dcnv3_forward_host(backend, x, offset, mask, case: Case) -> np.ndarray:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
-def test_equals_deform_conv2d_through_the_converter(backend, case):
+def test_equals_deform_conv2d_through_the_converter(case):
+    """Every case on the CPU backend (another op's kernels: deform_conv2d's)."""
+    check_deform_conv2d(Backend("cpu"), case)
+
+
+def test_equals_deform_conv2d(backend):
+    check_deform_conv2d(backend, CASES[3])
+
+
+def check_deform_conv2d(backend, case: Case) -> None:
     """dcnv3 with C = G·D is deform_conv2d with groups = C, all-ones weights and the rearranged
     offsets and mask: outputs and all three gradients (the offset's through the chain rule
     ``d/d offset = s · d/d (dx, dy)``)."""
