@@ -8,7 +8,9 @@
 #     (tests/precision/: test_half_precision.py, test_deterministic.py, test_deterministic_gpu.py)
 #   pytest -m gpu on every other test                               120
 #   benchmarks/bench_deform_conv2d_gpu.py (float32, float16, bfloat16, torchvision, cuDNN, peak
-#     memory, and the deterministic mode's cost: fwd+bwd with the mode on vs off)    180
+#     memory, and the deterministic mode's cost: fwd+bwd with the mode on vs off)    140
+#   benchmarks/bench_ms_deform_attn_gpu.py (Deformable DETR's encoder shape, float32, float16,
+#     bfloat16, the deterministic mode, against torch's grid_sample composition)      40
 # Runs cudcn from this source tree (PYTHONPATH), with the Python that has CuPy, torch and torchvision
 # ($PYTHON, default python3). Logs go to $OUT (or a temporary folder). Without a usable GPU it says so
 # and exits 1; it exits non-zero when a step fails (pytest collecting no GPU test counts as failing).
@@ -76,14 +78,21 @@ step "pytest -m gpu: precision, determinism" precision.log 120 "$TESTS" \
 step "pytest -m gpu: the other tests" gpu_tests.log 120 "$TESTS" \
     "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider "${IGNORE[@]}" tests
 
-bench_limit=$(step_limit 180)  # the benchmark stops starting rows 40 s before its step limit
-step "bench_deform_conv2d_gpu.py" bench.log 180 '^bench_deform_conv2d_gpu:' \
+bench_limit=$(step_limit 140)  # the benchmark stops starting rows 40 s before its step limit
+step "bench_deform_conv2d_gpu.py" bench.log 140 '^bench_deform_conv2d_gpu:' \
     "$PY" benchmarks/bench_deform_conv2d_gpu.py \
     --time-limit $((bench_limit > 80 ? bench_limit - 40 : (bench_limit > 2 ? bench_limit / 2 : 1))) \
     --json "$LOGS/bench_deform_conv2d_gpu.json" "$@"
+msda_limit=$(step_limit 40)  # its rows are short: it stops starting them 10 s before its limit
+step "bench_ms_deform_attn_gpu.py" bench_msda.log 40 '^bench_ms_deform_attn_gpu:' \
+    "$PY" benchmarks/bench_ms_deform_attn_gpu.py \
+    --time-limit $((msda_limit > 20 ? msda_limit - 10 : (msda_limit > 2 ? msda_limit / 2 : 1))) \
+    --json "$LOGS/bench_ms_deform_attn_gpu.json" "$@"
 
 echo
 sed -n '/^deform_conv2d on a GPU/,$p' "$LOGS/bench.log"
+echo
+sed -n '/^ms_deform_attn on a GPU/,$p' "$LOGS/bench_msda.log"
 echo
 echo "== gpu_check summary (logs in $LOGS; total $SECONDS s of at most $TOTAL s) =="
 echo "| step | exit | time | last line |"

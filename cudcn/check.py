@@ -34,6 +34,7 @@ from cudcn.ops.dcnv3_layout import dcnv3_to_dcnv4
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 from cudcn.testing import gradcheck, poison_outputs, to_numpy
 
 Inputs = dict[str, Any]
@@ -150,6 +151,39 @@ DEFORM_PSROI_POOL = OpCheck(
     lambda g, a: reference.deform_psroi_pool_backward(g, a["input"], a["rois"], a["trans"], _PSROI),
 )
 
+_MSDA = MSDeformAttnParams(levels=((2, 3), (1, 2)), starts=(0, 6))
+_MSDA_SHAPE = (1, 2, 2, 2)  # N, Lq, M, D (small: gradcheck runs a launch per input element)
+
+
+def _msda_inputs(rng: np.random.Generator) -> Inputs:
+    """Normalised locations of pixel positions whose fractional parts stay in [0.1, 0.9] (no kink
+    for finite differences), some partly outside their level."""
+    n, q, m, d = _MSDA_SHAPE
+    sizes = np.array([(w, h) for h, w in _MSDA.levels], dtype=np.float64)[:, None, :]  # (L, 1, 2)
+    shape = (n, q, m, len(_MSDA.levels), 2, 2)  # P = 2
+    pixels = np.floor(rng.uniform(0, 1, shape) * (sizes + 1)) - 1 + rng.uniform(0.1, 0.9, shape)
+    return {
+        "value": rng.standard_normal((n, sum(h * w for h, w in _MSDA.levels), m, d)),
+        "sampling_locations": (pixels + 0.5) / sizes,
+        "attention_weights": rng.uniform(0.1, 1.0, shape[:-1]),
+    }
+
+
+def _msda_arrays(a: Inputs) -> tuple[Any, Any, Any]:
+    return a["value"], a["sampling_locations"], a["attention_weights"]
+
+
+MS_DEFORM_ATTN = OpCheck(
+    "ms_deform_attn",
+    _msda_inputs,
+    lambda value, sampling_locations, attention_weights: functional.ms_deform_attn(
+        value, [list(s) for s in _MSDA.levels], list(_MSDA.starts), sampling_locations, attention_weights
+    ),
+    ("value", "sampling_locations", "attention_weights"),
+    lambda a: reference.ms_deform_attn_forward(*_msda_arrays(a), _MSDA).reshape((*_MSDA_SHAPE[:2], -1)),
+    lambda g, a: reference.ms_deform_attn_backward(g.reshape(_MSDA_SHAPE), *_msda_arrays(a), _MSDA),
+)
+
 _DCN_ARGS: dict[str, Any] = {
     "kernel_size": 3,
     "padding": 1,
@@ -190,7 +224,7 @@ DCNV4 = OpCheck(
     lambda g, a: reference.dcnv4_backward(g, a["input"], a["offset_mask"], _DCN),
 )
 
-CHECKS = (DEFORM_CONV2D, DEFORM_ROI_POOL, ROI_ALIGN, DEFORM_PSROI_POOL, DCNV3, DCNV4)
+CHECKS = (DEFORM_CONV2D, DEFORM_ROI_POOL, ROI_ALIGN, DEFORM_PSROI_POOL, MS_DEFORM_ATTN, DCNV3, DCNV4)
 
 
 @dataclass(frozen=True)

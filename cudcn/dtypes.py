@@ -118,10 +118,15 @@ def check_library_dtype(xp: Any, dtype: Any, what: str) -> None:
         ) from exc
 
 
-def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
+def computed_in_float32(
+    function: Callable[..., Any], *, keep_float32: tuple[int, ...] = ()
+) -> Callable[..., Any]:
     """Wrap an array-level function whose positional arguments are NumPy arrays (or None) of one
-    dtype: for float16 / bfloat16 arrays it runs on float32 copies and returns its arrays rounded
-    once, to nearest even, to the input dtype (NumPy's ``astype``; ml_dtypes' for bfloat16).
+    dtype (the first array's; others may already be float32): for float16 / bfloat16 arrays it runs
+    on float32 copies and returns its arrays rounded once, to nearest even, to that dtype (NumPy's
+    ``astype``; ml_dtypes' for bfloat16), except the results whose tuple indices are in
+    ``keep_float32``, returned in float32 (results defined in the compute dtype, such as
+    ms_deform_attn's location gradient).
 
     A 16-bit value converts to float32 exactly, so this is computing in float32 from 16-bit storage
     (docs/spec.md); the CPU backend runs its float32 Numba kernels this way."""
@@ -133,7 +138,7 @@ def computed_in_float32(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*arrays, **params)
         result = function(*(widen(a) if isinstance(a, np.ndarray) else a for a in arrays), **params)
         if isinstance(result, tuple):
-            return tuple(narrow(r, dtype) for r in result)
+            return tuple(r if i in keep_float32 else narrow(r, dtype) for i, r in enumerate(result))
         return narrow(result, dtype)
 
     return run

@@ -70,43 +70,49 @@ struct BilinearCorners {
   T ly, lx;
 };
 
-// `plane` holds storage type S, read as T.
-template <typename S, typename T>
+// `plane` holds storage type S, read as T; pixel (r, c) is plane[(r * width + c) * stride] (stride
+// 1: a plain (height, width) plane; ms_deform_attn's channels-last value has stride M * D).
+template <typename S, typename T, typename I = int>
 __device__ __forceinline__ BilinearCorners<T> bilinear_corners(const S* plane, int height,
-                                                               int width, T y, T x) {
+                                                               int width, T y, T x,
+                                                               I stride = 1) {
   const BilinearWeights<T> w = bilinear_weights(y, x);
   const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
   const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
-  const int i00 = w.y0 * width + w.x0;  // may be negative: used only for neighbours that exist
+  const I i00 = w.y0 * width + w.x0;  // may be negative: used only for neighbours that exist
   BilinearCorners<T> c;
-  c.v00 = (top && left) ? widen(plane[i00]) : T(0);
-  c.v01 = (top && right) ? widen(plane[i00 + 1]) : T(0);
-  c.v10 = (bottom && left) ? widen(plane[i00 + width]) : T(0);
-  c.v11 = (bottom && right) ? widen(plane[i00 + width + 1]) : T(0);
+  c.v00 = (top && left) ? widen(plane[i00 * stride]) : T(0);
+  c.v01 = (top && right) ? widen(plane[(i00 + 1) * stride]) : T(0);
+  c.v10 = (bottom && left) ? widen(plane[(i00 + width) * stride]) : T(0);
+  c.v11 = (bottom && right) ? widen(plane[(i00 + width + 1) * stride]) : T(0);
   c.ly = w.ly;
   c.lx = w.lx;
   return c;
 }
 
-// Bilinear value of a (height, width) plane at (y, x); 0 unless the point is in range.
-template <typename S, typename T>
-__device__ __forceinline__ T bilinear_sample(const S* plane, int height, int width, T y, T x) {
+// Bilinear value of a (height, width) plane at (y, x); 0 unless the point is in range. `stride` as
+// in bilinear_corners.
+template <typename S, typename T, typename I = int>
+__device__ __forceinline__ T bilinear_sample(const S* plane, int height, int width, T y, T x,
+                                             I stride = 1) {
   if (!sample_in_range(y, x, height, width)) return T(0);
-  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x);
+  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x, stride);
   const T hy = T(1) - c.ly, hx = T(1) - c.lx;
   return hy * (hx * c.v00 + c.lx * c.v01) + c.ly * (hx * c.v10 + c.lx * c.v11);
 }
 
 // The value and its derivatives d value / dy, d value / dx, of the same floor-based formula: at an
 // integer coordinate the derivative is the forward difference v(y + 1) - v(y). All 0 out of range.
-template <typename S, typename T>
+// `stride` as in bilinear_corners.
+template <typename S, typename T, typename I = int>
 __device__ __forceinline__ void bilinear_sample_grad(const S* plane, int height, int width, T y,
-                                                     T x, T& value, T& grad_y, T& grad_x) {
+                                                     T x, T& value, T& grad_y, T& grad_x,
+                                                     I stride = 1) {
   if (!sample_in_range(y, x, height, width)) {
     value = grad_y = grad_x = T(0);
     return;
   }
-  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x);
+  const BilinearCorners<T> c = bilinear_corners(plane, height, width, y, x, stride);
   const T hy = T(1) - c.ly, hx = T(1) - c.lx;
   value = hy * (hx * c.v00 + c.lx * c.v01) + c.ly * (hx * c.v10 + c.lx * c.v11);
   grad_y = hx * (c.v10 - c.v00) + c.lx * (c.v11 - c.v01);
@@ -182,20 +188,22 @@ struct Scatter {
 
 // Transpose of bilinear_sample: adds weight * value to each neighbour of (y, x) inside the
 // (height, width) plane that starts at element `plane` of the scatter's target, through `scatter`
-// since the neighbours of different sampling points coincide. Nothing out of range.
+// since the neighbours of different sampling points coincide. Nothing out of range. `stride` as in
+// bilinear_corners.
 template <typename T, typename I>
 __device__ __forceinline__ void bilinear_scatter(const Scatter<T>& scatter, I plane, int height,
-                                                 int width, T y, T x, T value) {
+                                                 int width, T y, T x, T value, I stride = 1) {
   if (!sample_in_range(y, x, height, width)) return;
   const BilinearWeights<T> w = bilinear_weights(y, x);
   const T hy = T(1) - w.ly, hx = T(1) - w.lx;
   const bool top = w.y0 >= 0, bottom = w.y0 + 1 < height;
   const bool left = w.x0 >= 0, right = w.x0 + 1 < width;
-  const I i00 = plane + w.y0 * width + w.x0;
+  const I i00 = plane + static_cast<I>(w.y0 * width + w.x0) * stride;
+  const I row = static_cast<I>(width) * stride;
   if (top && left) scatter.add(i00, hy * hx * value);
-  if (top && right) scatter.add(i00 + 1, hy * w.lx * value);
-  if (bottom && left) scatter.add(i00 + width, w.ly * hx * value);
-  if (bottom && right) scatter.add(i00 + width + 1, w.ly * w.lx * value);
+  if (top && right) scatter.add(i00 + stride, hy * w.lx * value);
+  if (bottom && left) scatter.add(i00 + row, w.ly * hx * value);
+  if (bottom && right) scatter.add(i00 + row + stride, w.ly * w.lx * value);
 }
 
 #endif  // CUDCN_COMMON_CUH

@@ -144,11 +144,18 @@ inline Lane this_lane(unsigned mask) {
   return {warp, id % 32};
 }
 
-// Every live lane publishes `bits`; returns the bits lane `source` published.
+// Every live lane publishes `bits`; returns the bits lane `source` published. Reading a lane that
+// has returned is a trap: on a GPU the value read from an inactive lane is undefined.
 inline unsigned long long exchange(Lane self, unsigned long long bits, unsigned source) {
   self.warp.slots[self.lane] = bits;
   self.warp.barrier.wait();
   if (!(self.warp.existing >> source & 1u)) trap("a shuffle reads a lane the block does not have");
+  {
+    std::lock_guard<std::mutex> lock(self.warp.mutex);
+    if (!(self.warp.live >> source & 1u)) {
+      trap("a shuffle reads a lane that has returned (its value is undefined on a GPU)");
+    }
+  }
   const unsigned long long got = self.warp.slots[source];
   self.warp.barrier.wait();  // nobody overwrites a slot before every lane has read
   return got;

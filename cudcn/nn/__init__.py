@@ -36,6 +36,7 @@ from cudcn.nn.layers import (
     Sigmoid,
 )
 from cudcn.nn.module import IncompatibleKeys, Module, Parameter
+from cudcn.nn.ms_deform_attn import MultiScaleDeformableAttention
 from cudcn.nn.roi import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoolPack
 from cudcn.nn.sync_batchnorm import SyncBatchNorm
 
@@ -63,6 +64,7 @@ __all__ = [
     "ModulatedDeformRoIPoolPack",
     "Module",
     "ModuleList",
+    "MultiScaleDeformableAttention",
     "Parameter",
     "ReLU",
     "Sequential",

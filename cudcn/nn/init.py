@@ -30,6 +30,7 @@ __all__ = [
     "normal_",
     "ones_",
     "uniform_",
+    "xavier_uniform_",
     "zeros_",
 ]
 
@@ -147,3 +148,11 @@ def kaiming_normal_(
 ) -> Any:
     """He normal: N(0, std²), ``std = gain / sqrt(fan)``."""
     return normal_(tensor, 0.0, _kaiming_std(tensor.shape, a, mode, nonlinearity), rng)
+
+
+def xavier_uniform_(tensor: Any, gain: float = 1.0, rng: np.random.Generator | None = None) -> Any:
+    """Glorot uniform: U(-bound, bound), ``bound = gain * sqrt(6 / (fan_in + fan_out))`` (for a
+    Linear weight (out, in): fan_in = in, fan_out = out)."""
+    fan_in, fan_out = fan_in_and_fan_out(tensor.shape)
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    return uniform_(tensor, -bound, bound, rng)

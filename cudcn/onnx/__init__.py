@@ -16,6 +16,7 @@ adaptive_avg_pool2d                      GlobalAveragePool, or AveragePool for e
 global_avg_pool2d, mean, sum, max        ReduceMean, ReduceSum, ReduceMax
 roi_align                                RoiAlign (aligned=False: output_half_pixel)
 deform_roi_pool without offset           RoiAlign (half_pixel)
+ms_deform_attn (the MSDA layer)          GatherND, Floor, Where, MatMul, arithmetic (no GridSample)
 log_softmax                              LogSoftmax
 + - * / neg ** @                         Add Sub Mul Div Neg Pow MatMul
 exp log relu sigmoid tanh                Exp Log Relu Sigmoid Tanh

@@ -18,6 +18,7 @@ from cudcn.autograd import shaping as sh
 from cudcn.autograd.function import Function
 from cudcn.autograd.tensor import Tensor
 from cudcn.onnx import ExportError
+from cudcn.onnx.aggregate import ms_deform_attn
 from cudcn.onnx.graph import GraphBuilder, describe
 from cudcn.ops.activation import DropoutFunction, LogSoftmaxFunction
 from cudcn.ops.conv import Conv2dFunction
@@ -25,6 +26,7 @@ from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolFunction
 from cudcn.ops.deform_roi_pool import DeformRoIPoolFunction
 from cudcn.ops.linear import LinearFunction
+from cudcn.ops.ms_deform_attn import MSDeformAttnFunction
 from cudcn.ops.norm import BatchNormFunction
 from cudcn.ops.pool import AdaptiveAvgPool2dFunction, AvgPool2dFunction, MaxPool2dFunction
 
@@ -283,6 +285,7 @@ TRANSLATIONS: dict[type[Function], Translation] = {
     AvgPool2dFunction: _avg_pool2d,
     AdaptiveAvgPool2dFunction: _adaptive_avg_pool2d,
     LogSoftmaxFunction: _log_softmax,
+    MSDeformAttnFunction: ms_deform_attn,
     DeformRoIPoolFunction: _roi_align,
     DeformPSRoIPoolFunction: _unsupported(
         "deform_psroi_pool", "ONNX has no standard position-sensitive (deformable) RoI pooling"

@@ -15,6 +15,7 @@ NAMES = (
     "block_reverse<double>",
     "warp_reduce",
     "early_exit",
+    "shuffle_from_returned",
     "racy_sum",
     "atomic_sum",
     "float_rules",

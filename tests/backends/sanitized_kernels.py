@@ -8,9 +8,10 @@ additions).
 
 Blocks of 32 threads, at most 2 blocks per launch, so every grid-stride loop wraps; the emulated
 backend's mode and worker count come from the environment (the tests ask for concurrent, 3 workers).
-Inputs include exact pixel and border coordinates, offsets far outside the image and, for the conv,
-non-finite offsets. A mismatch is reported and counted, and the run goes on to the other ops, so
-that a sanitizer sees every kernel; the exit status is 1 if anything mismatched.
+Inputs include exact pixel and border coordinates, offsets far outside the image and, for the conv
+and ms_deform_attn, non-finite offsets and locations. A mismatch is reported and counted, and the
+run goes on to the other ops, so that a sanitizer sees every kernel; the exit status is 1 if anything
+mismatched.
 
 Usage: python tests/backends/sanitized_kernels.py [--one] [op ...]   (default: every op; --one: only the
 first configuration of each, float32 with 32-bit indices)
@@ -33,6 +34,7 @@ from cudcn.dtypes import computed_in_float32
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 SMALL_LAUNCHES = {"THREADS_PER_BLOCK": 32, "MAX_BLOCKS": 2}  # set on cudcn.backends.launch.common
 COLUMN_BUDGET_BYTES = 2000  # several batch chunks in the conv
@@ -131,7 +133,29 @@ def psroi(seed, dtype, use_trans) -> None:
     check_op("deform_psroi_pool", seed, dtype, (x, rois, trans), grad_out, p)
 
 
-OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
+def msda(seed, dtype, levels, batch, queries, heads, channels, points, normalized) -> None:
+    """The deformable-aggregation core: points inside, outside and on exact pixel coordinates,
+    NaN, inf and huge locations; several queries per level so that blocks scatter onto the same
+    value gradient elements."""
+    rng = np.random.default_rng(seed)
+    spatial = sum(h * w for h, w in levels)
+    starts = tuple(int(s) for s in np.cumsum([0, *(h * w for h, w in levels)])[:-1])
+    value = rng.standard_normal((batch, spatial, heads, channels)).astype(dtype)
+    shape = (batch, queries, heads, len(levels), points, 2)
+    size = max(max(level) for level in levels)
+    loc = rng.uniform(-0.3, 1.3, shape) if normalized else rng.uniform(-2, size + 1, shape)
+    loc.flat[::7] = np.round(loc.flat[::7] * 8) / 8  # exact coordinates, borders included
+    loc.flat[1::19] = np.nan
+    loc.flat[2::23] = np.inf
+    loc.flat[3::29] = -1.0e30
+    weights = rng.standard_normal(shape[:-1]).astype(dtype)
+    grad_out = rng.standard_normal((batch, queries, heads, channels)).astype(dtype)
+    p = MSDeformAttnParams(tuple(levels), starts, normalized)
+    locations = loc.astype(dtypes.compute_dtype(dtype))
+    check_op("ms_deform_attn", seed, dtype, (value, locations, weights), grad_out, p)
+
+
+OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn")
 
 
 def forward_backward(module, op: str, args: tuple, grad_out, params) -> list:
@@ -187,6 +211,11 @@ def run_configurations(op: str, dtype) -> int:
         roi(4, dtype, False, 0, True)
         roi(5, dtype, True, 0, False)
         return 3
+    if op == "ms_deform_attn":
+        # An odd head count, so that the two blocks' groups share heads (and scatter targets).
+        msda(8, dtype, ((3, 4), (2, 2)), 1, 3, 3, 3, 2, True)
+        msda(9, dtype, ((4, 3),), 1, 4, 1, 40, 2, False)
+        return 2
     psroi(6, dtype, True)
     psroi(7, dtype, False)
     return 2

@@ -5,7 +5,11 @@ float -> int). Race detection is in test_sanitizers.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +117,30 @@ def test_gpu_float_rules(monkeypatch, mode) -> None:
     )  # fmaxf(NaN, 1) = 1
     # The calling thread's float environment is restored: NumPy still keeps denormals.
     assert tiny * np.float32(1) != 0
+
+
+SHUFFLE_FROM_RETURNED = r"""
+import sys
+import numpy as np
+from cooperation_kernels import library
+
+values, total = np.arange(32, dtype=np.float32), np.full(1, np.nan, np.float32)
+library().get_kernel("shuffle_from_returned")((1,), (32,), (values, total, np.int32(sys.argv[1])))
+print("sum", total[0])
+"""
+
+
+@pytest.mark.parametrize("count", [32, 3])
+def test_a_shuffle_reading_a_returned_lane_traps(count) -> None:
+    """Lanes that returned leave the warp; a shuffle that reads one (undefined on a GPU) ends the
+    process with a trap instead of reading a stale slot. A whole warp sums as usual."""
+    env = dict(os.environ, CUDCN_EMULATED_MODE="concurrent")
+    here = Path(__file__).resolve().parent
+    env["PYTHONPATH"] = os.pathsep.join([str(here.parents[1]), str(here)])
+    args = [sys.executable, "-c", SHUFFLE_FROM_RETURNED, str(count)]
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    if count == 32:
+        assert result.returncode == 0 and "sum 496.0" in result.stdout, result.stderr[-2000:]
+    else:
+        assert result.returncode != 0
+        assert "a shuffle reads a lane that has returned" in result.stderr, result.stderr[-2000:]

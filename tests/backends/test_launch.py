@@ -19,8 +19,10 @@ from cudcn.backends.launch import common as launch
 from cudcn.backends.launch import deform_conv2d as dc_launch
 from cudcn.backends.launch import deform_psroi_pool as psroi_launch
 from cudcn.backends.launch import deform_roi_pool as roi_launch
+from cudcn.backends.launch import ms_deform_attn as msda_launch
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 from . import sanitized_kernels
 
@@ -32,6 +34,7 @@ PARAMS = {
     "deform_conv2d": dc_launch.DeformConv2dKernelParams,
     "deform_roi_pool": roi_launch.DeformRoIPoolKernelParams,
     "deform_psroi_pool": psroi_launch.DeformPSRoIPoolKernelParams,
+    "ms_deform_attn": msda_launch.MSDeformAttnKernelParams,
 }
 
 
@@ -112,6 +115,21 @@ def test_psroi_index_type_covers_trans(monkeypatch) -> None:
     assert recorder.names == ["deform_psroi_pool_forward<double, long long>"]
 
 
+@needs_compiler
+def test_msda_index_type_covers_the_thread_count(monkeypatch) -> None:
+    """ms_deform_attn runs 32 threads per (batch, query, head) group: with D = 1 the thread count is
+    32 times the output and larger than any array, so the index type must be chosen from it too."""
+    value = np.ones((1, 4, 2, 1))
+    locations = np.full((1, 3, 2, 1, 2, 2), 0.5)
+    weights = np.ones((1, 3, 2, 1, 2))
+    monkeypatch.setattr(launch, "INDEX32_LIMIT", locations.size)  # every array fits, n = 192 does not
+    recorder = _Recorder("ms_deform_attn")
+    p = MSDeformAttnParams(((2, 2),), (0,))
+    out = msda_launch.ms_deform_attn_forward(np, recorder, value, locations, weights, p)
+    assert recorder.names == ["ms_deform_attn_forward<double, long long>"]
+    np.testing.assert_array_equal(out, 2.0)  # two points at the centre of a level of ones
+
+
 def test_planes_of_2_31_pixels_are_refused() -> None:
     launch.check_plane(46340, 46340)  # 2_147_395_600 < 2**31: fine
     huge = np.broadcast_to(np.zeros(1), (1, 1, 46341, 46341))  # a view: no memory behind it
@@ -119,6 +137,9 @@ def test_planes_of_2_31_pixels_are_refused() -> None:
         roi_launch._launch_args(huge, None, 1, DeformRoIPoolParams(1, 1, 1.0, 1, 0.1, True))
     with pytest.raises(ValueError, match="input planes must have < 2\\*\\*31 pixels"):
         psroi_launch._launch_args(huge, None, 1, DeformPSRoIPoolParams(1.0, 1, 1, 1, 1, 1, 0.1))
+    level = MSDeformAttnParams(((46341, 46341),), (0,))  # the arrays themselves are not looked at
+    with pytest.raises(ValueError, match="value level planes must have < 2\\*\\*31 pixels"):
+        msda_launch._launch_args(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1, 1, 2)), level)
 
 
 @needs_compiler

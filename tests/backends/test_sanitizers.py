@@ -1,10 +1,11 @@
 """The host-built kernels under AddressSanitizer and ThreadSanitizer, and proof that both can fail.
 
-Each check runs ``tests/backends/sanitized_kernels.py`` (every kernel of every op, small blocks, grid-stride
-loops that wrap) in a subprocess that builds the kernels with ``CUDCN_HOST_SANITIZE`` (a separate
-cache entry) and preloads the sanitizer's runtime (Python itself is not instrumented). The emulated
-backend runs concurrent, 3 blocks at a time, every CUDA thread an OS thread, so ThreadSanitizer sees
-the threads of a block as the separate threads they are on a GPU.
+Each check runs ``tests/backends/sanitized_kernels.py`` for one op (every kernel of it, small blocks,
+grid-stride loops that wrap; one test per op and sanitizer) in a subprocess that builds the kernels
+with ``CUDCN_HOST_SANITIZE`` (a separate cache entry) and preloads the sanitizer's runtime (Python
+itself is not instrumented). The emulated backend runs concurrent, 3 blocks at a time, every CUDA
+thread an OS thread, so ThreadSanitizer sees the threads of a block as the separate threads they are
+on a GPU.
 
 The checks that prove the harness can fail: an out-of-bounds read planted in a launch (ASan), a
 one-block kernel that adds with a plain read-add-write (TSan sees threads of one block race), and a
@@ -31,8 +32,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve().parent / "sanitized_kernels.py"
 TESTS = Path(__file__).resolve().parent
 OPTIONS = {"address": "ASAN_OPTIONS=detect_leaks=0", "thread": "TSAN_OPTIONS=halt_on_error=0"}
-OPS = ("deform_conv2d", "deform_roi_pool", "deform_psroi_pool")
-SCATTER_KERNELS = ("deform_conv2d_col2im", "deform_roi_pool_backward", "deform_psroi_pool_backward")
+# Each op's configurations in sanitized_kernels.py (how many must be checked) and its scatter kernel.
+RUNS = {"deform_conv2d": 24, "deform_roi_pool": 36, "deform_psroi_pool": 24, "ms_deform_attn": 24}
+SCATTER_KERNELS = {
+    "deform_conv2d": "deform_conv2d_col2im",
+    "deform_roi_pool": "deform_roi_pool_backward",
+    "deform_psroi_pool": "deform_psroi_pool_backward",
+    "ms_deform_attn": "ms_deform_attn_backward",
+}
 
 pytestmark = pytest.mark.slow  # each check builds the kernels under a sanitizer: 1-2 min
 
@@ -95,13 +102,13 @@ def sanitized(name: str, args: list[str], package_root: Path = ROOT) -> subproce
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.parametrize("op", RUNS)
 @pytest.mark.parametrize("name", ["address", "thread"])
-def test_every_kernel_is_clean_under_the_sanitizer(name: str) -> None:
-    result = sanitized(name, [str(SCRIPT)])
+def test_every_kernel_is_clean_under_the_sanitizer(name: str, op: str) -> None:
+    result = sanitized(name, [str(SCRIPT), op])
     assert "Sanitizer" not in result.stderr, result.stderr[-8000:]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for op, count in (("deform_conv2d", 24), ("deform_roi_pool", 36), ("deform_psroi_pool", 24)):
-        assert f"checked {op} {count}" in result.stdout
+    assert f"checked {op} {RUNS[op]}" in result.stdout
 
 
 def test_asan_reports_a_planted_out_of_bounds_read() -> None:
@@ -123,7 +130,8 @@ def test_tsan_sees_the_threads_of_one_block_race() -> None:
 _ATOMIC_ADD = re.compile(r"atomicAdd\(([^;]*?),\s*([^;]*)\);")
 
 
-def test_tsan_reports_atomic_adds_turned_into_plain_adds(tmp_path: Path) -> None:
+@pytest.mark.parametrize("op", SCATTER_KERNELS)
+def test_tsan_reports_atomic_adds_turned_into_plain_adds(tmp_path: Path, op: str) -> None:
     """The mutation the race check exists for, on a copy of the package: it must be reported in
     each scatter kernel (the real kernels pass test_every_kernel_is_clean_under_the_sanitizer)."""
     copy = tmp_path / "cudcn"
@@ -134,8 +142,8 @@ def test_tsan_reports_atomic_adds_turned_into_plain_adds(tmp_path: Path) -> None
     # count and the two fixed-point words.
     assert count == 4, f"expected the 4 atomicAdd calls of Scatter::add, mutated {count}"
     path.write_text(text)
-    for op, kernel in zip(OPS, SCATTER_KERNELS, strict=True):
-        # One op per process: TSan names the functions of the first kernel library loaded only.
-        result = sanitized("thread", [str(SCRIPT), "--one", op], package_root=tmp_path)
-        assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr[-3000:]
-        assert kernel in result.stderr, f"no race reported in {kernel}: {result.stderr[-3000:]}"
+    # One op per process: TSan names the functions of the first kernel library loaded only.
+    result = sanitized("thread", [str(SCRIPT), "--one", op], package_root=tmp_path)
+    assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr[-3000:]
+    kernel = SCATTER_KERNELS[op]
+    assert kernel in result.stderr, f"no race reported in {kernel}: {result.stderr[-3000:]}"

@@ -37,6 +37,8 @@ def test_every_example_is_covered():
         "deformable_roi_digits.py",
         "data_parallel.py",  # on 2 ranks in tests/distributed/test_distributed.py
         "half_precision_training.py",
+        "ms_deform_attn_train.py",
+        "ms_deform_attn_interop.py",
         "dcnv3_from_internimage.py",
     }
 
@@ -152,3 +154,41 @@ def test_jax_custom_vjp(tmp_path):
         assert "input gradient equals cudcn's tape: True" in result.stdout
         for dtype in ("float16", "bfloat16"):
             assert f"{dtype}: output and gradients within the derived tolerance" in result.stdout
+
+
+@pytest.mark.slow
+def test_ms_deform_attn_train(tmp_path):
+    """Trains the blob finder (the script exits 1 unless the loss at least halves), exports it and,
+    with onnxruntime, runs it at another batch size: the same predictions as cudcn."""
+    result = run_example("ms_deform_attn_train.py", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "loss fell from" in out and out.rstrip().endswith("True"), out
+    losses = [float(line.split()[1]) for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert len(losses) == 10 and losses[-1] < losses[0], out
+    if importlib.util.find_spec("onnx") is not None:
+        assert (tmp_path / "blob_finder.onnx").stat().st_size > 10_000
+        assert "GatherND" in out and "GridSample" not in out
+    if importlib.util.find_spec("onnxruntime") is not None:
+        difference = float(out.split("onnxruntime at batch 5 vs cudcn: largest difference ")[1].split()[0])
+        assert difference < 1e-5, out
+
+
+@pytest.mark.slow
+def test_ms_deform_attn_interop(tmp_path):
+    """With torch: gradcheck through the autograd.Function, equal to grid_sample, the state_dict
+    loads into cudcn's layer; with JAX: check_grads; without either: a visible skip, exit 0."""
+    result = run_example("ms_deform_attn_interop.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    if importlib.util.find_spec("torch") is None:
+        assert "PyTorch part skipped: torch not installed" in out
+    else:
+        assert "torch.autograd.gradcheck through cudcn: True" in out
+        for line in ("largest difference to grid_sample", "cudcn load_state_dict: largest difference"):
+            assert float(out.split(line)[1].splitlines()[0].split()[-1]) < 1e-12, out
+    if importlib.util.find_spec("jax") is None:
+        assert "JAX part skipped: jax not installed" in out
+    else:
+        assert "jax check_grads (reverse mode, float64) passed: True" in out
+        assert "the same under jax.jit passed: True" in out

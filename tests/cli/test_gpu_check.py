@@ -55,6 +55,7 @@ STEPS = [
     "pytest -m gpu: precision, determinism",
     "pytest -m gpu: the other tests",
     "bench_deform_conv2d_gpu.py",
+    "bench_ms_deform_attn_gpu.py",
 ]
 
 
@@ -75,7 +76,11 @@ def test_gpu_check_steps_and_summary_last(tmp_path) -> None:
         "tests"
     )
     bench = (logs / "bench.log").read_text()
-    assert "--time-limit 140 --json" in bench and bench.rstrip().endswith("--repeats 3")
+    assert "--time-limit 100 --json" in bench and bench.rstrip().endswith("--repeats 3")
+    msda = (logs / "bench_msda.log").read_text()
+    assert "bench_ms_deform_attn_gpu.py --time-limit 30 --json" in msda and msda.rstrip().endswith(
+        "--repeats 3"
+    )
 
 
 @pytest.mark.slow

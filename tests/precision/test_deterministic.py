@@ -1,5 +1,6 @@
 """``cudcn.deterministic()``: gradients that the GPU path scatters with atomics (the deform_conv2d
-input gradient, the RoI and PS-RoI input, offset and trans gradients) come out bitwise identical
+input gradient, the RoI and PS-RoI input, offset and trans gradients, the ms_deform_attn value
+gradient, beside its warp-reduced location and weight gradients) come out bitwise identical
 for any schedule of the emulated backend (worker counts, block orders, concurrent threads), where
 without the mode the same schedules change the last bits (the control). The deterministic sums
 stay within the stated error of the atomic ones, NaN still propagates, and the CPU backend is
@@ -17,11 +18,13 @@ import cudcn.backends.emulated as emulated
 from cudcn import dtypes, reference
 from cudcn.backends.cpu import deform_roi_pool_backward as cpu_roi_backward
 from cudcn.backends.emulated import build as host_build
+from cudcn.backends.emulated.loader import uses_cooperation
 from cudcn.backends.launch import common as launch
-from cudcn.dtypes import FLOAT_DTYPES
+from cudcn.dtypes import FLOAT_DTYPES, compute_dtype
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 from cudcn.testing import assert_allclose_to_reference, summation_order_tolerance
 
 pytestmark = pytest.mark.skipif(
@@ -50,11 +53,23 @@ PSROI = DeformPSRoIPoolParams(
     trans_std=0.3,
 )
 
+MSDA = MSDeformAttnParams(((3, 3), (2, 2)), (0, 9))
+PARAMS = {"deform_roi_pool": ROI, "deform_psroi_pool": PSROI, "ms_deform_attn": MSDA}  # but the conv
+# Contributions one scattered element may receive (the summation-order bound's term count).
+TERMS = {"deform_conv2d": 4 * 9 * 3, "deform_roi_pool": 4 * 9 * 12, "deform_psroi_pool": 4 * 9 * 12}
+TERMS["ms_deform_attn"] = 6 * 2  # 6 queries x 2 points of one level, one neighbour each
+
 
 def _inputs(op: str, dtype, seed: int = SEED) -> tuple:
     """Small inputs with many colliding scatter targets (offsets of a fraction of a pixel, many
-    overlapping RoIs on a small map)."""
+    overlapping RoIs on a small map, many queries on small levels)."""
     rng = np.random.default_rng(seed)
+    if op == "ms_deform_attn":
+        # Few groups (the emulator's warp shuffles are slow), all on one head's small levels.
+        value = rng.standard_normal((1, 13, 1, 5)).astype(dtype)
+        locations = rng.uniform(0, 1, (1, 6, 1, 2, 2, 2)).astype(compute_dtype(dtype))
+        weights, grad = rng.standard_normal((1, 6, 1, 2, 2)), rng.standard_normal((1, 6, 1, 5))
+        return grad.astype(dtype), value, locations, weights.astype(dtype)
     if op == "deform_conv2d":
         x = rng.standard_normal((2, 3, 6, 6))
         offset = rng.uniform(-0.6, 0.6, (2, 18, 6, 6))
@@ -75,14 +90,15 @@ def _backward(op: str, args: tuple) -> list[np.ndarray]:
         grad, x, offset, weight, mask = args
         grads = emulated.deform_conv2d_backward(grad, x, offset, weight, None, mask, CONV)
         return [grads[0], grads[1], grads[4]]
-    function = getattr(emulated, f"{op}_backward")
-    return list(function(*args, PSROI if op == "deform_psroi_pool" else ROI))
+    return list(getattr(emulated, f"{op}_backward")(*args, PARAMS[op]))
 
 
 def _under_schedules(monkeypatch, op: str, args: tuple) -> list[list[np.ndarray]]:
     monkeypatch.setattr(launch, "THREADS_PER_BLOCK", 32)  # many blocks meet on every target
     results = []
     for mode, workers, seed in SCHEDULES:
+        if uses_cooperation(op):  # serial mode refuses kernels whose threads cooperate (shuffles)
+            mode = "concurrent"
         monkeypatch.setenv("CUDCN_EMULATED_MODE", mode)
         monkeypatch.setenv("CUDCN_EMULATED_WORKERS", workers)
         monkeypatch.setenv("CUDCN_EMULATED_SEED", seed)
@@ -94,7 +110,7 @@ def _identical(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return all(x.tobytes() == y.tobytes() for x, y in zip(a, b, strict=True))
 
 
-OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool"]
+OPS = ["deform_conv2d", "deform_roi_pool", "deform_psroi_pool", "ms_deform_attn"]
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
@@ -116,8 +132,7 @@ def test_deterministic_mode_is_bitwise_identical_for_every_schedule(monkeypatch,
     # The deterministic sums are the exact sums of the same contributions: within the atomic
     # sums' summation-order error (plus the fixed-point rounding, far smaller).
     for got, other in zip(runs[0], atomic[0], strict=True):
-        terms = 4 * 9 * 12 if op != "deform_conv2d" else 4 * 9 * 3  # contributions per element
-        allowed = summation_order_tolerance(dtype, np.abs(other).max() + 1.0, terms)
+        allowed = summation_order_tolerance(dtype, np.abs(other).max() + 1.0, TERMS[op])
         np.testing.assert_array_less(np.abs(got.astype(np.float64) - other), allowed + 1e-300)
 
 

@@ -1,9 +1,10 @@
 """``cudcn.deterministic()`` on a real GPU (``benchmarks/gpu_check.sh`` runs these; elsewhere they
 skip with the reason). The CUDA backend's scattered gradients (the deform_conv2d input gradient, the
-RoI and PS-RoI input, offset and trans gradients) are bitwise identical over 5 calls in the mode,
-within the summation-order bound of the default (atomic) result, and NaN in ``grad_out`` reaches the
-same gradients in both modes. The schedule control (without the mode the bits do vary) is the
-emulated backend's, in tests/precision/test_deterministic.py: a GPU's schedule cannot be forced."""
+RoI and PS-RoI input, offset and trans gradients, the ms_deform_attn value gradient) are bitwise
+identical over 5 calls in the mode, within the summation-order bound of the default (atomic) result,
+and NaN in ``grad_out`` reaches the same gradients in both modes. The schedule control (without the
+mode the bits do vary) is the emulated backend's, in tests/precision/test_deterministic.py: a GPU's
+schedule cannot be forced."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import cudcn
 from cudcn.testing import summation_order_tolerance
 
 from . import test_deterministic as host
-from .test_deterministic import OPS, _backward, _identical, _inputs
+from .test_deterministic import OPS, TERMS, _backward, _identical, _inputs
 
 pytestmark = pytest.mark.gpu
 RUNS = 5
@@ -53,9 +54,8 @@ def test_cuda_deterministic_mode_is_bitwise_identical(on_gpu, op, dtype):
         runs = [_backward(op, args) for _ in range(RUNS)]
     assert all(_identical(runs[0], run) for run in runs[1:]), f"{op}: {RUNS} GPU runs differ"
     atomic = _backward(op, args)
-    terms = 4 * 9 * 12 if op != "deform_conv2d" else 4 * 9 * 3  # contributions per element
     for got, other in zip(runs[0], atomic, strict=True):
-        allowed = summation_order_tolerance(dtype, np.abs(other).max() + 1.0, terms)
+        allowed = summation_order_tolerance(dtype, np.abs(other).max() + 1.0, TERMS[op])
         np.testing.assert_array_less(np.abs(got.astype(np.float64) - other), allowed + 1e-300)
 
 

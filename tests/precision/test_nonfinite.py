@@ -1,7 +1,7 @@
 """One IEEE rule for non-finite data on every host backend (issue 22, item 6): the CPU and emulated
 backends put NaN and inf exactly where the float64 reference does (0 * inf = NaN, inf - inf = NaN),
 for masks, inputs and output gradients, forward and backward, in deform_conv2d, roi_align,
-deform_roi_pool and deform_psroi_pool. Finite elements agree to a tolerance.
+deform_roi_pool, deform_psroi_pool and ms_deform_attn. Finite elements agree to a tolerance.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from cudcn.ops import (
     deform_psroi_pool_forward,
     deform_roi_pool_backward,
     deform_roi_pool_forward,
+    ms_deform_attn_backward,
+    ms_deform_attn_forward,
     roi_align_backward,
     roi_align_forward,
 )
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 BACKENDS = ("cpu", "emulated")
 
@@ -204,3 +207,49 @@ def test_deform_psroi_pool_nonfinite_as_reference(backend: str, case: str, per_p
     want_grads = quiet(lambda: reference.deform_psroi_pool_backward(a["go"], *args, p))
     assert_same(run(backend, lambda: (deform_psroi_pool_forward(*args, **kw),)), want_out)
     assert_same(run(backend, lambda: deform_psroi_pool_backward(a["go"], *args, **kw)), want_grads)
+
+
+def msda_case(seed: int) -> dict:
+    """Levels 4 x 8 and 2 x 2 (locations on pixel centres are exact), 3 queries, 2 heads, 2 points:
+    query 0 head 0 point 0 of level 0 on the centre of pixel (1, 2) (its right and lower neighbours
+    have weight 0), point 1 outside the level."""
+    rng = np.random.default_rng(seed)
+    loc = rng.uniform(0.05, 0.95, (1, 3, 2, 2, 2, 2))
+    loc[0, 0, 0, 0, 0] = [(2 + 0.5) / 8, (1 + 0.5) / 4]
+    loc[0, 0, 0, 0, 1] = [1.5, 0.5]
+    return {
+        "v": rng.standard_normal((1, 36, 2, 3)),
+        "loc": loc,
+        "w": rng.standard_normal((1, 3, 2, 2, 2)),
+        "go": rng.standard_normal((1, 3, 6)),
+    }
+
+
+MSDA_POISONS = {
+    "value inf at a zero-weight neighbour": ("v", (0, 1 * 8 + 3, 0, 1), np.inf),
+    "value -inf at the sampled pixel": ("v", (0, 1 * 8 + 2, 0, 0), -np.inf),
+    "value nan": ("v", (0, 33, 1, 2), np.nan),
+    "weight inf, point outside": ("w", (0, 0, 0, 0, 1), np.inf),
+    "weight -inf inside": ("w", (0, 1, 1, 1, 0), -np.inf),
+    "weight nan": ("w", (0, 2, 0, 0, 1), np.nan),
+    "grad_out inf": ("go", (0, 0, 1), np.inf),
+    "grad_out -inf": ("go", (0, 2, 4), -np.inf),
+    "location nan": ("loc", (0, 1, 1, 0, 0, 0), np.nan),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", MSDA_POISONS)
+def test_ms_deform_attn_nonfinite_as_reference(backend: str, case: str) -> None:
+    a = msda_case(13)
+    name, where, value = MSDA_POISONS[case]
+    a[name] = poison(a[name], where, value)
+    args = (a["v"], [[4, 8], [2, 2]], [0, 32], a["loc"], a["w"])
+    p = MSDeformAttnParams.check(*args)
+    go = a["go"].reshape(1, 3, 2, 3)
+    want_out = quiet(
+        lambda: (reference.ms_deform_attn_forward(a["v"], a["loc"], a["w"], p).reshape(1, 3, 6),)
+    )
+    want_grads = quiet(lambda: reference.ms_deform_attn_backward(go, a["v"], a["loc"], a["w"], p))
+    assert_same(run(backend, lambda: (ms_deform_attn_forward(*args),)), want_out)
+    assert_same(run(backend, lambda: ms_deform_attn_backward(a["go"], *args)), want_grads)

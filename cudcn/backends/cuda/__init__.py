@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cudcn.backends.cuda.loader import cuda_kernels, import_cupy
-from cudcn.backends.launch import deform_conv2d, deform_psroi_pool, deform_roi_pool
+from cudcn.backends.launch import deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
 
 
 def _on_device(launch: Callable[..., Any], stem: str) -> Callable[..., Any]:
@@ -33,3 +33,5 @@ deform_roi_pool_forward = _on_device(deform_roi_pool.deform_roi_pool_forward, "d
 deform_roi_pool_backward = _on_device(deform_roi_pool.deform_roi_pool_backward, "deform_roi_pool")
 deform_psroi_pool_forward = _on_device(deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool")
 deform_psroi_pool_backward = _on_device(deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool")
+ms_deform_attn_forward = _on_device(ms_deform_attn.ms_deform_attn_forward, "ms_deform_attn")
+ms_deform_attn_backward = _on_device(ms_deform_attn.ms_deform_attn_backward, "ms_deform_attn")

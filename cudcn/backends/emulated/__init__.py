@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cudcn.backends.emulated.loader import host_kernels
-from cudcn.backends.launch import deform_conv2d, deform_psroi_pool, deform_roi_pool
+from cudcn.backends.launch import deform_conv2d, deform_psroi_pool, deform_roi_pool, ms_deform_attn
 
 
 def _on_host(launch: Callable[..., Any], stem: str) -> Callable[..., Any]:
@@ -38,3 +38,5 @@ deform_roi_pool_forward = _on_host(deform_roi_pool.deform_roi_pool_forward, "def
 deform_roi_pool_backward = _on_host(deform_roi_pool.deform_roi_pool_backward, "deform_roi_pool")
 deform_psroi_pool_forward = _on_host(deform_psroi_pool.deform_psroi_pool_forward, "deform_psroi_pool")
 deform_psroi_pool_backward = _on_host(deform_psroi_pool.deform_psroi_pool_backward, "deform_psroi_pool")
+ms_deform_attn_forward = _on_host(ms_deform_attn.ms_deform_attn_forward, "ms_deform_attn")
+ms_deform_attn_backward = _on_host(ms_deform_attn.ms_deform_attn_backward, "ms_deform_attn")

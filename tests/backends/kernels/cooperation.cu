@@ -43,6 +43,18 @@ __global__ void early_exit(const int* __restrict__ in, int* __restrict__ out, in
   out[t] = tile[count - 1 - t];
 }
 
+// Lanes t >= count return; the others sum values[0 .. 31] by shuffle-down over the whole warp, so
+// for count < 32 they read lanes that have returned: an undefined value on a GPU, a trap in the
+// emulator (test_host_shim.py). Lane 0 writes the sum.
+__global__ void shuffle_from_returned(const float* __restrict__ values, float* __restrict__ sum,
+                                      int count) {
+  const int t = static_cast<int>(threadIdx.x);
+  if (t >= count) return;
+  float v = values[t];
+  for (int delta = 16; delta > 0; delta /= 2) v += __shfl_down_sync(0xffffffffu, v, delta);
+  if (t == 0) *sum = v;
+}
+
 // *sum += values[i] over one block's threads: racy_sum with a plain read-add-write (a data race,
 // for the race check to find), atomic_sum with atomicAdd (no race).
 __global__ void racy_sum(const double* __restrict__ values, double* __restrict__ sum) {
