@@ -37,13 +37,6 @@ from cudcn.ops.linear import linear
 __all__ = ["DCNv3", "DCNv4"]
 
 
-def _xavier_uniform(weight: Parameter, rng: np.random.Generator | None) -> None:
-    """Glorot uniform U(±sqrt(6 / (fan_in + fan_out))) on a Linear weight (out, in)."""
-    fan_in, fan_out = init.fan_in_and_fan_out(weight.shape)
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    init.uniform_(weight, -bound, bound, rng)
-
-
 def _build_act(act_layer: str) -> Module:
     acts: dict[str, type[Module]] = {"GELU": GELU, "ReLU": ReLU, "SiLU": SiLU}
     if act_layer not in acts:
@@ -167,7 +160,7 @@ class DCNv3(_Common):
             init.zeros_(linear_layer.weight)
             init.zeros_(linear_layer.bias)
         for linear_layer in (self.input_proj, self.output_proj):
-            _xavier_uniform(linear_layer.weight, rng)
+            init.xavier_uniform_(linear_layer.weight, rng=rng)
             init.zeros_(linear_layer.bias)
 
     def forward(self, input: Array) -> Array:
@@ -237,7 +230,7 @@ class DCNv4(_Common):
             self.value_proj = Linear(c, c, rng=rng)
             self.output_proj = Linear(c, c, bias=check_bool("output_bias", output_bias), rng=rng)
             for layer in (self.value_proj, self.output_proj):
-                _xavier_uniform(layer.weight, rng)
+                init.xavier_uniform_(layer.weight, rng=rng)
                 if layer.bias is not None:
                     init.zeros_(layer.bias)
 
