@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 from cudcn import reference
 from cudcn.ops.dcnv3 import DCNv3Params
@@ -79,16 +77,6 @@ def make_inputs(
     offset = rng.uniform(-reach, reach, (case.batch, ho, wo, case.group * p.points * 2))
     mask = rng.standard_normal((case.batch, ho, wo, case.group * p.points))
     return tuple(a.astype(dtype) for a in (x, offset, mask))  # type: ignore[return-value]
-
-
-def require_core(backend) -> None:
-    """Skip on a backend that does not run the deformable-aggregation core yet (issue 18 adds it
-    to each backend; the skip disappears by itself once it does)."""
-    if backend.name == "cuda":
-        return
-    module = importlib.import_module(f"cudcn.backends.{backend.name}")
-    if not hasattr(module, "ms_deform_attn_forward"):
-        pytest.skip(f"the {backend.name} backend has no ms_deform_attn core yet")
 
 
 def position_reach(x: np.ndarray, offset: np.ndarray, p: DCNv3Params) -> float:

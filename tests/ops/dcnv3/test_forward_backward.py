@@ -16,7 +16,7 @@ from cudcn.functional import dcnv3
 from cudcn.ops import dcnv3_backward, dcnv3_forward
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 
-from .cases import CASES, Case, make_inputs, require_core, scales
+from .cases import CASES, Case, make_inputs, scales
 
 SEED = 20261219
 NAMES = ("input", "offset", "mask")
@@ -24,7 +24,6 @@ NAMES = ("input", "offset", "mask")
 
 def run_both(backend, case: Case, x, offset, mask, grad_out):
     """Forward and backward on ``backend`` with outputs poisoned; results on the host."""
-    require_core(backend)
     dev = [backend.asarray(a) for a in (x, offset, mask)]
     with backend.context(), poison_outputs():
         out = dcnv3_forward(*dev, *case.args())
@@ -73,7 +72,6 @@ GRADCHECK_TINY = Case(
 
 
 def test_gradcheck(backend):
-    require_core(backend)
     case = GRADCHECK_TINY
     x, offset, mask = smooth_offsets(case, SEED + 40)
 
@@ -134,7 +132,6 @@ def test_non_finite_offsets_read_nothing(backend, bad):
 def test_non_contiguous_inputs(backend):
     case = Case("strided")
     x, offset, mask = make_inputs(case, np.float64, SEED + 43)
-    require_core(backend)
     x_view = backend.asarray(np.ascontiguousarray(x.transpose(0, 2, 1, 3))).transpose(0, 2, 1, 3)
     mask_view = backend.asarray(np.repeat(mask, 2, axis=3))[..., ::2]
     assert not x_view.flags.c_contiguous and not mask_view.flags.c_contiguous
@@ -161,7 +158,6 @@ def test_tensor_path_gives_tensor_and_array_level_grads():
 def test_deterministic_for_any_thread_count_or_schedule(backend, monkeypatch):
     """Under cudcn.deterministic() the gradients are bitwise identical: on the CPU for 1 and all
     threads, on the emulated GPU for two block orders and worker counts, on a GPU run to run."""
-    require_core(backend)
     numba = pytest.importorskip("numba")
     case = Case("determinism", batch=1, height=6, width=6, group=2, depth=4)
     x, offset, mask = make_inputs(case, np.float32, SEED + 45)

@@ -17,7 +17,7 @@ from cudcn.ops import (
 )
 from tests.conftest import Backend
 
-from .cases import CASES, Case, make_inputs, require_core
+from .cases import CASES, Case, make_inputs
 
 SEED = 20261220
 
@@ -39,7 +39,6 @@ def box_filter(x: np.ndarray, case: Case) -> np.ndarray:
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.offset_scale == 1.0], ids=lambda c: c.id)
 def test_zero_offsets_and_uniform_mask_are_a_box_filter(backend, case):
-    require_core(backend)
     x, offset, mask = make_inputs(case, np.float64, SEED)
     points = case.params().points
     with backend.context():
@@ -55,7 +54,6 @@ def test_zero_offsets_and_uniform_mask_are_a_box_filter(backend, case):
 def test_offset_scale_scales_the_grid_around_its_centre(backend):
     """Zero offsets and offset_scale 2 on a 3x3 kernel: the taps land on a 5x5 grid's corners,
     edges and centre, i.e. a 3x3 kernel of dilation 2 with padding 2 on the same output pixels."""
-    require_core(backend)
     case = Case("scaled", height=7, width=7, offset_scale=2.0, group=1, depth=1)
     x, offset, mask = make_inputs(case, np.float64, SEED + 1)
     dilated = Case("dilated", height=7, width=7, group=1, depth=1, dilation=(2, 2), padding=(2, 2))
@@ -84,7 +82,6 @@ def check_deform_conv2d(backend, case: Case) -> None:
     """dcnv3 with C = G·D is deform_conv2d with groups = C, all-ones weights and the rearranged
     offsets and mask: outputs and all three gradients (the offset's through the chain rule
     ``d/d offset = s · d/d (dx, dy)``)."""
-    require_core(backend)
     x, offset, mask = make_inputs(case, np.float64, SEED + 2)
     k, stride, padding, dilation, group, s, rc = case.args()
     off2, mask2 = dcnv3_to_deform_conv2d(offset, mask, k, dilation, group, s, rc)
@@ -127,7 +124,6 @@ def test_padding_is_zeros_outside(backend):
     """InternImage pads the input with zeros; the op samples the unpadded input with zeros
     outside. Same values and gradients: the op with padding against the op on the zero-padded
     input without padding (the same offsets), whose input gradient, cropped, must agree."""
-    require_core(backend)
     case = Case("padded", padding=(2, 1), offset_scale=1.5)
     inner = Case("inner", height=9, width=8, padding=(0, 0), offset_scale=1.5)
     x, offset, mask = make_inputs(case, np.float64, SEED + 4, reach=4.0)

@@ -24,7 +24,7 @@ from cudcn.ops.dcnv4 import packed_width
 from cudcn.testing import assert_allclose_to_reference, gradcheck, poison_outputs
 from tests.conftest import Backend
 
-from ..dcnv3.cases import CASES, Case, make_inputs, require_core, scales
+from ..dcnv3.cases import CASES, Case, make_inputs, scales
 
 SEED = 20261221
 
@@ -42,7 +42,6 @@ def packed(case: Case, dtype, seed: int, padded: bool = True):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=lambda c: c.id)
 def test_matches_reference(backend, case, dtype):
-    require_core(backend)
     seed = SEED + CASES.index(case)
     x, om, offset, mask = packed(case, dtype, seed)
     p = case.params()
@@ -67,7 +66,6 @@ def test_matches_reference(backend, case, dtype):
 def check_packing(backend, case: Case, padded: bool) -> None:
     """dcnv4 on the packed tensor is dcnv3 on its parts, bit for bit, gradients included (under
     cudcn.deterministic(): the GPU's atomic scatters would differ in the last bits run to run)."""
-    require_core(backend)
     x, om, offset, mask = packed(case, np.float32, SEED + 20, padded)
     assert om.shape[3] == (packed_width(case.group, case.params().points) if padded else om.shape[3])
     grad = np.random.default_rng(SEED).standard_normal((case.batch, *case.params().output_size, x.shape[3]))
@@ -104,7 +102,6 @@ def test_packed_width_is_dcnv4s():
 def test_gradcheck(backend):
     """A tiny case (the emulated backend launches the kernels twice per element), the padding
     channels included (their gradient is 0 both ways)."""
-    require_core(backend)
     case = Case("gradcheck", batch=1, height=2, width=3, depth=1, kernel=(1, 3), padding=(0, 1))
     case = dataclasses.replace(case, remove_center=True, offset_scale=0.5)
     x, om, _, _ = packed(case, np.float64, SEED + 30)
