@@ -19,6 +19,7 @@ import numpy as np
 
 import cudcn
 from cudcn import dtypes, ops, reference
+from cudcn.ops.dcnv3 import DCNv3Params
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
@@ -34,7 +35,9 @@ PSROI = {
     "sample_per_part": 2,
     "trans_std": 0.1,
 }
+DCNV3 = (3, 1, 1, 1, 4, 1.0, False)  # kernel_size, stride, padding, dilation, group, scale, centre
 REFERENCE_PARAMS = {
+    "dcnv3": DCNv3Params.build(np.zeros((2, 24, 24, 64)), *DCNV3),
     "deform_conv2d": DeformConv2dParams((1, 1), (1, 1), (1, 1), groups=1, offset_groups=1),
     "deform_roi_pool": DeformRoIPoolParams(
         7, 7, spatial_scale=0.25, sampling_ratio=2, gamma=0.1, aligned=True
@@ -53,6 +56,14 @@ def inputs(op: str, rng: np.random.Generator) -> list[np.ndarray]:
             rng.standard_normal(16),
             rng.uniform(0.1, 1, (2, 9, 24, 24)),
         ]
+    if op == "dcnv3":  # InternImage's layout: channels last, a softmax mask per group
+        logits = rng.standard_normal((2, 24, 24, 4, 9))
+        mask = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        return [
+            rng.standard_normal((2, 24, 24, 64)),
+            rng.uniform(-3, 3, (2, 24, 24, 72)),
+            mask.reshape(2, 24, 24, 36),
+        ]
     channels = 8 * 9 if op == "deform_psroi_pool" else 16
     x1, y1 = rng.uniform(-8, 90, 32), rng.uniform(-8, 90, 32)
     w, h = rng.uniform(8, 60, 32), rng.uniform(8, 60, 32)
@@ -70,6 +81,9 @@ def run(op: str, arrays: list, grad_out) -> list:
     elif op == "deform_roi_pool":
         out = ops.deform_roi_pool_forward(*arrays, **ROI)
         grads = ops.deform_roi_pool_backward(grad_out, *arrays, **ROI)
+    elif op == "dcnv3":
+        out = ops.dcnv3_forward(*arrays, *DCNV3)
+        grads = ops.dcnv3_backward(grad_out, *arrays, *DCNV3)
     elif op == "roi_align":
         out = ops.roi_align_forward(*arrays[:2], **ALIGN)
         grads = ops.roi_align_backward(grad_out, *arrays[:2], **ALIGN)
@@ -104,6 +118,7 @@ NAMES = {
     "deform_roi_pool": ("out", "input", "offset"),
     "roi_align": ("out", "input"),
     "deform_psroi_pool": ("out", "input", "trans"),
+    "dcnv3": ("out", "input", "offset", "mask"),
 }
 
 
@@ -138,6 +153,8 @@ def truth_output_shape(op: str, rounded: list) -> tuple[int, ...]:
     """The forward output's shape, from the reference."""
     if op == "deform_conv2d":
         return (rounded[0].shape[0], rounded[2].shape[0], *rounded[0].shape[2:])
+    if op == "dcnv3":
+        return rounded[0].shape
     if op in ("deform_roi_pool", "roi_align"):
         return (rounded[1].shape[0], rounded[0].shape[1], *ROI["output_size"])
     return (rounded[1].shape[0], PSROI["output_dim"], PSROI["pooled_size"], PSROI["pooled_size"])

@@ -29,6 +29,8 @@ from cudcn import dtypes, functional, reference
 from cudcn.autograd import Tensor
 from cudcn.backends import use_backend
 from cudcn.dtypes import FLOAT_DTYPES, check_library_dtype, eps
+from cudcn.ops.dcnv3 import DCNv3Params
+from cudcn.ops.dcnv3_layout import dcnv3_to_dcnv4
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
@@ -182,7 +184,47 @@ MS_DEFORM_ATTN = OpCheck(
     lambda g, a: reference.ms_deform_attn_backward(g.reshape(_MSDA_SHAPE), *_msda_arrays(a), _MSDA),
 )
 
-CHECKS = (DEFORM_CONV2D, DEFORM_ROI_POOL, ROI_ALIGN, DEFORM_PSROI_POOL, MS_DEFORM_ATTN)
+_DCN_ARGS: dict[str, Any] = {
+    "kernel_size": 3,
+    "padding": 1,
+    "group": 2,
+    "offset_scale": 0.5,
+    "remove_center": True,
+}
+_DCN = DCNv3Params.build(np.zeros((1, 3, 4, 4)), 3, 1, 1, 1, 2, 0.5, True)
+
+
+def _dcnv3_inputs(rng: np.random.Generator) -> Inputs:
+    return {
+        "input": rng.standard_normal((1, 3, 4, 4)),
+        "offset": _smooth_offsets(rng, (1, 3, 4, 32), 2) / 0.5,  # positions off the kinks
+        "mask": rng.uniform(-1.0, 1.0, (1, 3, 4, 16)),
+    }
+
+
+def _dcnv4_inputs(rng: np.random.Generator) -> Inputs:
+    a = _dcnv3_inputs(rng)
+    return {"input": a["input"], "offset_mask": dcnv3_to_dcnv4(a["offset"], a["mask"], 3, 2, True)}
+
+
+DCNV3 = OpCheck(
+    "dcnv3",
+    _dcnv3_inputs,
+    lambda **a: functional.dcnv3(**a, **_DCN_ARGS),
+    ("input", "offset", "mask"),
+    lambda a: reference.dcnv3_forward(a["input"], a["offset"], a["mask"], _DCN),
+    lambda g, a: reference.dcnv3_backward(g, a["input"], a["offset"], a["mask"], _DCN),
+)
+DCNV4 = OpCheck(
+    "dcnv4",
+    _dcnv4_inputs,
+    lambda **a: functional.dcnv4(**a, **_DCN_ARGS),
+    ("input", "offset_mask"),
+    lambda a: reference.dcnv4_forward(a["input"], a["offset_mask"], _DCN),
+    lambda g, a: reference.dcnv4_backward(g, a["input"], a["offset_mask"], _DCN),
+)
+
+CHECKS = (DEFORM_CONV2D, DEFORM_ROI_POOL, ROI_ALIGN, DEFORM_PSROI_POOL, MS_DEFORM_ATTN, DCNV3, DCNV4)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,14 @@ constants); if all are plain arrays the result is a plain array of the same libr
 from __future__ import annotations
 
 from cudcn.arrays import Array
-from cudcn.ops.activation import dropout, log_softmax, relu
+from cudcn.ops.activation import dropout, gelu, log_softmax, relu
 from cudcn.ops.conv import conv2d
+from cudcn.ops.dcnv3 import dcnv3
+from cudcn.ops.dcnv4 import dcnv4
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import deform_psroi_pool
 from cudcn.ops.deform_roi_pool import deform_roi_pool
+from cudcn.ops.layer_norm import layer_norm
 from cudcn.ops.linear import linear
 from cudcn.ops.loss import cross_entropy, mse_loss, smooth_l1_loss
 from cudcn.ops.ms_deform_attn import ms_deform_attn
@@ -26,11 +29,15 @@ __all__ = [
     "batch_norm",
     "conv2d",
     "cross_entropy",
+    "dcnv3",
+    "dcnv4",
     "deform_conv2d",
     "deform_psroi_pool",
     "deform_roi_pool",
     "dropout",
+    "gelu",
     "global_avg_pool2d",
+    "layer_norm",
     "linear",
     "log_softmax",
     "max_pool2d",

@@ -16,8 +16,10 @@ Example::
 """
 
 from cudcn.nn import init
+from cudcn.nn.channels_last import GELU, LayerNorm, SiLU, ToChannelsFirst, ToChannelsLast
 from cudcn.nn.checkpoint import load_checkpoint, save_checkpoint
 from cudcn.nn.containers import ModuleList, Sequential
+from cudcn.nn.dcnv3 import DCNv3, DCNv4
 from cudcn.nn.deform import DeformConv2d, DeformConv2dPack, ModulatedDeformConv2dPack
 from cudcn.nn.layers import (
     AdaptiveAvgPool2d,
@@ -39,11 +41,14 @@ from cudcn.nn.roi import DeformRoIPool, DeformRoIPoolPack, ModulatedDeformRoIPoo
 from cudcn.nn.sync_batchnorm import SyncBatchNorm
 
 __all__ = [
+    "GELU",
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm1d",
     "BatchNorm2d",
     "Conv2d",
+    "DCNv3",
+    "DCNv4",
     "DeformConv2d",
     "DeformConv2dPack",
     "DeformRoIPool",
@@ -52,6 +57,7 @@ __all__ = [
     "Flatten",
     "GlobalAvgPool2d",
     "IncompatibleKeys",
+    "LayerNorm",
     "Linear",
     "MaxPool2d",
     "ModulatedDeformConv2dPack",
@@ -62,8 +68,11 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "SiLU",
     "Sigmoid",
     "SyncBatchNorm",
+    "ToChannelsFirst",
+    "ToChannelsLast",
     "init",
     "load_checkpoint",
     "save_checkpoint",

@@ -17,6 +17,8 @@ global_avg_pool2d, mean, sum, max        ReduceMean, ReduceSum, ReduceMax
 roi_align                                RoiAlign (aligned=False: output_half_pixel)
 deform_roi_pool without offset           RoiAlign (half_pixel)
 ms_deform_attn (the MSDA layer)          GatherND, Floor, Where, MatMul, arithmetic (no GridSample)
+dcnv3, dcnv4 (DCNv3, DCNv4 layers)       the same subgraph on pixel-unit locations
+layer_norm (LayerNorm), gelu (GELU)      LayerNormalization; Erf (or Tanh) and arithmetic
 log_softmax                              LogSoftmax
 + - * / neg ** @                         Add Sub Mul Div Neg Pow MatMul
 exp log relu sigmoid tanh                Exp Log Relu Sigmoid Tanh

@@ -19,12 +19,16 @@ from cudcn.autograd.function import Function
 from cudcn.autograd.tensor import Tensor
 from cudcn.onnx import ExportError
 from cudcn.onnx.aggregate import ms_deform_attn
+from cudcn.onnx.dcnv3 import dcnv3, dcnv4, gelu, layer_norm
 from cudcn.onnx.graph import GraphBuilder, describe
-from cudcn.ops.activation import DropoutFunction, LogSoftmaxFunction
+from cudcn.ops.activation import DropoutFunction, GeluFunction, LogSoftmaxFunction
 from cudcn.ops.conv import Conv2dFunction
+from cudcn.ops.dcnv3 import DCNv3Function
+from cudcn.ops.dcnv4 import DCNv4Function
 from cudcn.ops.deform_conv2d import DeformConv2dFunction
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolFunction
 from cudcn.ops.deform_roi_pool import DeformRoIPoolFunction
+from cudcn.ops.layer_norm import LayerNormFunction
 from cudcn.ops.linear import LinearFunction
 from cudcn.ops.ms_deform_attn import MSDeformAttnFunction
 from cudcn.ops.norm import BatchNormFunction
@@ -285,6 +289,10 @@ TRANSLATIONS: dict[type[Function], Translation] = {
     AvgPool2dFunction: _avg_pool2d,
     AdaptiveAvgPool2dFunction: _adaptive_avg_pool2d,
     LogSoftmaxFunction: _log_softmax,
+    LayerNormFunction: layer_norm,
+    GeluFunction: gelu,
+    DCNv3Function: dcnv3,
+    DCNv4Function: dcnv4,
     MSDeformAttnFunction: ms_deform_attn,
     DeformRoIPoolFunction: _roi_align,
     DeformPSRoIPoolFunction: _unsupported(

@@ -1,10 +1,11 @@
-"""Activations: relu (the autograd's), dropout and log_softmax.
+"""Activations: relu (the autograd's), gelu, dropout and log_softmax.
 
-float16 and bfloat16: dropout draws its uniforms in float32; log_softmax computes in float32 and
-rounds once to the input dtype."""
+float16 and bfloat16: dropout draws its uniforms in float32; gelu and log_softmax compute in float32
+and round once to the input dtype."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -15,7 +16,7 @@ from cudcn.backends import array_module, is_cupy_array
 from cudcn.dtypes import compute_dtype, narrow, widen
 from cudcn.ops._checks import check_arrays
 
-__all__ = ["dropout", "log_softmax", "relu"]
+__all__ = ["dropout", "gelu", "log_softmax", "relu"]
 
 
 class DropoutFunction(Function):
@@ -107,3 +108,57 @@ def log_softmax(input: Array, axis: int = -1) -> Array:
     if not -input.ndim <= axis < input.ndim:
         raise ValueError(f"axis must lie in [-{input.ndim}, {input.ndim}), got {axis}")
     return LogSoftmaxFunction.apply(input, axis=int(axis))
+
+
+def _erf(xp, x: Array) -> Array:
+    """The error function of x (SciPy's, or CuPy's for device arrays)."""
+    if is_cupy_array(x):
+        from cupyx.scipy.special import erf
+    else:
+        from scipy.special import erf
+    return erf(x)
+
+
+class GeluFunction(Function):
+    """Tape node of gelu."""
+
+    def forward(self, input, *, approximate):
+        check_arrays({"input": input})
+        x = widen(input)
+        xp = array_module(x)
+        if approximate == "tanh":
+            inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)
+            t = xp.tanh(inner)
+            self.save_for_backward(x, t)
+            out = 0.5 * x * (1 + t)
+        else:
+            cdf = 0.5 * (1 + _erf(xp, x * (1 / math.sqrt(2))))
+            self.save_for_backward(x, cdf)
+            out = x * cdf
+        self.approximate = approximate
+        return narrow(out.astype(x.dtype, copy=False), input.dtype)
+
+    def backward(self, grad_out):  # in float32 for 16-bit inputs; the tape rounds the gradient
+        x, saved = self.saved
+        xp = array_module(x)
+        if self.approximate == "tanh":
+            d_inner = math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
+            slope = 0.5 * (1 + saved) + 0.5 * x * (1 - saved * saved) * d_inner
+        else:
+            slope = saved + x * xp.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
+        return ((widen(grad_out) * slope).astype(x.dtype, copy=False),)
+
+
+def gelu(input: Array, approximate: str = "none") -> Array:
+    """The Gaussian error linear unit, as ``torch.nn.functional.gelu``: ``x·Φ(x)`` with Φ the
+    standard normal CDF, ``0.5·x·(1 + erf(x / sqrt(2)))``; with ``approximate="tanh"``
+    ``0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))``.
+
+    Example:
+        >>> import numpy as np, cudcn
+        >>> np.round(cudcn.functional.gelu(np.array([-1.0, 0.0, 1.0])), 6)
+        array([-0.158655,  0.      ,  0.841345])
+    """
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return GeluFunction.apply(input, approximate=approximate)

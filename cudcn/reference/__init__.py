@@ -7,6 +7,7 @@ exact semantics are written down in docs/spec.md.
 """
 
 from cudcn.reference.bilinear import Corner, bilinear_corners
+from cudcn.reference.dcnv3 import dcnv3_backward, dcnv3_forward, dcnv4_backward, dcnv4_forward
 from cudcn.reference.deform_conv2d import deform_conv2d_backward, deform_conv2d_forward
 from cudcn.reference.deform_psroi_pool import (
     deform_psroi_pool_backward,
@@ -19,6 +20,10 @@ from cudcn.reference.ms_deform_attn import ms_deform_attn_backward, ms_deform_at
 __all__ = [
     "Corner",
     "bilinear_corners",
+    "dcnv3_backward",
+    "dcnv3_forward",
+    "dcnv4_backward",
+    "dcnv4_forward",
     "deform_conv2d_backward",
     "deform_conv2d_forward",
     "deform_psroi_pool_backward",

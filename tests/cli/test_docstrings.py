@@ -9,6 +9,11 @@ import pytest
 
 MODULES = [
     "cudcn.functional",
+    "cudcn.ops.activation",
+    "cudcn.ops.dcnv3",
+    "cudcn.ops.dcnv3_layout",
+    "cudcn.ops.dcnv4",
+    "cudcn.ops.layer_norm",
     "cudcn.ops.deform_roi_pool",
     "cudcn.ops.deform_psroi_pool",
     "cudcn.ops.loss",

@@ -39,6 +39,7 @@ def test_every_example_is_covered():
         "half_precision_training.py",
         "ms_deform_attn_train.py",
         "ms_deform_attn_interop.py",
+        "dcnv3_from_internimage.py",
     }
 
 
@@ -74,6 +75,18 @@ def test_torch_autograd_function(tmp_path):
             assert f"{dtype} through cudcn: output and gradients within" in result.stdout
         if importlib.util.find_spec("torchvision") is not None:
             assert "largest difference to torchvision" in result.stdout
+
+
+def test_dcnv3_from_internimage(tmp_path):
+    """With torch: InternImage-style DCNv3 and DCNv4 PyTorch modules' state_dicts load into
+    cudcn.nn through NumPy and the outputs agree (else exit 1); without torch: a visible skip."""
+    result = run_example("dcnv3_from_internimage.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if importlib.util.find_spec("torch") is None:
+        assert result.stdout.startswith("skipped: torch not installed")
+    else:
+        for name in ("DCNv3", "DCNv4"):
+            assert f"{name}: " in result.stdout and result.stdout.count("within tolerance: True") == 2
 
 
 @pytest.mark.slow

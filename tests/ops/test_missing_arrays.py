@@ -1,5 +1,6 @@
 """A required array given as None is a TypeError naming it, on every op (not an AttributeError from
-deep inside the call); the optional ones (bias, mask, offset, trans) may be None."""
+deep inside the call); the optional ones (bias, mask, offset, trans) may be None (dcnv3's mask is
+required)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ CALLS = {
         ops.deform_psroi_pool_forward,
         {"input": X, "rois": ROIS},
         {"spatial_scale": 1.0, "output_dim": 1, "group_size": 2, "pooled_size": 2},
+    ),
+    "dcnv3": (
+        ops.dcnv3_forward,
+        {"input": X, "offset": np.zeros((1, 4, 5, 18)), "mask": np.zeros((1, 4, 5, 9))},
+        {"kernel_size": 3, "padding": 1},
+    ),
+    "dcnv4": (
+        ops.dcnv4_forward,
+        {"input": X, "offset_mask": np.zeros((1, 4, 5, 32))},
+        {"kernel_size": 3, "padding": 1},
     ),
 }
 CASES = [(op, name) for op, (_, arrays, _) in CALLS.items() for name in arrays]
