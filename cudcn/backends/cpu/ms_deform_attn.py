@@ -28,7 +28,7 @@ from numba import prange
 
 from cudcn.backends import new_output
 from cudcn.backends.cpu.ms_deform_attn_kernels import (
-    RUN,
+    LANES,
     ms_deform_attn_backward_kernel,
     ms_deform_attn_forward_kernel,
 )
@@ -129,7 +129,7 @@ def ms_deform_attn_backward(
     vpad, levels, rows = _padded(value, p, work)
     slices = backward_slices(n, heads, locations.shape[1])
     gpad = np.zeros((slices, *vpad.shape), value.dtype)
-    scratch = np.zeros((n * heads * slices, 3 * int(RUN)), value.dtype)
+    scratch = np.zeros((n * heads * slices, 3 * int(LANES)), value.dtype)
     g_loc = new_output(np, locations.shape, value.dtype)
     g_w = new_output(np, weights.shape, value.dtype)
     g_value = new_output(np, value.shape, value.dtype)
