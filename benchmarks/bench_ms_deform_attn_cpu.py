@@ -21,11 +21,13 @@ over the L·P points of a (query, head), as after the caller's softmax.
 
 cudcn runs the array-level pair ``cudcn.ops.ms_deform_attn_forward`` / ``_backward`` (CPU backend);
 torch runs ``tests/ops/ms_deform_attn/torch_peer.py`` (one ``grid_sample`` per level, weighted and
-summed) on ``torch.set_num_threads(os.cpu_count())``, its backward ``out.backward(grad)`` with value,
-locations and weights requiring grad. ``fwd+bwd`` is one forward plus one backward giving all three
-gradients. Medians (ms) over ``--repeats`` turns, the contenders taking turns within each repeat
-after a short pause (a busy machine slows them alike); a second row per shape gives the fastest
-repeat. The ratios are torch's time over cudcn's: the speed-up.
+summed), its backward ``out.backward(grad)`` with value, locations and weights requiring grad.
+``fwd+bwd`` is one forward plus one backward giving all three gradients. Both run on ``--threads``
+threads (default: every CPU). Medians (ms) over ``--repeats`` turns, the contenders taking turns
+within each repeat after a short pause (a busy machine slows them alike); a second row per shape
+gives the fastest repeat. The ratios are torch's time over cudcn's: the speed-up. ``--threads 1
+--clock cpu`` times the process's CPU time instead of the wall clock: on a machine shared with
+other jobs it varies less.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from cudcn.ops import ms_deform_attn_backward, ms_deform_attn_forward
@@ -56,7 +59,7 @@ SETTLE_S = 0.2
 
 
 def medians_ms(
-    fns: dict[str, Callable[[], object]], repeats: int
+    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
 ) -> tuple[dict[str, float], dict[str, float]]:
     """(median, fastest) ms of each function over ``repeats`` turns, after one warm-up call each."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -65,9 +68,9 @@ def medians_ms(
     for _ in range(repeats):
         for name, fn in fns.items():
             time.sleep(SETTLE_S)
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
     medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
     return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
@@ -116,12 +119,12 @@ def cudcn_fns(a: dict) -> dict[str, Callable[[], object]]:
     return {"cudcn fwd": lambda: ms_deform_attn_forward(*args), "cudcn f+b": fwd_bwd}
 
 
-def torch_fns(a: dict) -> dict[str, Callable[[], object]]:
+def torch_fns(a: dict, threads: int) -> dict[str, Callable[[], object]]:
     import torch
 
     from tests.ops.ms_deform_attn.torch_peer import grid_sample_ms_deform_attn
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     shapes = [tuple(int(v) for v in row) for row in a["spatial_shapes"]]
     t = {k: torch.from_numpy(a[k]) for k in ("value", "locations", "weights", "grad_out")}
     leaves = {k: t[k].clone().requires_grad_() for k in ("value", "locations", "weights")}
@@ -143,9 +146,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--shapes", nargs="*", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="for Numba and torch")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: the process's CPU time (with --threads 1, steadier than wall time on a busy machine)",
+    )
     args = parser.parse_args()
     have_torch = importlib.util.find_spec("torch") is not None
-    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {os.cpu_count()} CPUs")
+    numba.set_num_threads(args.threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"load average before: {load}; {os.cpu_count()} CPUs, {args.threads} threads, {args.clock} time")
     cols = ["cudcn fwd", "cudcn f+b"]
     if have_torch:
         cols += ["torch fwd", "torch f+b", "fwd ratio", "f+b ratio"]
@@ -153,8 +166,8 @@ def main() -> None:
     for name in args.shapes:
         levels, queries = SHAPES[name]
         a = inputs(levels, queries)
-        fns = cudcn_fns(a) | (torch_fns(a) if have_torch else {})
-        medians, fastest = medians_ms(fns, args.repeats)
+        fns = cudcn_fns(a) | (torch_fns(a, args.threads) if have_torch else {})
+        medians, fastest = medians_ms(fns, args.repeats, clock)
         label = f"{name}, Lq={a['locations'].shape[1]}, S={a['value'].shape[1]}"
         for suffix, r in (("", medians), (" fastest", fastest)):
             if have_torch:  # torch time over cudcn time: the speed-up

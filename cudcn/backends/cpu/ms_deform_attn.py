@@ -5,8 +5,10 @@ Organised for CPU speed, with the bilinear rule and helpers of the CPU deform_co
 (N, S, M, D) is first copied into zero-bordered level planes, one set per batch item and head,
 ``vpad (N, M, S_pad, D)`` (level l an (H_l + 2) x (W_l + 2) plane), so that the four neighbours of
 any in-range point are pixels of the plane, each a contiguous vector of D channels (the innermost
-loop), and a head's levels are contiguous. The sampling coefficients (four neighbours, bilinear
-weights) are computed once per (n, q, m, l, p) and reused over the D channels.
+loop), and a head's levels are contiguous (read in place, with the heads M·D apart and a row of
+zeros for the neighbours outside, the kernels measured 1.3x slower forward and 1.5x backward at
+Deformable DETR's encoder shape: a task keeps to its head's planes). The sampling coefficients (four
+neighbours, bilinear weights) are computed once per (n, q, m, l, p) and reused over the D channels.
 
 - forward: one task per (n, m, block of queries); it owns ``out[n, block, m, :]``.
 - backward: one task per (n, m, slice of queries); slice s scatters the value gradient into its own
@@ -28,7 +30,7 @@ from numba import prange
 
 from cudcn.backends import new_output
 from cudcn.backends.cpu.ms_deform_attn_kernels import (
-    RUN,
+    LANES,
     ms_deform_attn_backward_kernel,
     ms_deform_attn_forward_kernel,
 )
@@ -129,7 +131,7 @@ def ms_deform_attn_backward(
     vpad, levels, rows = _padded(value, p, work)
     slices = backward_slices(n, heads, locations.shape[1])
     gpad = np.zeros((slices, *vpad.shape), value.dtype)
-    scratch = np.zeros((n * heads * slices, 3 * int(RUN)), value.dtype)
+    scratch = np.zeros((n * heads * slices, 3 * int(LANES)), value.dtype)
     g_loc = new_output(np, locations.shape, value.dtype)
     g_w = new_output(np, weights.shape, value.dtype)
     g_value = new_output(np, value.shape, value.dtype)

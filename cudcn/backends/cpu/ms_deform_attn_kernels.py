@@ -21,9 +21,9 @@ set (see ``deform_conv2d_kernels``). A channel loop is written over at most ``RU
 that bound LLVM vectorises it one vector (16 float32) per iteration; an unbounded loop would be
 unrolled to 64 channels per iteration, leaving D = 32 to its scalar remainder. The channel sums of
 the backward (Σ_d for the weight and location gradients) cannot be vectorised as written without
-reassociation, so each is kept as ``LANES`` partial sums (lane t: channels ≡ t mod LANES within a
-run, the runs in order) and the lanes are added in a fixed tree (``lane_sums``): the order depends on
-D alone, never on the thread count.
+reassociation, so each is kept as ``LANES`` partial sums, lane t adding the channels t, t + LANES,
+t + 2·LANES, ... in order (``bilinear_sums``), and the lanes are added in a fixed tree
+(``tree16``): the order depends on D alone, never on the thread count.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from cudcn.backends.cpu.threads import SerialOrParallel
 
 FORWARD_BLOCK = 64  # queries per forward task
 RUN = np.uint64(64)  # channels per inner loop (see the module docstring)
-LANES = np.uint64(16)  # partial sums per channel sum of the backward (``lane_sums``)
+LANES = np.uint64(16)  # partial sums per channel sum of the backward (``bilinear_sums``)
 # Unsigned constants: in Numba an unsigned int plus a literal int is a signed int, and a signed
 # index is checked for wraparound (which keeps LLVM from vectorising a loop).
 ONE = np.uint64(1)
 TWO = np.uint64(2)
-ACC_DY = RUN  # rows of the backward's channel sums in its scratch: value, d/dy, d/dx
-ACC_DX = TWO * RUN
+ACC_DY = LANES  # the lanes of the backward's channel sums in its scratch: value, d/dy, d/dx
+ACC_DX = TWO * LANES
 
 
 @njit(cache=True, inline="always")
@@ -91,13 +91,11 @@ def bilinear_accumulate(vpad, corners, weight, out, oo, c0, count):
 
 
 @njit(cache=True, inline="always")
-def bilinear_backward(grad_out, go, vpad, gpad, g_plane, corners, weight, acc, c0, count, first):
-    """Backward of ``bilinear_accumulate`` for the channels ``c0 .. c0 + count`` (at most RUN), with
-    ``g = grad_out[go + c]``: adds ``bilinear weight · (weight · g)`` to the four neighbours in the
-    gradient plane (``g_plane − `` the value plane's offset, added to each ``o``), and adds
-    ``g · sample``, ``g · ∂sample/∂y`` and ``g · ∂sample/∂x`` to ``acc[t]``, ``acc[ACC_DY + t]`` and
-    ``acc[ACC_DX + t]`` for channel ``c0 + t`` (``lane_sums`` reduces them), or stores them there
-    when ``first`` (the first run of channels)."""
+def bilinear_sums(grad_out, go, vpad, corners, acc, c0, count, first):
+    """The channel sums of the backward of ``bilinear_accumulate`` for the channels ``c0 .. c0 +
+    count`` (at most LANES), with ``g = grad_out[go + c]``: adds ``g · sample``, ``g · ∂sample/∂y``
+    and ``g · ∂sample/∂x`` to the lanes ``acc[t]``, ``acc[ACC_DY + t]`` and ``acc[ACC_DX + t]`` for
+    channel ``c0 + t``, or stores them there when ``first`` (``lane_sums`` adds the lanes up)."""
     o00, o01, o10, o11, ly, lx = corners
     one = vpad.dtype.type(1)
     hy = one - ly
@@ -119,7 +117,22 @@ def bilinear_backward(grad_out, go, vpad, gpad, g_plane, corners, weight, acc, c
         acc[t] = sv if first else acc[t] + sv
         acc[ACC_DY + t] = sy if first else acc[ACC_DY + t] + sy
         acc[ACC_DX + t] = sx if first else acc[ACC_DX + t] + sx
-    # A separate loop, as in deform_conv2d's bilinear_backward: LLVM vectorises the scatters alone.
+
+
+@njit(cache=True, inline="always")
+def bilinear_scatter(grad_out, go, gpad, g_plane, corners, weight, c0, count):
+    """The value gradient of ``bilinear_accumulate`` for the channels ``c0 .. c0 + count`` (at most
+    RUN): adds ``bilinear weight · (weight · grad_out[go + c])`` to the four neighbours in the
+    gradient plane (``g_plane`` added to each neighbour's offset). A loop of its own, as in
+    deform_conv2d's bilinear_backward: LLVM vectorises the four scatters alone."""
+    o00, o01, o10, o11, ly, lx = corners
+    one = gpad.dtype.type(1)
+    hy = one - ly
+    hx = one - lx
+    w00 = hy * hx
+    w01 = hy * lx
+    w10 = ly * hx
+    w11 = ly * lx
     for t in range(count):
         c = c0 + t
         v = weight * grad_out[go + c]
@@ -144,15 +157,8 @@ def tree16(a, o):
 
 
 @njit(cache=True, inline="always")
-def lane_sums(acc, used):
-    """The three channel sums of ``bilinear_backward`` from ``acc`` (3·RUN, lanes ``used`` and above
-    zero): the lanes ``LANES·k + t`` added onto lane t in order of k, then ``tree16``. Destroys
-    ``acc``."""
-    for k in range(LANES, used, LANES):
-        for t in range(min(LANES, used - k)):
-            acc[t] += acc[k + t]
-            acc[ACC_DY + t] += acc[ACC_DY + k + t]
-            acc[ACC_DX + t] += acc[ACC_DX + k + t]
+def lane_sums(acc):
+    """The three channel sums of ``bilinear_sums`` from their lanes in ``acc`` (``tree16`` each)."""
     return tree16(acc, 0), tree16(acc, ACC_DY), tree16(acc, ACC_DX)
 
 
@@ -221,7 +227,6 @@ def _backward_task(grad_out, vpad, locations, weights, levels, normalized, dims,
     n = u_task // (slices * heads)
     plane = (n * heads + m) * s_pad * d
     g_plane = s * n_batch * heads * s_pad * d  # slice s's value-gradient plane is at plane + g_plane
-    used = min(RUN, d)
     for q in range(s * n_q // slices, (s + ONE) * n_q // slices):
         r = (n * n_q + q) * heads + m
         go = r * d
@@ -237,12 +242,11 @@ def _backward_task(grad_out, vpad, locations, weights, levels, normalized, dims,
                 y = locations[TWO * j + ONE] * scale_y - shift
                 if sample_in_range(y, x, height, width):
                     corners = corner_offsets(y, x, row, start, plane, d)
+                    for c0 in range(np.uint64(0), d, LANES):
+                        bilinear_sums(grad_out, go, vpad, corners, acc, c0, min(LANES, d - c0), c0 == 0)
                     for c0 in range(np.uint64(0), d, RUN):
-                        count = min(RUN, d - c0)
-                        bilinear_backward(
-                            grad_out, go, vpad, gpad, g_plane, corners, weight, acc, c0, count, c0 == 0
-                        )
-                    gv, gy, gx = lane_sums(acc, used)
+                        bilinear_scatter(grad_out, go, gpad, g_plane, corners, weight, c0, min(RUN, d - c0))
+                    gv, gy, gx = lane_sums(acc)
                 else:
                     gv = gy = gx = outside
                 g_w[j] = gv
@@ -256,7 +260,7 @@ def ms_deform_attn_backward_kernel(
 ):
     """Fused backward (flat arrays, see the module docstring): scatters into ``gpad``, zero on entry
     (slice s takes queries ``[s·Q/slices, (s+1)·Q/slices)``), and writes every element of ``g_loc``
-    and ``g_w``. One task per (n, m, slice); ``scratch`` (tasks, 3·RUN), zero on entry, holds each
+    and ``g_w``. One task per (n, m, slice); ``scratch`` (tasks, 3·LANES), zero on entry, holds each
     task's channel sums."""
     slices = gpad.size // (dims[0] * dims[2] * dims[6] * dims[5])
     for task in prange(dims[0] * dims[2] * slices):
