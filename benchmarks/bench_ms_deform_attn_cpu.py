@@ -6,8 +6,10 @@ Python that has cudcn and, for the torch rows, torch installed::
     pip install -e . torch
     python benchmarks/bench_ms_deform_attn_cpu.py --repeats 10
 
-Without torch only cudcn's rows are printed. Shapes (float32, M = 8 heads, D = 32 channels per head,
-P = 4 points, batch 1), Deformable DETR's multi-scale pyramid scaled for a 2-core machine:
+Without torch only cudcn's rows are printed; with onnxruntime (the ``onnx`` extra) an ``ORT fwd``
+column runs cudcn's ONNX export of the op in ONNX Runtime. Shapes (float32, M = 8 heads, D = 32
+channels per head, P = 4 points, batch 1), Deformable DETR's multi-scale pyramid scaled for a 2-core
+machine:
 
 * encoder: levels (50, 75), (25, 38), (13, 19), (7, 10), every pixel a query (Lq = S = 5017);
 * decoder: the same levels, 300 queries;
@@ -142,6 +144,26 @@ def torch_fns(a: dict, threads: int) -> dict[str, Callable[[], object]]:
     return {"torch fwd": fwd, "torch f+b": fwd_bwd}
 
 
+def ort_fns(a: dict, threads: int) -> dict[str, Callable[[], object]]:
+    """ONNX Runtime running cudcn's export of the op (the gather-based subgraph, docs/onnx.md) on
+    ``threads`` threads, its idle-worker spinning switched off (``session.intra_op.allow_spinning =
+    0``: spinning workers would slow the next contender's call)."""
+    import onnxruntime as ort
+
+    from cudcn.functional import ms_deform_attn
+    from cudcn.onnx import export
+
+    shapes, starts = a["spatial_shapes"], a["level_start_index"]
+    arrays = (a["value"], a["locations"], a["weights"])
+    proto = export(lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w), arrays, None)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x for i, x in zip(session.get_inputs(), arrays, strict=True)}
+    return {"ORT fwd": lambda: session.run(None, feeds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -155,6 +177,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     have_torch = importlib.util.find_spec("torch") is not None
+    have_ort = importlib.util.find_spec("onnxruntime") is not None
     numba.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -162,17 +185,22 @@ def main() -> None:
     cols = ["cudcn fwd", "cudcn f+b"]
     if have_torch:
         cols += ["torch fwd", "torch f+b", "fwd ratio", "f+b ratio"]
+    if have_ort:
+        cols += ["ORT fwd", "ORT/cudcn"]
     print(f"{'shape (float32, M=8, D=32, P=4)':<40}" + "".join(f"{c:>12}" for c in cols))
     for name in args.shapes:
         levels, queries = SHAPES[name]
         a = inputs(levels, queries)
         fns = cudcn_fns(a) | (torch_fns(a, args.threads) if have_torch else {})
+        fns |= ort_fns(a, args.threads) if have_ort else {}
         medians, fastest = medians_ms(fns, args.repeats, clock)
         label = f"{name}, Lq={a['locations'].shape[1]}, S={a['value'].shape[1]}"
         for suffix, r in (("", medians), (" fastest", fastest)):
             if have_torch:  # torch time over cudcn time: the speed-up
                 r["fwd ratio"] = r["torch fwd"] / r["cudcn fwd"]
                 r["f+b ratio"] = r["torch f+b"] / r["cudcn f+b"]
+            if have_ort:  # ORT's forward time over cudcn's
+                r["ORT/cudcn"] = r["ORT fwd"] / r["cudcn fwd"]
             print(f"{label + suffix:<40}" + "".join(f"{r[c]:12.2f}" for c in cols), flush=True)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
