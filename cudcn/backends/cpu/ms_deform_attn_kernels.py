@@ -1,4 +1,6 @@
-"""Numba kernels of the CPU ms_deform_attn (the deformable-aggregation core): gather, fused backward.
+"""Numba kernels of the CPU ms_deform_attn (the deformable-aggregation core): the gather, the fused
+backward, and the copies into and out of the zero-bordered head planes (``pad_levels``,
+``unpad_levels``).
 
 The kernels take flat (1-D) views of C-contiguous arrays and the sizes ``dims = (N, Q, M, L, P, D,
 S_pad)``; flat offsets keep the address arithmetic of the hot loops to one add per access:
@@ -305,9 +307,8 @@ def pad_levels(value, rows, levels, sizes, vpad):
         for m in range(u(heads)):
             for x in range(width):
                 src = ((n * u(s) + pixel + x) * u(heads) + m) * u(d)
-                copy_channels(
-                    vpad, ((n * u(heads) + m) * u(s_pad) + padded + x) * u(d), value, src, u(d), False
-                )
+                dst = ((n * u(heads) + m) * u(s_pad) + padded + x) * u(d)
+                copy_channels(vpad, dst, value, src, u(d), False)
 
 
 @SerialOrParallel
