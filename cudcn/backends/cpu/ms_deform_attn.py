@@ -26,52 +26,19 @@ lose a MemoryError).
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
 
 from cudcn.backends import new_output
 from cudcn.backends.cpu.ms_deform_attn_kernels import (
     LANES,
     ms_deform_attn_backward_kernel,
     ms_deform_attn_forward_kernel,
+    pad_levels,
+    unpad_levels,
 )
-from cudcn.backends.cpu.threads import SerialOrParallel, kernel_threads
+from cudcn.backends.cpu.threads import kernel_threads
 from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 BACKWARD_TASKS = 16  # the backward splits queries into slices until N * M * slices reaches this
-
-
-@SerialOrParallel
-def pad_levels(value, rows, levels, vpad):
-    """``vpad[n, m, level l's padded pixel (y + 1, x + 1), :] = value[n, level l's pixel (y, x), m, :]``
-    for every image row ``rows[i] = (l, y)``; ``vpad`` (N, M, S_pad, D) zero on entry (its border
-    stays zero). One task per (n, image row)."""
-    for task in prange(value.shape[0] * rows.shape[0]):
-        n, i = task // rows.shape[0], task % rows.shape[0]
-        l, y = rows[i, 0], rows[i, 1]
-        width, src = levels[l, 1], levels[l, 2] + y * levels[l, 1]
-        dst = levels[l, 3] + (y + 1) * (width + 2) + 1
-        for m in range(value.shape[2]):
-            for x in range(width):
-                for c in range(np.uint64(value.shape[3])):
-                    vpad[n, m, dst + x, c] = value[n, src + x, m, c]
-
-
-@SerialOrParallel
-def unpad_levels(gpad, rows, levels, grad_value):
-    """``grad_value (N, S, M, D)`` = the interior of ``gpad (slices, N, M, S_pad, D)``, the slices
-    summed in order; one task per (n, image row) as in ``pad_levels``."""
-    for task in prange(grad_value.shape[0] * rows.shape[0]):
-        n, i = task // rows.shape[0], task % rows.shape[0]
-        l, y = rows[i, 0], rows[i, 1]
-        width, dst = levels[l, 1], levels[l, 2] + y * levels[l, 1]
-        src = levels[l, 3] + (y + 1) * (width + 2) + 1
-        for m in range(grad_value.shape[2]):
-            for x in range(width):
-                for c in range(np.uint64(grad_value.shape[3])):
-                    total = gpad[0, n, m, src + x, c]
-                    for s in range(1, gpad.shape[0]):
-                        total += gpad[s, n, m, src + x, c]
-                    grad_value[n, dst + x, m, c] = total
 
 
 def _layout(p: MSDeformAttnParams) -> tuple[np.ndarray, np.ndarray, int]:
@@ -91,7 +58,7 @@ def _padded(value: np.ndarray, p: MSDeformAttnParams, work: int) -> tuple[np.nda
     n, _, heads, d = value.shape
     vpad = np.zeros((n, heads, s_pad, d), value.dtype)
     with kernel_threads(work) as serial:
-        pad_levels(serial, value, rows, levels, vpad)
+        pad_levels(serial, value.ravel(), rows, levels, (*value.shape, s_pad), vpad.ravel())
     return vpad, levels, rows
 
 
@@ -139,5 +106,5 @@ def ms_deform_attn_backward(
     with kernel_threads(work) as serial:
         args = (*flat, _dims(vpad, locations), gpad.ravel(), g_loc.ravel(), g_w.ravel(), scratch)
         ms_deform_attn_backward_kernel(serial, *args)
-        unpad_levels(serial, gpad, rows, levels, g_value)
+        unpad_levels(serial, gpad.ravel(), rows, levels, (*value.shape, vpad.shape[2]), g_value.ravel())
     return g_value, g_loc, g_w

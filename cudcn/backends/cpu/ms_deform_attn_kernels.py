@@ -1,4 +1,6 @@
-"""Numba kernels of the CPU ms_deform_attn (the deformable-aggregation core): gather, fused backward.
+"""Numba kernels of the CPU ms_deform_attn (the deformable-aggregation core): the gather, the fused
+backward, and the copies into and out of the zero-bordered head planes (``pad_levels``,
+``unpad_levels``).
 
 The kernels take flat (1-D) views of C-contiguous arrays and the sizes ``dims = (N, Q, M, L, P, D,
 S_pad)``; flat offsets keep the address arithmetic of the hot loops to one add per access:
@@ -268,3 +270,60 @@ def ms_deform_attn_backward_kernel(
         _backward_task(
             grad_out, vpad, locations, weights, levels, normalized, dims, gpad, g_loc, g_w, acc, task
         )
+
+
+@njit(cache=True, inline="always")
+def copy_channels(dst, do, src, so, d, add):
+    """``dst[do + c] = src[so + c]`` (or ``+=`` when ``add``) for ``c < d``, in runs of RUN."""
+    for c0 in range(np.uint64(0), d, RUN):
+        for t in range(min(RUN, d - c0)):
+            c = c0 + t
+            dst[do + c] = dst[do + c] + src[so + c] if add else src[so + c]
+
+
+@njit(cache=True, inline="always")
+def level_row(rows, levels, task):
+    """Image row ``rows[i] = (l, y)`` of batch item n for task ``task = n·R + i``: ``(n, width, the
+    row's first pixel in S, its first interior pixel in S_pad)``, unsigned."""
+    u_task = np.uint64(task)
+    i = u_task % np.uint64(rows.shape[0])
+    n = u_task // np.uint64(rows.shape[0])
+    l, y = rows[i, 0], rows[i, 1]
+    width = levels[l, 1]
+    first = levels[l, 2] + y * width
+    interior = levels[l, 3] + (y + 1) * (width + 2) + 1
+    return n, np.uint64(width), np.uint64(first), np.uint64(interior)
+
+
+@SerialOrParallel
+def pad_levels(value, rows, levels, sizes, vpad):
+    """The zero-bordered head planes ``vpad (N, M, S_pad, D)`` (flat, zero on entry: the border stays
+    zero) from ``value`` (flat (N, S, M, D); ``sizes = (N, S, M, D, S_pad)``): pixel (y, x) of level
+    l at padded pixel (y + 1, x + 1). One task per (n, image row ``rows[i] = (l, y)``)."""
+    _, s, heads, d, s_pad = sizes
+    u = np.uint64
+    for task in prange(sizes[0] * rows.shape[0]):
+        n, width, pixel, padded = level_row(rows, levels, task)
+        for m in range(u(heads)):
+            for x in range(width):
+                src = ((n * u(s) + pixel + x) * u(heads) + m) * u(d)
+                dst = ((n * u(heads) + m) * u(s_pad) + padded + x) * u(d)
+                copy_channels(vpad, dst, value, src, u(d), False)
+
+
+@SerialOrParallel
+def unpad_levels(gpad, rows, levels, sizes, grad_value):
+    """``grad_value`` (flat (N, S, M, D)) = the interior of the slices of ``gpad`` (flat (slices, N,
+    M, S_pad, D)), added in slice order; ``sizes`` and tasks as in ``pad_levels``."""
+    n_batch, s, heads, d, s_pad = sizes
+    u = np.uint64
+    size = u(n_batch * heads * s_pad * d)  # one slice
+    for task in prange(n_batch * rows.shape[0]):
+        n, width, pixel, padded = level_row(rows, levels, task)
+        for m in range(u(heads)):
+            for x in range(width):
+                dst = ((n * u(s) + pixel + x) * u(heads) + m) * u(d)
+                src = ((n * u(heads) + m) * u(s_pad) + padded + x) * u(d)
+                copy_channels(grad_value, dst, gpad, src, u(d), False)
+                for k in range(ONE, u(gpad.size) // size):
+                    copy_channels(grad_value, dst, gpad, k * size + src, u(d), True)
