@@ -23,6 +23,7 @@ from cudcn.ops.dcnv3 import DCNv3Params
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 from cudcn.ops.deform_psroi_pool import DeformPSRoIPoolParams
 from cudcn.ops.deform_roi_pool import DeformRoIPoolParams
+from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 CONV = {"stride": 1, "padding": 1, "dilation": 1}
 ROI = {"output_size": (7, 7), "spatial_scale": 0.25, "sampling_ratio": 2, "gamma": 0.1}
@@ -36,7 +37,9 @@ PSROI = {
     "trans_std": 0.1,
 }
 DCNV3 = (3, 1, 1, 1, 4, 1.0, False)  # kernel_size, stride, padding, dilation, group, scale, centre
+MSDA_LEVELS, MSDA_STARTS = [[16, 24], [8, 12]], [0, 384]  # N = 2, Lq = 100, M = 8, D = 32, P = 4
 REFERENCE_PARAMS = {
+    "ms_deform_attn": MSDeformAttnParams(((16, 24), (8, 12)), (0, 384)),
     "dcnv3": DCNv3Params.build(np.zeros((2, 24, 24, 64)), *DCNV3),
     "deform_conv2d": DeformConv2dParams((1, 1), (1, 1), (1, 1), groups=1, offset_groups=1),
     "deform_roi_pool": DeformRoIPoolParams(
@@ -64,6 +67,10 @@ def inputs(op: str, rng: np.random.Generator) -> list[np.ndarray]:
             rng.uniform(-3, 3, (2, 24, 24, 72)),
             mask.reshape(2, 24, 24, 36),
         ]
+    if op == "ms_deform_attn":  # points around the levels (some outside), softmax weights
+        logits = rng.standard_normal((2, 100, 8, 2, 4))
+        weights = np.exp(logits) / np.exp(logits).sum(axis=(3, 4), keepdims=True)
+        return [rng.standard_normal((2, 480, 8, 32)), rng.uniform(-0.05, 1.05, (2, 100, 8, 2, 4, 2)), weights]
     channels = 8 * 9 if op == "deform_psroi_pool" else 16
     x1, y1 = rng.uniform(-8, 90, 32), rng.uniform(-8, 90, 32)
     w, h = rng.uniform(8, 60, 32), rng.uniform(8, 60, 32)
@@ -84,6 +91,10 @@ def run(op: str, arrays: list, grad_out) -> list:
     elif op == "dcnv3":
         out = ops.dcnv3_forward(*arrays, *DCNV3)
         grads = ops.dcnv3_backward(grad_out, *arrays, *DCNV3)
+    elif op == "ms_deform_attn":
+        value, locations, weights = arrays
+        out = ops.ms_deform_attn_forward(value, MSDA_LEVELS, MSDA_STARTS, locations, weights)
+        grads = ops.ms_deform_attn_backward(grad_out, value, MSDA_LEVELS, MSDA_STARTS, locations, weights)
     elif op == "roi_align":
         out = ops.roi_align_forward(*arrays[:2], **ALIGN)
         grads = ops.roi_align_backward(grad_out, *arrays[:2], **ALIGN)
@@ -102,6 +113,11 @@ def truth(op: str, arrays: list, grad_out: np.ndarray) -> list:
             reference.deform_roi_pool_forward(*args, p),
             reference.deform_roi_pool_backward(grad_out, *args, p)[0],
         ]
+    if op == "ms_deform_attn":  # the reference keeps the heads apart: (N, Lq, M, D)
+        p, heads = REFERENCE_PARAMS[op], arrays[0].shape[2]
+        out = reference.ms_deform_attn_forward(*arrays, p)
+        grads = reference.ms_deform_attn_backward(grad_out.reshape(out.shape), *arrays, p)
+        return [out.reshape(*out.shape[:2], heads * out.shape[3]), *grads]
     forward = getattr(reference, f"{op}_forward")
     backward = getattr(reference, f"{op}_backward")
     return [forward(*arrays, REFERENCE_PARAMS[op]), *backward(grad_out, *arrays, REFERENCE_PARAMS[op])]
@@ -119,6 +135,7 @@ NAMES = {
     "roi_align": ("out", "input"),
     "deform_psroi_pool": ("out", "input", "trans"),
     "dcnv3": ("out", "input", "offset", "mask"),
+    "ms_deform_attn": ("out", "value", "sampling_locations", "attention_weights"),
 }
 
 
@@ -155,6 +172,8 @@ def truth_output_shape(op: str, rounded: list) -> tuple[int, ...]:
         return (rounded[0].shape[0], rounded[2].shape[0], *rounded[0].shape[2:])
     if op == "dcnv3":
         return rounded[0].shape
+    if op == "ms_deform_attn":
+        return (*rounded[1].shape[:2], rounded[0].shape[2] * rounded[0].shape[3])
     if op in ("deform_roi_pool", "roi_align"):
         return (rounded[1].shape[0], rounded[0].shape[1], *ROI["output_size"])
     return (rounded[1].shape[0], PSROI["output_dim"], PSROI["pooled_size"], PSROI["pooled_size"])
