@@ -14,7 +14,8 @@ neighbours, bilinear weights) are computed once per (n, q, m, l, p) and reused o
 - backward: one task per (n, m, slice of queries); slice s scatters the value gradient into its own
   zero-bordered planes ``gpad[s]`` and writes the location and weight gradients of its queries; the
   slices are then summed in slice order while the border is dropped. The slice count depends on the
-  shape only (``backward_slices``): deterministic, no atomics, for any number of threads.
+  shape and dtype only (``backward_slices``: 16 tasks, within 256 MiB of extra copies):
+  deterministic, no atomics, for any number of threads.
 
 Non-finite data follow the float64 reference term by term (docs/spec.md): a point out of range adds
 ``weight · 0`` to the output and gets the gradients ``Σ_d grad_out · 0`` (NaN where the weight or
@@ -39,6 +40,7 @@ from cudcn.backends.cpu.threads import kernel_threads
 from cudcn.ops.ms_deform_attn import MSDeformAttnParams
 
 BACKWARD_TASKS = 16  # the backward splits queries into slices until N * M * slices reaches this
+SLICE_BYTES = 256 * 2**20  # ... as long as the extra gradient planes stay within this many bytes
 
 
 def _layout(p: MSDeformAttnParams) -> tuple[np.ndarray, np.ndarray, int]:
@@ -83,9 +85,11 @@ def ms_deform_attn_forward(
     return out
 
 
-def backward_slices(n: int, heads: int, queries: int) -> int:
-    """Query slices of the backward: enough for ``BACKWARD_TASKS`` tasks, at most one per query."""
-    return max(1, min(queries, -(-BACKWARD_TASKS // (n * heads))))
+def backward_slices(n: int, heads: int, queries: int, slice_bytes: int) -> int:
+    """Query slices of the backward: enough for ``BACKWARD_TASKS`` tasks, at most one per query,
+    and no more than ``SLICE_BYTES`` in gradient copies (``slice_bytes`` each) beyond the first."""
+    wanted = min(queries, -(-BACKWARD_TASKS // (n * heads)))
+    return max(1, min(wanted, 1 + SLICE_BYTES // max(slice_bytes, 1)))
 
 
 def ms_deform_attn_backward(
@@ -96,7 +100,7 @@ def ms_deform_attn_backward(
     n, _, heads, d = value.shape
     work = weights.size * d
     vpad, levels, rows = _padded(value, p, work)
-    slices = backward_slices(n, heads, locations.shape[1])
+    slices = backward_slices(n, heads, locations.shape[1], vpad.nbytes)
     gpad = np.zeros((slices, *vpad.shape), value.dtype)
     scratch = np.zeros((n * heads * slices, 3 * int(LANES)), value.dtype)
     g_loc = new_output(np, locations.shape, value.dtype)
