@@ -11,7 +11,7 @@ P = 4 points, batch 1), Deformable DETR's multi-scale pyramid scaled for a 2-cor
 
 * encoder: levels (50, 75), (25, 38), (13, 19), (7, 10), every pixel a query (Lq = S = 5017);
 * decoder: the same levels, 300 queries;
-* small encoder: levels (25, 38), (13, 19), (7, 10), (4, 5), Lq = S = 1357.
+* small encoder: levels (25, 38), (13, 19), (7, 10), (4, 5), Lq = S = 1287.
 
 Locations are placed as Deformable DETR's sampling offsets start out: each query's reference point
 (the centre of its own pixel in the encoder, uniform in [0, 1]² in the decoder) plus, in each level's
