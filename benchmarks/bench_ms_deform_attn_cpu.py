@@ -13,7 +13,7 @@ machine:
 
 * encoder: levels (50, 75), (25, 38), (13, 19), (7, 10), every pixel a query (Lq = S = 5017);
 * decoder: the same levels, 300 queries;
-* small encoder: levels (25, 38), (13, 19), (7, 10), (4, 5), Lq = S = 1357.
+* small encoder: levels (25, 38), (13, 19), (7, 10), (4, 5), Lq = S = 1287.
 
 Locations are placed as Deformable DETR's sampling offsets start out: each query's reference point
 (the centre of its own pixel in the encoder, uniform in [0, 1]² in the decoder) plus, in each level's
