@@ -21,7 +21,8 @@ Array: TypeAlias = Any
 
 def is_cupy_array(a: Any) -> bool:
     """True for a CuPy ndarray, decided without importing CuPy."""
-    return type(a).__module__.split(".", 1)[0] == "cupy"
+    kind = type(a)
+    return kind is not np.ndarray and kind.__module__.split(".", 1)[0] == "cupy"
 
 
 def array_module(a: Any) -> ModuleType:

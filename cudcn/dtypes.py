@@ -57,12 +57,16 @@ def is_bfloat16(dtype: Any) -> bool:
 
 def is_float_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is one of cudcn's floating dtypes (float16, bfloat16, float32, float64)."""
+    if dtype is float32 or dtype is float64:  # the common case, without converting anything
+        return True
     dtype = _dtype(dtype)
     return dtype in (float16, float32, float64) or is_bfloat16(dtype)
 
 
 def is_half_dtype(dtype: Any) -> bool:
     """Whether ``dtype`` is float16 or bfloat16 (stored in 16 bits, computed in float32)."""
+    if dtype is float32 or dtype is float64:
+        return False
     dtype = _dtype(dtype)
     return dtype == float16 or is_bfloat16(dtype)
 
@@ -98,8 +102,10 @@ def widen(a: Any) -> Any:
 
 def narrow(a: Any, dtype: Any) -> Any:
     """``a`` rounded once (to nearest even) to ``dtype``; ``a`` itself when it has that dtype."""
+    if a is None or a.dtype is dtype:
+        return a
     dtype = np.dtype(dtype)
-    return a if a is None or a.dtype == dtype else a.astype(dtype)
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def check_library_dtype(xp: Any, dtype: Any, what: str) -> None:
@@ -133,7 +139,12 @@ def computed_in_float32(
 
     @functools.wraps(function)
     def run(*arrays: Any, **params: Any) -> Any:
-        dtype = next((a.dtype for a in arrays if isinstance(a, np.ndarray)), None)
+        first = arrays[0] if arrays else None
+        dtype = (
+            first.dtype
+            if isinstance(first, np.ndarray)
+            else next((a.dtype for a in arrays if isinstance(a, np.ndarray)), None)
+        )
         if dtype is None or not is_half_dtype(dtype):
             return function(*arrays, **params)
         result = function(*(widen(a) if isinstance(a, np.ndarray) else a for a in arrays), **params)

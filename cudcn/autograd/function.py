@@ -28,6 +28,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import numpy as np
+
 from cudcn.arrays import Array, array_module
 from cudcn.autograd.tensor import Tensor
 from cudcn.dtypes import compute_dtype, narrow, widen
@@ -315,6 +317,8 @@ def _check_grad(node: Function, i: int, g: Any, meta: tuple[tuple[int, ...], Any
             f"{type(node).__name__}.backward: gradient {i} must be an array of shape {shape}, "
             f"got {type(g).__name__} of shape {getattr(g, 'shape', None)}"
         )
+    if g.dtype is dtype:
+        return g
     return g if g.dtype in (dtype, compute_dtype(dtype)) else g.astype(dtype)
 
 
@@ -323,6 +327,10 @@ def _accumulate_leaf(leaf: Tensor, g: Array) -> None:
     ``.grad`` is a fresh C-contiguous array of the leaf's dtype owned by the leaf."""
     xp = array_module(leaf.data)
     if leaf.grad is None:
-        leaf.grad = xp.array(g, dtype=leaf.dtype, order="C", copy=True)
+        data = leaf.data
+        if type(g) is np.ndarray and g.dtype is data.dtype:
+            leaf.grad = g.copy()  # C order, the common case without array()'s argument handling
+        else:
+            leaf.grad = xp.array(g, dtype=data.dtype, order="C", copy=True)
     else:
         leaf.grad = xp.asarray(narrow(widen(leaf.grad) + widen(g), leaf.grad.dtype))

@@ -43,6 +43,7 @@ _MODULES = {
     "emulated": "cudcn.backends.emulated",
     "cuda": "cudcn.backends.cuda",
 }
+_loaded: dict[str, ModuleType] = {}  # the backend modules imported so far, by name
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("cudcn_backend", default=None)
 _poison: contextvars.ContextVar[bool] = contextvars.ContextVar("cudcn_poison", default=False)
 _deterministic: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
@@ -88,7 +89,11 @@ def backend_name_for(a: Any) -> str:
 
 def get_backend(a: Any) -> ModuleType:
     """The backend module for array ``a`` (imported on first use)."""
-    return importlib.import_module(_MODULES[backend_name_for(a)])
+    name = backend_name_for(a)
+    module = _loaded.get(name)
+    if module is None:
+        module = _loaded[name] = importlib.import_module(_MODULES[name])
+    return module
 
 
 @contextlib.contextmanager

@@ -39,6 +39,8 @@ def check_arrays(arrays: Mapping[str, Any], optional: tuple[str, ...] = ()) -> n
         if first is None:
             first_name, first = name, a
             continue
+        if type(a) is np.ndarray and type(first) is np.ndarray and a.dtype == first.dtype:
+            continue  # the common case: nothing more to check
         if _library(a) != _library(first):
             raise TypeError(
                 f"{name} is a {_library(a)} array but {first_name} is a {_library(first)} array; "
@@ -67,7 +69,9 @@ def check_ndim(name: str, a: Any, ndim: int, layout: str) -> None:
 
 def int_pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints → ``(h, w)``, each at least ``minimum``."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if type(value) is int:  # the common case first
+        pair = (value, value)
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (
         isinstance(value, (tuple, list))

@@ -16,6 +16,7 @@ Threads: the GEMMs use BLAS's own threads, the kernels Numba's (``cudcn.backends
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 
@@ -60,9 +61,11 @@ def record_phases() -> Iterator[list[tuple[str, float]]]:
         _phase_log = None
 
 
+@functools.lru_cache(maxsize=64)
 def _runs(channels: int, groups: int, offset_groups: int) -> np.ndarray:
     """Channel runs ``(offset_group, weight_group, c_begin, c_end, part)``, an (R, 5) int64 array:
-    the channels that share both groups; ``part`` numbers the runs of one offset group."""
+    the channels that share both groups; ``part`` numbers the runs of one offset group. Cached (a
+    layer calls with the same channels every step); the kernels only read it."""
     per_og = channels // offset_groups
     per_g = channels // groups
     rows = []

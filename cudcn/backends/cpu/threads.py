@@ -17,11 +17,10 @@ partitions its writes by the shape, never by the thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -39,14 +38,26 @@ def prefer_workqueue() -> None:
         config.THREADING_LAYER = LAYER
 
 
-@contextlib.contextmanager
-def kernel_threads(work: int | None = None) -> Iterator[bool]:
+class kernel_threads:  # lower case: used like a function, ``with kernel_threads(work) as serial``
     """Hold the launch lock for the Numba kernels of the block, which write ``work`` elements; yields
     ``serial``: True when the work is small (waking the pool costs more than it saves: a
     :class:`SerialOrParallel` kernel called with it then runs on the calling thread alone). All
-    threads for None."""
-    with _launch_lock:
-        yield work is not None and work < SERIAL_WORK
+    threads for None.
+
+    A class rather than a ``contextlib.contextmanager``: it is entered several times per call of a
+    small op, and the generator machinery would cost a microsecond each time."""
+
+    __slots__ = ("serial",)
+
+    def __init__(self, work: int | None = None) -> None:
+        self.serial = work is not None and work < SERIAL_WORK
+
+    def __enter__(self) -> bool:
+        _launch_lock.acquire()
+        return self.serial
+
+    def __exit__(self, *exc: object) -> None:
+        _launch_lock.release()
 
 
 class SerialOrParallel:
