@@ -1,4 +1,5 @@
-"""CPU benchmark of deform_conv2d as users call it, against a plain torch conv2d and torchvision.
+"""CPU benchmark of deform_conv2d as users call it, against a plain torch conv2d, torchvision and
+ONNX Runtime's DeformConv.
 
 Run from the repository root in a default environment (no thread or BLAS variables set by hand),
 with torch and torchvision in a virtual environment of their own (they are never a test dependency),
@@ -17,7 +18,11 @@ reported "n/a" with its error), 3x3, padding 1, bias; cudcn and torchvision with
 Medians (ms) over ``--repeats`` turns; the contenders take turns within each repeat, each after a
 short pause, so that a busy machine slows them alike (torchvision's slow backward gets
 ``--tv-repeats``). Ratios: ``f+b/conv`` and ``fwd/conv`` (cudcn over the plain convolution) and
-``tv/f+b`` (torchvision over cudcn). A second row per shape gives the fastest repeat of each (on a
+``tv/f+b`` (torchvision over cudcn). With ``onnx`` and ``onnxruntime`` installed (the ``onnx`` extra)
+and float32, ``ort fwd`` is ONNX Runtime's CPU ``DeformConv`` kernel running cudcn's export of the
+call (with mask), on as many threads, its idle workers' spinning switched off
+(``session.intra_op.allow_spinning = 0``, see ``ort_session.py``); ``fwd/ort`` is cudcn's forward over
+it. A second row per shape gives the fastest repeat of each (on a
 machine shared with other jobs, the least disturbed).
 
 Then, per shape, where cudcn's forward+backward time goes (with mask; medians over the repeats):
@@ -39,6 +44,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from ort_session import cpu_session  # benchmarks/, the script's own folder
 
 import cudcn
 from cudcn.backends import cpu
@@ -133,7 +139,6 @@ def array_level(a: dict[str, np.ndarray]) -> Callable[[], object]:
 
 def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     import torch
-    import torchvision
 
     def as_torch(v: np.ndarray):
         if cudcn.dtypes.is_bfloat16(v.dtype):  # torch takes no ml_dtypes array: the same bits
@@ -145,6 +150,8 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     leaves = {k: t[k].clone().requires_grad_() for k in ("input", "offset", "weight", "bias", "mask")}
 
     def tv(masked: bool, grad: bool):
+        import torchvision  # only when installed (the rows are n/a otherwise)
+
         x, off, w, b, m = leaves.values() if grad else (t[k] for k in leaves)
         return torchvision.ops.deform_conv2d(x, off, w, b, padding=(1, 1), mask=m if masked else None)
 
@@ -177,10 +184,23 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
     for name, fn in list(fns.items()):  # one call each: drop what has no kernel for the dtype
         try:
             fn()
-        except RuntimeError as exc:
+        except (RuntimeError, ImportError) as exc:
             print(f"{name}: n/a in {a['input'].dtype} ({str(exc).splitlines()[0][:100]})")
             del fns[name]
     return fns
+
+
+def ort_fns(a: dict[str, np.ndarray], threads: int) -> dict[str, Callable[[], object]]:
+    """ONNX Runtime's CPU ``DeformConv`` kernel (cudcn's export of the call: one standard node, with
+    mask) on ``threads`` threads, spinning switched off (``ort_session``)."""
+    from cudcn.onnx import export
+
+    names = ("input", "offset", "weight", "bias", "mask")
+    arrays = tuple(a[k] for k in names)
+    proto = export(lambda x, o, w, b, m: deform_conv2d(x, o, w, b, 1, 1, 1, m), arrays, None)
+    session = cpu_session(proto.SerializeToString(), threads)
+    feeds = {i.name: x for i, x in zip(session.get_inputs(), arrays, strict=True)}
+    return {"ort fwd": lambda: session.run(None, feeds)}
 
 
 def phase_breakdown(a: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
@@ -229,13 +249,16 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     args = parser.parse_args()
     dtype = cudcn.dtypes.bfloat16 if args.dtype == "bfloat16" else np.dtype(args.dtype)
-    have_torch = all(importlib.util.find_spec(m) for m in ("torch", "torchvision"))
+    have_torch = importlib.util.find_spec("torch") is not None  # torchvision's rows: if it is there
+    have_ort = args.dtype == "float32" and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime"))
     first_call_ms()  # fills the Numba cache if it is cold
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; {args.dtype}")
     cols = ["fwd", "f+b", "f+b nomask", "array f+b"]
     if have_torch:
         cols += ["conv fwd", "conv f+b", "tv fwd", "tv f+b", "tv f+b nomask"]
         cols += ["fwd/conv", "f+b/conv", "nomask/conv", "tv/f+b"]
+    if have_ort:
+        cols += ["ort fwd", "fwd/ort"]
     print(f"{'B,C,H=W':<18}" + "".join(f"{c:>14}" for c in cols))
     breakdowns = {}
     for b, c, h in SHAPES[: args.shapes]:
@@ -244,6 +267,7 @@ def main() -> None:
         fns = {"fwd": masked["fwd"], "f+b": masked["f+b"], "f+b nomask": plain["f+b"]}
         fns["array f+b"] = array_level(a)
         fns |= torch_fns(a) if have_torch else {}
+        fns |= ort_fns(a, os.cpu_count() or 1) if have_ort else {}
         reps = {k: args.tv_repeats if k.startswith("tv f+b") else args.repeats for k in fns}
         medians, fastest = medians_ms(fns, reps)
         ratios = {
@@ -251,6 +275,7 @@ def main() -> None:
             "f+b/conv": ("f+b", "conv f+b"),
             "nomask/conv": ("f+b nomask", "conv f+b"),
             "tv/f+b": ("tv f+b", "f+b"),
+            "fwd/ort": ("fwd", "ort fwd"),
         }
         for label, r in (("", medians), (" fastest", fastest)):
             for name, (num, den) in ratios.items():

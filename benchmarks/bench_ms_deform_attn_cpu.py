@@ -49,6 +49,7 @@ import numpy as np
 from cudcn.ops import ms_deform_attn_backward, ms_deform_attn_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests' torch peer
+from ort_session import cpu_session
 
 ENCODER_LEVELS = ((50, 75), (25, 38), (13, 19), (7, 10))
 SHAPES = {  # name: (levels, queries); None queries: one per pixel
@@ -148,18 +149,13 @@ def ort_fns(a: dict, threads: int) -> dict[str, Callable[[], object]]:
     """ONNX Runtime running cudcn's export of the op (the gather-based subgraph, docs/onnx.md) on
     ``threads`` threads, its idle-worker spinning switched off (``session.intra_op.allow_spinning =
     0``: spinning workers would slow the next contender's call)."""
-    import onnxruntime as ort
-
     from cudcn.functional import ms_deform_attn
     from cudcn.onnx import export
 
     shapes, starts = a["spatial_shapes"], a["level_start_index"]
     arrays = (a["value"], a["locations"], a["weights"])
     proto = export(lambda v, loc, w: ms_deform_attn(v, shapes, starts, loc, w), arrays, None)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(proto.SerializeToString(), threads)
     feeds = {i.name: x for i, x in zip(session.get_inputs(), arrays, strict=True)}
     return {"ORT fwd": lambda: session.run(None, feeds)}
 
