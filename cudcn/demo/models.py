@@ -35,16 +35,23 @@ def late_layers(depth: int = DEPTH) -> tuple[int, ...]:
 DEFORM_LAYERS = late_layers()  # the conv demo's two deformable layers
 
 
-def _build(width: int, rng: np.random.Generator, depth: int = DEPTH) -> nn.Sequential:
-    """The plain net with ``depth`` convolutions of width ``width`` at 7 x 7."""
+def trunk(width: int, rng: np.random.Generator, depth: int = DEPTH) -> list[nn.Module]:
+    """The net's convolutional part, 1 channel in, ``width`` out at stride 4, with ``depth``
+    convolutions of width ``width`` after the second pooling; drawn from ``rng`` in order, so the
+    first layers' weights do not depend on ``depth``."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(cout), nn.ReLU()]
 
     layers = [*block(1, C1), nn.MaxPool2d(2), *block(C1, width), nn.MaxPool2d(2)]
-    for _ in range(depth):  # drawn in order: the first layers' weights do not depend on depth
+    for _ in range(depth):
         layers += block(width, width)
-    return nn.Sequential(*layers, nn.GlobalAvgPool2d(), nn.Linear(width, 10, rng=rng))
+    return layers
+
+
+def _build(width: int, rng: np.random.Generator, depth: int = DEPTH) -> nn.Sequential:
+    """The plain classifier: the trunk, global average pooling and a linear layer to 10 classes."""
+    return nn.Sequential(*trunk(width, rng, depth), nn.GlobalAvgPool2d(), nn.Linear(width, 10, rng=rng))
 
 
 def digit_net(kind: str, rng: np.random.Generator) -> nn.Sequential:
