@@ -41,11 +41,12 @@ class Settings:
     background_train: int = 6  # background proposals per canvas
     per_bin_eval: int = 3
     background_eval: int = 4
-    variants: tuple[str, ...] = ("roialign", "deform", "wide", "context")
+    variants: tuple[str, ...] = ("roialign", "deform", "dcn-roialign", "dcn-deform", "rfcn", "rfcn-deform")
 
 
+CONTROLS = ("wide", "context")  # added by ``cudcn demo roi --all``
 QUICK = Settings(  # a smoke run for CI: every code path and picture, numbers not meaningful
-    seeds=1, n_train=64, n_eval=40, steps=8, variants=("roialign", "deform")
+    seeds=1, n_train=64, n_eval=24, steps=4
 )
 
 NAMES = {
@@ -54,6 +55,10 @@ NAMES = {
     "modulated": "modulated (ModulatedDeformRoIPoolPack)",
     "wide": "control: RoIAlign, hidden 512",
     "context": "control: RoIAlign, proposals x1.5",
+    "dcn-roialign": "deformable backbone + RoIAlign",
+    "dcn-deform": "deformable backbone + DeformRoIPoolPack",
+    "rfcn": "R-FCN, PS RoI pooling",
+    "rfcn-deform": "R-FCN, deformable PS RoI pooling",
 }
 
 
@@ -168,10 +173,8 @@ def evaluate(ctx: Context, net: Detector, variant: str, seed: int, losses: list[
             probs.append(_softmax(device.get(logits.data).astype(np.float64)))
             deltas.append(device.get(delta.data).astype(np.float64))
             if variant in DEFORMABLE:
-                off = device.get(net.bin_offsets(images, rois_d)).astype(np.float64)
-                size = rois[:, 3:5] - rois[:, 1:3]  # (w, h): the offsets are in gamma * size
-                mean = off.reshape(-1, 2, POOLED * POOLED).mean(axis=2)
-                shifts.append(mean * net.pool.gamma * size)
+                shift = device.get(net.bin_shifts(images, rois_d)).astype(np.float64)
+                shifts.append(shift.reshape(-1, 2, POOLED * POOLED).mean(axis=2))
     prob = np.concatenate(probs)
     boxes = p.rois[:, 1:].astype(np.float64)
     refined = np.clip(metrics.decode(boxes, np.concatenate(deltas)), 0, data.CANVAS)
