@@ -2,7 +2,7 @@
 
 The paper (Dai et al. 2017, Table 2 and Fig. 5, a segmentation setting) finds the receptive field of
 deformable layers on background between those on medium and on large objects. Here a small fully
-convolutional segmenter labels each unit of a 16 x 16 map (stride 4) of the RoI demo's 64 x 64 canvases
+convolutional segmenter labels each unit of a 12 x 12 map (stride 4) of the RoI demo's 48 x 48 canvases
 with its digit's class or background, and the conv demo's sampling radius (:mod:`cudcn.demo.radius`:
 the mean distance of the 81 composite sampling points of the two stacked deformable layers from the
 unit) is measured at every unit of the test canvases: on background units and on digit units binned
@@ -37,7 +37,7 @@ from cudcn.demo.runlog import PartResult, RunLog
 from cudcn.demo.train import Device, Schedule, batches, train
 from cudcn.files import require_folder
 
-MAP = roi_data.CANVAS // 4  # 16 x 16 units
+MAP = roi_data.CANVAS // 4  # 12 x 12 units
 BACKGROUND = 10
 REGIONS = ("small digits", "medium digits", "large digits", "background")
 
@@ -66,7 +66,7 @@ class PixelRows(nn.Module):
 
 
 def segmenter(rng: np.random.Generator) -> nn.Sequential:
-    """The segmenter: (B, 1, 64, 64) canvases -> (B * 256, 11) unit scores, row-major per canvas."""
+    """The segmenter: (B, 1, 48, 48) canvases -> (B * 144, 11) unit scores, row-major per canvas."""
     plain = nn.Sequential(
         *models.trunk(models.C, rng), nn.Conv2d(models.C, BACKGROUND + 1, 1, rng=rng), PixelRows()
     )
@@ -74,7 +74,7 @@ def segmenter(rng: np.random.Generator) -> nn.Sequential:
 
 
 def unit_targets(canvases: roi_data.Canvases) -> tuple[np.ndarray, np.ndarray]:
-    """Per canvas and unit (N, 16, 16): the class (a digit, or ``BACKGROUND``) and the digit's slot
+    """Per canvas and unit (N, 12, 12): the class (a digit, or ``BACKGROUND``) and the digit's slot
     in the canvas (-1 on background)."""
     centre = STRIDE * np.arange(MAP) + ORIGIN
     b = canvases.boxes[:, :, None, None, :]  # (N, 3, 1, 1, 4)
@@ -118,7 +118,7 @@ def make_context(s: Settings, device: Device) -> Context:
 @dataclass
 class Run:
     """One trained segmenter on the test canvases: loss curve, predicted class and sampling radius
-    of every unit (N, 16, 16)."""
+    of every unit (N, 12, 12)."""
 
     seed: int
     losses: list[float]
@@ -166,7 +166,7 @@ def run_all(ctx: Context) -> list[Run]:
 
 
 def regions(ctx: Context) -> list[np.ndarray]:
-    """Masks (N, 16, 16) of the units of ``REGIONS``: digit units by their digit's size bin, then
+    """Masks (N, 12, 12) of the units of ``REGIONS``: digit units by their digit's size bin, then
     background."""
     n = np.arange(len(ctx.eval))[:, None, None]
     bin_of_unit = np.where(ctx.eval_slot >= 0, ctx.size_bin[n, np.maximum(ctx.eval_slot, 0)], -1)

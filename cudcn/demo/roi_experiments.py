@@ -18,7 +18,7 @@ from cudcn import functional as F
 from cudcn import optim
 from cudcn.demo import roi_data as data
 from cudcn.demo import roi_metrics as metrics
-from cudcn.demo.roi_models import DEFORMABLE, POOLED, Detector, count_parameters
+from cudcn.demo.roi_models import DEFORMABLE, Detector, count_parameters
 from cudcn.demo.train import Device, ProgressBar
 
 
@@ -174,7 +174,7 @@ def evaluate(ctx: Context, net: Detector, variant: str, seed: int, losses: list[
             deltas.append(device.get(delta.data).astype(np.float64))
             if variant in DEFORMABLE:
                 shift = device.get(net.bin_shifts(images, rois_d)).astype(np.float64)
-                shifts.append(shift.reshape(-1, 2, POOLED * POOLED).mean(axis=2))
+                shifts.append(shift.reshape(shift.shape[0], 2, -1).mean(axis=2))
     prob = np.concatenate(probs)
     boxes = p.rois[:, 1:].astype(np.float64)
     refined = np.clip(metrics.decode(boxes, np.concatenate(deltas)), 0, data.CANVAS)

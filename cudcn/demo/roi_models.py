@@ -36,6 +36,7 @@ from cudcn.backends import array_module
 from cudcn.demo.models import swap_deformable
 
 FIRST, WIDTH, POOLED, SCALE = 16, 32, 7, 0.25
+GROUP = 7  # R-FCN's k: k x k position-sensitive bins
 HIDDEN, WIDE_HIDDEN, OFFSET_FC, RFCN_WIDTH = 256, 512, 256, 64
 CONTEXT, GAMMA, CLASSES = 1.5, 0.1, 11
 BACKBONE_DEFORM = (8, 11)  # the backbone's last two convolutions
@@ -122,7 +123,7 @@ class RFCNHead(nn.Module):
     def __init__(self, deformable: bool, rng: np.random.Generator) -> None:
         super().__init__()
         self.deformable = deformable
-        bins = POOLED * POOLED
+        bins = GROUP * GROUP
         self.conv = nn.Conv2d(WIDTH, RFCN_WIDTH, 1, rng=rng)
         self.cls_maps = nn.Conv2d(RFCN_WIDTH, CLASSES * bins, 1, rng=rng)
         self.box_maps = nn.Conv2d(RFCN_WIDTH, 4 * bins, 1, rng=rng)
@@ -138,8 +139,8 @@ class RFCNHead(nn.Module):
             trans,
             spatial_scale=SCALE,
             output_dim=channels,
-            group_size=POOLED,
-            pooled_size=POOLED,
+            group_size=GROUP,
+            pooled_size=GROUP,
             sample_per_part=2,
             trans_std=GAMMA,
         )

@@ -171,6 +171,14 @@ def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+ADDITIVE_LABELS = (
+    "plain bb.\nRoIAlign",
+    "plain bb.\ndeform. pool",
+    "deform. bb.\nRoIAlign",
+    "deform. bb.\ndeform. pool",
+)
+
+
 def additivity(runs: list[Run], path: Path) -> Path:
     fig = _figure(9, 3.6)
     cells = [v for row in ADDITIVE for v in row]
@@ -181,9 +189,7 @@ def additivity(runs: list[Run], path: Path) -> Path:
         for seed in range(v.shape[1]):
             ax.scatter(x, v[:, seed], color="k", s=10, zorder=3)
         ax.set_ylim(v.min() - 2, v.max() + 1)
-        ax.set_xticks(
-            x, ["plain +\nRoIAlign", "plain +\ndeform. pool", "deform. backbone\n+ RoIAlign", "both"]
-        )
+        ax.set_xticks(x, ADDITIVE_LABELS, fontsize=8)
         ax.set(ylabel=f"{key} %", title=key)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("additivity: backbone x RoI pooling (bars: mean, dots: seeds)", fontsize=9)

@@ -25,9 +25,9 @@ def test_unit_targets_follow_the_boxes():
     boxes = np.zeros((1, 3, 4))
     boxes[0, :2] = [[4, 8, 14, 20], [30, 30, 41, 37]]  # (x1, y1, x2, y2)
     labels = np.array([[3, 7, -1]])
-    canvases = roi_data.Canvases(np.zeros((1, 1, 64, 64), np.float32), boxes, labels)
+    canvases = roi_data.Canvases(np.zeros((1, 1, 48, 48), np.float32), boxes, labels)
     target, slot = background.unit_targets(canvases)
-    centre = 4 * np.arange(16) + 1.5  # unit p at pixel 4 p + 1.5
+    centre = 4 * np.arange(12) + 1.5  # unit p at pixel 4 p + 1.5 (48 x 48 canvases, 12 x 12 units)
     inside_first = (centre[:, None] >= 8) & (centre[:, None] < 20) & (centre >= 4) & (centre < 14)
     inside_second = (centre[:, None] >= 30) & (centre[:, None] < 37) & (centre >= 30) & (centre < 41)
     assert np.array_equal(slot[0], np.where(inside_first, 0, np.where(inside_second, 1, -1)))
@@ -37,7 +37,7 @@ def test_unit_targets_follow_the_boxes():
 
 def test_segmenter_starts_as_its_plain_twin_and_scores_every_unit():
     print("seed", SEED)
-    x = np.random.default_rng(SEED).uniform(0, 1, (2, 1, 64, 64)).astype(np.float32)
+    x = np.random.default_rng(SEED).uniform(0, 1, (2, 1, 48, 48)).astype(np.float32)
     net = background.segmenter(np.random.default_rng(SEED))
     assert all(isinstance(net[i], nn.DeformConv2dPack) for i in models.DEFORM_LAYERS)
     rng = np.random.default_rng(SEED)
@@ -45,11 +45,11 @@ def test_segmenter_starts_as_its_plain_twin_and_scores_every_unit():
         *models.trunk(models.C, rng), nn.Conv2d(models.C, 11, 1, rng=rng), background.PixelRows()
     )
     scores = net(x).data
-    assert scores.shape == (2 * 16 * 16, 11)
+    assert scores.shape == (2 * 12 * 12, 11)
     np.testing.assert_allclose(scores, plain(x).data, rtol=1e-5, atol=1e-5)  # zero offsets
-    # row n * 256 + 16 i + j is unit (i, j) of canvas n
+    # row n * 144 + 12 i + j is unit (i, j) of canvas n
     maps = nn.Sequential(*list(net)[:15])(x).data
-    np.testing.assert_array_equal(scores[256 + 16 * 3 + 5], maps[1, :, 3, 5])
+    np.testing.assert_array_equal(scores[144 + 12 * 3 + 5], maps[1, :, 3, 5])
 
 
 def test_radius_of_every_unit_with_zero_and_shifted_offsets():

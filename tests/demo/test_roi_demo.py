@@ -24,7 +24,7 @@ def _canvases_with(boxes: list[list[float]], labels: list[int]) -> roi_data.Canv
     b[0, : len(boxes)] = boxes
     lab = np.full((1, 3), -1)
     lab[0, : len(labels)] = labels
-    return roi_data.Canvases(np.zeros((1, 1, 64, 64), np.float32), b, lab)
+    return roi_data.Canvases(np.zeros((1, 1, 48, 48), np.float32), b, lab)
 
 
 def test_proposals_fall_in_their_bins_and_background_is_far():
@@ -43,7 +43,7 @@ def test_proposals_fall_in_their_bins_and_background_is_far():
     assert bg.sum() == 5
     overlap = box_iou(p.rois[bg, None, 1:].astype(float), canvases.boxes[0, None, :2])
     assert (overlap < 0.3).all()
-    assert (p.rois[:, 1:] >= 0).all() and (p.rois[:, 1:] <= 64).all()
+    assert (p.rois[:, 1:] >= 0).all() and (p.rois[:, 1:] <= roi_data.CANVAS).all()
 
 
 def test_split_and_canvases():
