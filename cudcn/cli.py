@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--all",
         action="store_true",
-        help="without a part: run every part, one after the other; with roi: also its control "
-        "variants (wide head, enlarged proposals)",
+        help="without a part: run every part, one after the other; with roi: every variant (also the "
+        "R-FCN head, the deformable backbone and the controls)",
     )
     demo.add_argument(
         "--quick",
@@ -182,7 +182,7 @@ def cmd_bench(quick: bool) -> int:
 
 def _demo_settings(part: str, args: argparse.Namespace) -> Any:
     """The settings of one demo part from the command line: its QUICK or default settings, with
-    --seeds, --epochs (conv, layers) and, for a named roi, --all (the controls) applied."""
+    --seeds, --epochs (conv, layers) and, for a named roi, --all (every variant) applied."""
     import dataclasses
 
     from cudcn import demo
@@ -205,7 +205,8 @@ def _demo_settings(part: str, args: argparse.Namespace) -> Any:
             settings, steps_scratch=args.epochs * (settings.n_train // settings.batch_size)
         )
     if part == "roi" and args.all and args.which == "roi":
-        settings = dataclasses.replace(settings, variants=(*settings.variants, *roi_experiments.CONTROLS))
+        extra = tuple(v for v in roi_experiments.EXTRA if v not in settings.variants)
+        settings = dataclasses.replace(settings, variants=(*settings.variants, *extra))
     return settings
 
 

@@ -1,4 +1,4 @@
-"""The RoI demo's detector: a small backbone and one of two heads over 7 x 7 pooled RoIs.
+"""The RoI demo's detector: a small backbone and one of two heads over pooled RoIs.
 
     conv3x3(1 -> 16)  BN ReLU  maxpool2     48 -> 24
     conv3x3(16 -> 32) BN ReLU  maxpool2     24 -> 12    (stride 4)
@@ -6,9 +6,9 @@
     conv3x3(32 -> 32) BN ReLU               <- DeformConv2dPack in the "dcn-" variants; 12 x 12 map
     head "fc" (Faster R-CNN style): RoI pooling 7 x 7 (spatial_scale 1/4), fc(32 * 49 -> h) ReLU
         fc(h -> h) ReLU -> 11 class logits (10 digits + background), 4 box deltas
-    head "rfcn" (R-FCN): conv1x1(32 -> 64) ReLU, conv1x1 to 11 * 49 class and 4 * 49 box
-        position-sensitive score maps, PS RoI pooling 7 x 7 (``deform_psroi_pool``), mean over the
-        49 bins -> 11 class logits, 4 box deltas
+    head "rfcn" (R-FCN): conv1x1(32 -> 128) ReLU, conv1x1 to 11 * k * k class and 4 * k * k box
+        position-sensitive score maps, PS RoI pooling k x k (``deform_psroi_pool``, k = ``GROUP``
+        = 3: a digit spans about 3 x 4 units), mean over the bins -> 11 class logits, 4 box deltas
 
 Variants (``VARIANTS``): "roialign" (``DeformRoIPool`` without offsets, i.e. RoIAlign with
 aligned=True), "deform" (``DeformRoIPoolPack``, gamma 0.1, offset fc of ``OFFSET_FC`` channels, last
@@ -17,7 +17,7 @@ layer zero: it starts as RoIAlign), "modulated" (``ModulatedDeformRoIPoolPack``)
 enlarged 1.5x about its centre; the box deltas stay relative to the proposal), h = 256 otherwise;
 "dcn-roialign" and "dcn-deform" (the backbone's last two convolutions deformable, zero offsets at the
 start); "rfcn" (PS RoI pooling, no offsets) and "rfcn-deform" (deformable PS RoI pooling: a zero-
-initialised 1 x 1 convolution makes 2 * 49 offset maps, PS RoI pooled into one (x, y) offset per bin,
+initialised 1 x 1 convolution makes 2 k k offset maps, PS RoI pooled into one (x, y) offset per bin,
 ``trans_std`` 0.1, shared by the class and box maps: it starts as "rfcn"). Under one seed every
 variant draws its backbone and then its head from the same generator in the same order, so variants
 with the same head start from identical weights (all but "wide" among the fc ones) and the same
@@ -36,8 +36,8 @@ from cudcn.backends import array_module
 from cudcn.demo.models import swap_deformable
 
 FIRST, WIDTH, POOLED, SCALE = 16, 32, 7, 0.25
-GROUP = 7  # R-FCN's k: k x k position-sensitive bins
-HIDDEN, WIDE_HIDDEN, OFFSET_FC, RFCN_WIDTH = 256, 512, 256, 64
+GROUP = 3  # R-FCN's k: k x k position-sensitive bins (a digit spans about 3 x 4 units)
+HIDDEN, WIDE_HIDDEN, OFFSET_FC, RFCN_WIDTH = 256, 512, 256, 128
 CONTEXT, GAMMA, CLASSES = 1.5, 0.1, 11
 BACKBONE_DEFORM = (8, 11)  # the backbone's last two convolutions
 VARIANTS = (

@@ -205,7 +205,7 @@ def test_demo_chooses_a_part_or_all(monkeypatch, capsys):
     import dataclasses
 
     from cudcn import demo
-    from cudcn.demo import background, layers, roi
+    from cudcn.demo import background, layers, roi, roi_experiments
 
     calls = []
     for name, module in (("conv", demo), ("layers", layers), ("background", background), ("roi", roi)):
@@ -217,7 +217,7 @@ def test_demo_chooses_a_part_or_all(monkeypatch, capsys):
     assert calls == [("roi", dataclasses.replace(roi.QUICK, seeds=2), "d")]
     calls.clear()
     assert main(["demo", "roi", "--all"]) == 0
-    assert calls[0][1].variants == (*roi.Settings().variants, "wide", "context")
+    assert calls[0][1].variants == (*roi.Settings().variants, *roi_experiments.EXTRA)
     calls.clear()
     assert main(["demo", "layers", "--seeds", "2", "--epochs", "1"]) == 0
     ((_, chosen, _),) = calls

@@ -87,7 +87,8 @@ def test_variants_start_from_the_same_function():
     for variant in ("deform", "modulated", "dcn-deform", "rfcn-deform"):
         net = roi_models.Detector(variant, np.random.default_rng([0, 10]))
         shifts = net.bin_shifts(images, rois)
-        assert shifts.shape == (2, 2, 7, 7) and not shifts.any()
+        side = roi_models.GROUP if variant.startswith("rfcn") else roi_models.POOLED
+        assert shifts.shape == (2, 2, side, side) and not shifts.any()
     assert any(
         np.abs(p.data).sum() for p in net_offset_fc(roi_models.Detector("deform", np.random.default_rng(0)))
     )
@@ -112,14 +113,15 @@ def test_bin_shifts_are_offsets_times_gamma_and_the_roi_size():
     rois = np.array([[0, 4.2, 4.0, 20.0, 24.6]], np.float32)
     images = np.zeros((1, 1, roi_data.CANVAS, roi_data.CANVAS), np.float32)
     net = roi_models.Detector("rfcn-deform", np.random.default_rng(0))
-    net.head.offset_maps.bias.data[:] = np.repeat([1.0, -2.0], 49)  # channel ctop * 49 + bin: x, then y
+    bins = roi_models.GROUP**2
+    net.head.offset_maps.bias.data[:] = np.repeat([1.0, -2.0], bins)  # channel ctop * bins + bin: x, then y
     shifts = net.bin_shifts(images, rois)
     np.testing.assert_allclose(shifts[0, 0], 1.0 * 0.1 * (20 + 1 - 4), rtol=1e-6)
     np.testing.assert_allclose(shifts[0, 1], -2.0 * 0.1 * (25 + 1 - 4), rtol=1e-6)
 
 
 def test_claims_print_only_what_every_seed_shows():
-    from cudcn.demo.roi_experiments import Run, Settings
+    from cudcn.demo.roi_experiments import QUICK, Run, Settings
 
     def run(variant, seed, gain):
         scores = {f"{b} {k}": 50.0 for b in range(6) for k in ("AP75", "AP90", "IoU", "acc")}
@@ -134,7 +136,7 @@ def test_claims_print_only_what_every_seed_shows():
         return Run(variant, seed, 1, [], empty, empty, empty, empty, scores=scores)
 
     class Ctx:
-        settings = Settings(seeds=2)
+        settings = Settings(seeds=2, variants=QUICK.variants)  # every pair the claims compare
 
     def lines_for(gains: tuple[float, float]) -> list[str]:
         runs = [run(v, s, g) for v in Ctx.settings.variants for s, g in enumerate(gains)]
