@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
 
@@ -214,7 +214,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cudcn import demo
     from cudcn.demo import background, layers, roi
 
-    runners = {"conv": demo.run, "layers": layers.run, "background": background.run, "roi": roi.run}
+    runners: dict[str, Callable[..., object]] = {
+        "conv": demo.run,
+        "layers": layers.run,
+        "background": background.run,
+        "roi": roi.run,
+    }
     parts = DEMO_PARTS if args.all and args.which is None else (args.which or "conv",)
     for k, part in enumerate(parts):
         if k:
