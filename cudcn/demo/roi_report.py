@@ -24,9 +24,13 @@ PER_BIN = ("AP75", "AP90", "IoU", "acc")
 CONTROLS = ("wide", "context")
 BASE = {v: "roialign" for v in ("deform", "modulated", "wide", "context", "dcn-roialign", "dcn-deform")}
 BASE["rfcn-deform"] = "rfcn"
-SECTIONS = {  # title: the variants it shows, base first
+SECTIONS = {  # title: the variants it shows, base first; shown when it has a variant not shown before
     "fc head (Faster R-CNN style), plain backbone": ("roialign", "deform", "modulated", "wide", "context"),
-    "fc head, deformable backbone (last two convolutions DeformConv2dPack)": ("dcn-roialign", "dcn-deform"),
+    "fc head, deformable backbone (last two convolutions DeformConv2dPack)": (
+        "roialign",
+        "dcn-roialign",
+        "dcn-deform",
+    ),
     "R-FCN head: PS RoI pooling, plain backbone": ("rfcn", "rfcn-deform"),
 }
 ADDITIVE = (("roialign", "deform"), ("dcn-roialign", "dcn-deform"))  # rows: backbone; columns: pooling
@@ -136,12 +140,12 @@ def tables(ctx: Context, runs: list[Run]) -> list[str]:
         f" ({int((p.digit >= 0).sum()):,} made from a digit); {s.steps} steps of {s.batch_size} canvases,"
         f" {s.seeds} seed(s); % mean ± sd (min-max) over seeds",
     ]
+    shown: set[str] = set()
     for title, members in SECTIONS.items():
         chosen = [v for v in members if v in s.variants]
-        if title.startswith("fc head, deformable") and chosen:
-            chosen = ["roialign", *chosen] if "roialign" in s.variants else chosen
-        if chosen:
+        if set(chosen) - shown:
             out += ["", *_section(runs, title, chosen)]
+            shown.update(chosen)
     if all(v in s.variants for row in ADDITIVE for v in row):
         for key in ("AP50:95", "AP90", "mean IoU"):
             out += ["", *additivity(runs, key)]
