@@ -3,7 +3,7 @@
     cudcn info                      versions, backends, GPU, whether the kernels compile
     cudcn check [--backend NAME]    every op on every available backend vs reference and gradcheck
     cudcn bench [--quick]           the deform_conv2d CPU timing table (torchvision's too, if present)
-    cudcn demo [conv|roi] [--all] [--quick] [--seeds N] [--epochs N] [--out DIR]
+    cudcn demo [conv|layers|background|roi] [--all] [--quick] [--seeds N] [--epochs N] [--out DIR]
 
 Exit codes: 0 success, 1 a failed check or a missing optional dependency, 2 a bad command line (one
 line on stderr, no traceback), including a ``--out`` folder that cannot be written (checked before
@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import cudcn
 from cudcn.files import require_folder
+
+DEMO_PARTS = ("conv", "layers", "background", "roi")
 
 
 class UsageError(Exception):
@@ -64,27 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small shapes, one repeat")
     demo = sub.add_parser(
         "demo",
-        help="conv: do deformable layers adapt to the digit's scale? roi: does deformable RoI "
-        "pooling localise better than RoIAlign? (needs cudcn[examples])",
+        help="the paper's findings on real digits: conv (sampling adapts to scale), layers (how many "
+        "deformable layers), background (sampling on background), roi (deformable RoI pooling, R-FCN, "
+        "additivity) (needs cudcn[examples])",
     )
     demo.add_argument(
         "which",
         nargs="?",
-        choices=("conv", "roi"),
-        default="conv",
-        help="which demo (default conv)",
+        choices=DEMO_PARTS,
+        default=None,
+        help="which part (default conv)",
     )
-    demo.add_argument("--all", action="store_true", help="run both demos, conv then roi")
+    demo.add_argument(
+        "--all",
+        action="store_true",
+        help="without a part: run every part, one after the other; with roi: every variant (also the "
+        "R-FCN head, the deformable backbone and the controls)",
+    )
     demo.add_argument(
         "--quick",
         action="store_true",
-        help="tiny smoke run: 1 seed, few digits and steps (under a minute)",
+        help="tiny smoke run: 1 seed, few digits and steps (its numbers mean nothing)",
     )
     demo.add_argument("--seeds", type=_positive, help="number of seeds (default 3)")
     demo.add_argument(
         "--epochs",
         type=_positive,
-        help="conv demo only: epochs of training from scratch in (A) and (B) (default 2)",
+        help="conv and layers only: epochs of training from scratch (default 2 for conv, 4 for layers)",
     )
     demo.add_argument(
         "--out",
@@ -172,27 +180,51 @@ def cmd_bench(quick: bool) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _demo_settings(part: str, args: argparse.Namespace) -> Any:
+    """The settings of one demo part from the command line: its QUICK or default settings, with
+    --seeds, --epochs (conv, layers) and, for a named roi, --all (every variant) applied."""
     import dataclasses
 
     from cudcn import demo
-    from cudcn.demo import roi
+    from cudcn.demo import background, layers, roi, roi_experiments
 
-    if args.all or args.which == "conv":
-        settings = demo.QUICK if args.quick else demo.Settings()
-        if args.seeds is not None:
-            settings = dataclasses.replace(settings, seeds=args.seeds)
+    if part == "layers":
+        chosen = layers.QUICK if args.quick else layers.Settings()
+        chosen = chosen.with_seeds(args.seeds) if args.seeds is not None else chosen
         if args.epochs is not None:
-            per_epoch = settings.n_train // settings.batch_size
-            settings = dataclasses.replace(settings, steps_scratch=args.epochs * per_epoch)
-        demo.run(settings, out=args.out)
-    if args.all or args.which == "roi":
-        roi_settings = roi.QUICK if args.quick else roi.Settings()
-        if args.seeds is not None:
-            roi_settings = dataclasses.replace(roi_settings, seeds=args.seeds)
-        if args.all:
+            t = chosen.training
+            t = dataclasses.replace(t, steps_scratch=args.epochs * (t.n_train // t.batch_size))
+            chosen = dataclasses.replace(chosen, training=t)
+        return chosen
+    module = {"conv": demo, "background": background, "roi": roi}[part]
+    settings = module.QUICK if args.quick else module.Settings()
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    if part == "conv" and args.epochs is not None:
+        settings = dataclasses.replace(
+            settings, steps_scratch=args.epochs * (settings.n_train // settings.batch_size)
+        )
+    if part == "roi" and args.all and args.which == "roi":
+        extra = tuple(v for v in roi_experiments.EXTRA if v not in settings.variants)
+        settings = dataclasses.replace(settings, variants=(*settings.variants, *extra))
+    return settings
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cudcn import demo
+    from cudcn.demo import background, layers, roi
+
+    runners: dict[str, Callable[..., object]] = {
+        "conv": demo.run,
+        "layers": layers.run,
+        "background": background.run,
+        "roi": roi.run,
+    }
+    parts = DEMO_PARTS if args.all and args.which is None else (args.which or "conv",)
+    for k, part in enumerate(parts):
+        if k:
             print()
-        roi.run(roi_settings, out=args.out)
+        runners[part](_demo_settings(part, args), out=args.out)
     return 0
 
 
@@ -205,9 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:
             prog = f"cudcn {args.command}"
             raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')")
-        if args.command == "demo" and args.which == "roi" and not args.all and args.epochs:
+        if args.command == "demo" and args.which in ("roi", "background") and args.epochs:
             raise UsageError(
-                "cudcn demo: --epochs applies to the conv demo, not to roi (see 'cudcn demo --help')"
+                f"cudcn demo: --epochs applies to conv and layers, not to {args.which}"
+                " (see 'cudcn demo --help')"
+            )
+        if args.command == "demo" and args.all and args.which not in (None, "roi"):
+            raise UsageError(
+                f"cudcn demo: --all with a part applies to roi only, not to {args.which}; without a part it"
+                " runs every part (see 'cudcn demo --help')"
             )
         if args.command == "demo":  # the only subcommand that writes files: check before any work
             try:

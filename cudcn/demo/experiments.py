@@ -98,15 +98,11 @@ def _on_device(net: nn.Sequential, device: Device) -> nn.Sequential:
     return net.to("cuda") if device.name == "cuda" else net
 
 
-def _random_zoom(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> data.Zoomed:
-    return data.random_zoom(images, labels, rng)
-
-
 def _no_zoom(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> data.Zoomed:
     return data.unzoomed(images, labels)
 
 
-def _fit(
+def fit(
     ctx: Context,
     net: nn.Sequential,
     params: list[nn.Parameter],
@@ -115,6 +111,8 @@ def _fit(
     transform: Callable[..., data.Zoomed],
     label: str,
 ) -> list[float]:
+    """Train ``params`` of ``net`` for ``steps`` batches of the training digits drawn from
+    ``default_rng(stream)`` and passed through ``transform``; returns the loss of every step."""
     s = ctx.settings
     feed = batches(
         ctx.digits.train,
@@ -127,9 +125,10 @@ def _fit(
     return train(net, params, Schedule(steps, s.lr, s.batch_size), feed, ctx.device, label)
 
 
-def _evaluate(ctx: Context, run: Run, net: nn.Sequential, sweep: bool) -> Run:
-    """Fill ``run``'s test results; the radius too when ``net`` has deformable layers."""
-    deformable = isinstance(net[models.DEFORM_LAYERS[0]], nn.DeformConv2dPack)
+def evaluate(ctx: Context, run: Run, net: nn.Sequential, sweep: bool, radius: bool = True) -> Run:
+    """Fill ``run``'s test results (the centred sweep's too when ``sweep``); with ``radius``, the
+    sampling radius too when ``net`` is the deform variant."""
+    deformable = radius and isinstance(net[models.DEFORM_LAYERS[0]], nn.DeformConv2dPack)
     if not deformable:
         run.correct = predict(net, ctx.test.images, ctx.device) == ctx.test.labels
         if sweep:
@@ -157,17 +156,17 @@ def experiment_a(ctx: Context) -> list[Run]:
     for seed in range(ctx.settings.seeds):
         for kind in models.KINDS:
             net = _on_device(models.digit_net(kind, np.random.default_rng([seed, 10])), ctx.device)
-            losses = _fit(
+            losses = fit(
                 ctx,
                 net,
                 list(net.parameters()),
                 ctx.settings.steps_scratch,
                 [seed, 1],
-                _random_zoom,
+                data.random_zoom,
                 f"(A) seed {seed} {kind}",
             )
             run = Run(MODEL_NAMES[kind], seed, models.count_parameters(net), losses, np.zeros(0))
-            runs.append(_evaluate(ctx, run, net, sweep=True))
+            runs.append(evaluate(ctx, run, net, sweep=True))
             if kind == "deform" and seed == 0:
                 ctx.keep["deform"] = net
     return runs
@@ -188,7 +187,7 @@ def experiment_b(ctx: Context) -> list[Run]:
     runs = []
     for seed in range(s.seeds):
         plain = _on_device(models.digit_net("plain", np.random.default_rng([seed, 10])), ctx.device)
-        losses = _fit(
+        losses = fit(
             ctx,
             plain,
             list(plain.parameters()),
@@ -197,7 +196,7 @@ def experiment_b(ctx: Context) -> list[Run]:
             _no_zoom,
             f"(B) seed {seed} pre-train",
         )
-        runs.append(_evaluate(ctx, Run(UNADAPTED, seed, 0, losses, np.zeros(0)), plain, False))
+        runs.append(evaluate(ctx, Run(UNADAPTED, seed, 0, losses, np.zeros(0)), plain, False))
         trained = plain.state_dict()
         for variant, name in FINETUNES.items():
             net = _on_device(models.digit_net("plain", np.random.default_rng(0)), ctx.device)
@@ -209,15 +208,15 @@ def experiment_b(ctx: Context) -> list[Run]:
                 train_params = models.batchnorm_parameters(net) + models.offset_parameters(net)
             else:
                 train_params = list(net.parameters())
-            losses = _fit(
+            losses = fit(
                 ctx,
                 net,
                 train_params,
                 s.steps_finetune,
                 [seed, 3],
-                _random_zoom,
+                data.random_zoom,
                 f"(B) seed {seed} {variant}",
             )
             run = Run(name, seed, sum(int(p.data.size) for p in train_params), losses, np.zeros(0))
-            runs.append(_evaluate(ctx, run, net, sweep=False))
+            runs.append(evaluate(ctx, run, net, sweep=False))
     return runs

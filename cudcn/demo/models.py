@@ -1,4 +1,4 @@
-"""The demo's networks: one small CNN in three variants.
+"""The demo's networks: one small CNN in three variants, and the swap that makes layers deformable.
 
     conv3x3(1 -> c1) BN ReLU  maxpool2      28 -> 14
     conv3x3(c1 -> c) BN ReLU  maxpool2      14 -> 7
@@ -8,7 +8,8 @@
 
 Convolutions have no bias (BatchNorm follows). "plain" uses c1, c = 8, 32; "deform" the same widths
 plus the two offset convolutions (mmcv's ``conv_offset``, zero-initialised); "wide" is the plain net
-with c widened until its parameter count is the closest to the deformable net's.
+with c widened until its parameter count is the closest to the deformable net's. ``cudcn demo layers``
+deepens the net to ``depth`` layers at 7 x 7 (:func:`deep_net`) and makes the last k of them deformable.
 """
 
 from __future__ import annotations
@@ -22,35 +23,35 @@ from cudcn import nn
 from cudcn.backends import is_cupy_array
 
 C1, C = 8, 32
-DEFORM_LAYERS = (8, 11)  # indices in the Sequential of the two last convolutions
+DEPTH = 2  # layers at 7 x 7 in the conv demo's net
 KINDS = ("plain", "wide", "deform")
 
 
-def _build(width: int, deform: bool, rng: np.random.Generator) -> nn.Sequential:
-    def conv(cin: int, cout: int, deformable: bool = False) -> nn.Module:
-        if deformable:
-            return nn.DeformConv2dPack(cin, cout, 3, padding=1, bias=False, rng=rng)
-        return nn.Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng)
+def late_layers(depth: int = DEPTH) -> tuple[int, ...]:
+    """Indices in the Sequential of the ``depth`` convolutions at 7 x 7, first to last."""
+    return tuple(8 + 3 * i for i in range(depth))
 
-    c = width
-    return nn.Sequential(
-        conv(1, C1),
-        nn.BatchNorm2d(C1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        conv(C1, c),
-        nn.BatchNorm2d(c),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        conv(c, c, deform),
-        nn.BatchNorm2d(c),
-        nn.ReLU(),
-        conv(c, c, deform),
-        nn.BatchNorm2d(c),
-        nn.ReLU(),
-        nn.GlobalAvgPool2d(),
-        nn.Linear(c, 10, rng=rng),
-    )
+
+DEFORM_LAYERS = late_layers()  # the conv demo's two deformable layers
+
+
+def trunk(width: int, rng: np.random.Generator, depth: int = DEPTH) -> list[nn.Module]:
+    """The net's convolutional part, 1 channel in, ``width`` out at stride 4, with ``depth``
+    convolutions of width ``width`` after the second pooling; drawn from ``rng`` in order, so the
+    first layers' weights do not depend on ``depth``."""
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    layers = [*block(1, C1), nn.MaxPool2d(2), *block(C1, width), nn.MaxPool2d(2)]
+    for _ in range(depth):
+        layers += block(width, width)
+    return layers
+
+
+def _build(width: int, rng: np.random.Generator, depth: int = DEPTH) -> nn.Sequential:
+    """The plain classifier: the trunk, global average pooling and a linear layer to 10 classes."""
+    return nn.Sequential(*trunk(width, rng, depth), nn.GlobalAvgPool2d(), nn.Linear(width, 10, rng=rng))
 
 
 def digit_net(kind: str, rng: np.random.Generator) -> nn.Sequential:
@@ -60,9 +61,15 @@ def digit_net(kind: str, rng: np.random.Generator) -> nn.Sequential:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "wide":
-        return _build(wide_width(), False, rng)
-    plain = _build(C, False, rng)
+        return _build(wide_width(), rng)
+    plain = _build(C, rng)
     return deformable_from_plain(plain) if kind == "deform" else plain
+
+
+def deep_net(depth: int, deformable: int, rng: np.random.Generator) -> nn.Sequential:
+    """The plain net with ``depth`` layers at 7 x 7 drawn from ``rng``, its last ``deformable`` of
+    them swapped for DeformConv2dPack: for one ``rng`` every count starts from the same function."""
+    return deformable_from_plain(_build(C, rng, depth), deformable)
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -71,7 +78,8 @@ def count_parameters(net: nn.Module) -> int:
 
 
 def _count(width: int, deform: bool) -> int:
-    return count_parameters(_build(width, deform, np.random.default_rng(0)))
+    net = _build(width, np.random.default_rng(0))
+    return count_parameters(deformable_from_plain(net) if deform else net)
 
 
 def wide_width() -> int:
@@ -80,24 +88,38 @@ def wide_width() -> int:
     return min(range(C, 2 * C), key=lambda w: abs(_count(w, False) - target))
 
 
-def deformable_from_plain(plain: nn.Sequential) -> nn.Sequential:
-    """A net with DeformConv2dPack in the two last convolutions holding ``plain``'s weights and
-    BatchNorm statistics; only the zero-initialised offset convolutions are new, so it computes exactly
-    what ``plain`` computes (on the array library of ``plain``'s weights)."""
-    width = plain[DEFORM_LAYERS[0]].out_channels
-    net = _build(width, True, np.random.default_rng(0))  # every weight is overwritten below
-    if is_cupy_array(plain[0].weight.data):
-        net.to("cuda")
-    missing, unexpected = net.load_state_dict(plain.state_dict(), strict=False)
-    new = {f"{i}.conv_offset.{p}" for i in DEFORM_LAYERS for p in ("weight", "bias")}
-    if set(missing) != new or unexpected:
-        raise RuntimeError(f"unexpected key mismatch: missing {missing}, unexpected {unexpected}")
-    return net
+def swap_deformable(net: nn.Sequential, indices: tuple[int, ...]) -> nn.Sequential:
+    """A copy of ``net`` with the convolutions at ``indices`` replaced by DeformConv2dPack layers holding
+    their weights; only the zero-initialised offset convolutions are new, so the copy computes exactly
+    what ``net`` computes (on the array library of ``net``'s weights)."""
+    modules = [copy.deepcopy(m) for m in net]
+    for i in indices:
+        conv = modules[i]
+        shape = (conv.in_channels, conv.out_channels, conv.kernel_size)
+        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        layer = nn.DeformConv2dPack(*shape, *geometry, bias=conv.bias is not None)
+        if is_cupy_array(conv.weight.data):
+            layer.to("cuda")
+        missing, unexpected = layer.load_state_dict(conv.state_dict(), strict=False)
+        if set(missing) != {"conv_offset.weight", "conv_offset.bias"} or unexpected:
+            raise RuntimeError(f"unexpected key mismatch: missing {missing}, unexpected {unexpected}")
+        modules[i] = layer
+    return nn.Sequential(*modules)
+
+
+def deformable_from_plain(plain: nn.Sequential, count: int | None = None) -> nn.Sequential:
+    """``plain`` (a net of :func:`_build`) with its last ``count`` convolutions at 7 x 7 (all of them
+    when None) swapped for DeformConv2dPack (:func:`swap_deformable`)."""
+    late = late_layers((len(plain) - 10) // 3)
+    count = len(late) if count is None else count
+    if not 0 <= count <= len(late):
+        raise ValueError(f"count must be in [0, {len(late)}], got {count}")
+    return swap_deformable(plain, late[len(late) - count :])
 
 
 def offset_parameters(net: nn.Sequential) -> list[nn.Parameter]:
-    """The offset convolutions' parameters of a deform-variant net."""
-    return [p for i in DEFORM_LAYERS for p in net[i].conv_offset.parameters()]
+    """The offset convolutions' parameters of every DeformConv2dPack in ``net``."""
+    return [p for m in net if isinstance(m, nn.DeformConv2dPack) for p in m.conv_offset.parameters()]
 
 
 def batchnorm_parameters(net: nn.Sequential) -> list[nn.Parameter]:

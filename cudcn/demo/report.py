@@ -52,6 +52,30 @@ def _pct(runs: list[Run]) -> list[float]:
     return [100 * r.accuracy for r in runs]
 
 
+def scale_bin_table(ctx: Context, models: list[list[Run]], headers: list[str]) -> list[str]:
+    """Zoomed-test accuracy % of each model (its runs, one per seed) by digit scale bin, mean over
+    seeds; one column per model, headed by ``headers``."""
+    scale = ctx.test.scale.mean(axis=1)
+    bins = np.clip(np.digitize(scale, SCALE_BINS[1:-1]), 0, len(SCALE_BINS) - 2)
+    out = [
+        "  zoomed test accuracy % by digit scale (mean of the two axis factors), mean over seeds",
+        f"  {'scale':<11}{'digits':>7}" + "".join(f"{h:>16}" for h in headers),
+    ]
+    for b in range(len(SCALE_BINS) - 1):
+        sel = bins == b
+        cells = [100 * np.mean([r.correct[sel].mean() for r in runs]) for runs in models]
+        label = f"{SCALE_BINS[b]:.1f}-{SCALE_BINS[b + 1]:.1f}"
+        out.append(f"  {label:<11}{int(sel.sum()):>7}" + "".join(f"{c:>16.1f}" for c in cells))
+    return out
+
+
+def claim(ok: bool, text: str, measured: str) -> str:
+    """One claim line: "shown: text [measured]" or "not shown: text; measured (per seed): ..."."""
+    if ok:
+        return f"  shown: {text} [{measured}]"
+    return f"  not shown: {text}; measured (per seed): {measured}"
+
+
 def report_a(ctx: Context, runs: list[Run]) -> list[str]:
     """The tables of (A)."""
     s, groups = ctx.settings, _by_name(runs)
@@ -67,18 +91,7 @@ def report_a(ctx: Context, runs: list[Run]) -> list[str]:
         out.append(f"  {name:<22}{groups[name][0].params:>8,}  {spread(_pct(groups[name]))}")
     out.append(compare(names[2], _pct(groups[names[2]]), names[0], _pct(groups[names[0]])))
     out.append(compare(names[2], _pct(groups[names[2]]), names[1], _pct(groups[names[1]])))
-    scale = ctx.test.scale.mean(axis=1)
-    bins = np.clip(np.digitize(scale, SCALE_BINS[1:-1]), 0, len(SCALE_BINS) - 2)
-    out += [
-        "",
-        "  zoomed test accuracy % by digit scale (mean of the two axis factors), mean over seeds",
-        f"  {'scale':<11}{'digits':>7}{'plain':>16}{'widened':>16}{'deformable':>16}",
-    ]
-    for b in range(len(SCALE_BINS) - 1):
-        sel = bins == b
-        cells = [100 * np.mean([r.correct[sel].mean() for r in groups[n]]) for n in names]
-        label = f"{SCALE_BINS[b]:.1f}-{SCALE_BINS[b + 1]:.1f}"
-        out.append(f"  {label:<11}{int(sel.sum()):>7}" + "".join(f"{c:>16.1f}" for c in cells))
+    out += ["", *scale_bin_table(ctx, [groups[n] for n in names], ["plain", "widened", "deformable"])]
     out += [
         "",
         "  centred sweep: every test digit centred at a fixed scale, accuracy %",

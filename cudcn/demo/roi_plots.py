@@ -6,7 +6,10 @@
   the 7 x 7 bins as cells (regular: RoIAlign; shifted by the learned offsets: deformable), each
   head's refined box and the ground truth;
 * ``roi_shift_vs_displacement.png`` — the learned mean bin shift of each RoI against the
-  proposal-to-object displacement, per axis (first seed).
+  proposal-to-object displacement, per axis (first seed);
+* ``roi_additivity.png`` — AP50:95 and mean refined IoU of the 2 x 2 backbone x pooling variants, one
+  dot per seed;
+* ``roi_training_loss.png`` — every variant's training loss, mean over seeds (has it flattened?).
 """
 
 from __future__ import annotations
@@ -16,18 +19,29 @@ from pathlib import Path
 import numpy as np
 
 import cudcn
-from cudcn.demo.plots import _figure, save_figure
-from cudcn.demo.roi_data import IOU_BINS
-from cudcn.demo.roi_experiments import NAMES, Context, Run
+from cudcn.demo.plots import _figure, _smooth, save_figure
+from cudcn.demo.roi_data import CANVAS, IOU_BINS
+from cudcn.demo.roi_experiments import Context, Run
 from cudcn.demo.roi_models import POOLED
-from cudcn.demo.roi_report import bin_label, gains
+from cudcn.demo.roi_report import ADDITIVE, BASE, bin_label, gains, values
 
 COLOURS = {
+    "roialign": "tab:gray",
     "deform": "tab:red",
     "modulated": "tab:purple",
     "wide": "tab:orange",
     "context": "tab:green",
+    "dcn-roialign": "tab:blue",
+    "dcn-deform": "tab:brown",
+    "rfcn": "tab:olive",
+    "rfcn-deform": "tab:pink",
 }
+
+
+def canvas_extent() -> tuple[float, float, float, float]:
+    """imshow's extent for a canvas: pixel centres at integers."""
+    edge = CANVAS - 0.5
+    return (-0.5, edge, edge, -0.5)
 
 
 def gain_by_bin(ctx: Context, runs: list[Run], path: Path) -> Path:
@@ -36,16 +50,18 @@ def gain_by_bin(ctx: Context, runs: list[Run], path: Path) -> Path:
     for ax, key, title in zip(
         fig.subplots(1, 2), ("AP90", "IoU"), ("AP90 gain", "mean refined IoU gain"), strict=True
     ):
-        for v in (v for v in ctx.settings.variants if v != "roialign"):
+        for v in (v for v in ctx.settings.variants if BASE.get(v) in ctx.settings.variants):
             g = np.array([gains(runs, v, f"{b} {key}") for b in x])  # (bins, seeds)
-            ax.plot(x, g.mean(axis=1), "o-", color=COLOURS[v], label=NAMES[v])
+            ax.plot(x, g.mean(axis=1), "o-", color=COLOURS[v], label=f"{v} − {BASE[v]}")
             ax.fill_between(x, g.min(axis=1), g.max(axis=1), color=COLOURS[v], alpha=0.15)
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(x, [bin_label(b) for b in x])
-        ax.set(xlabel="proposal IoU with its digit", ylabel="points over RoIAlign", title=title)
+        ax.set(xlabel="proposal IoU with its digit", ylabel="points over the base variant", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("gain over RoIAlign by proposal quality (mean over seeds, band: min-max)", fontsize=9)
+    fig.suptitle(
+        "gain over the base variant by proposal quality (mean over seeds, band: min-max)", fontsize=9
+    )
     return save_figure(fig, path)
 
 
@@ -101,20 +117,19 @@ def deformed_bins(ctx: Context, runs: list[Run], path: Path, count: int = 4) -> 
         canvas = p.rois[picks, 0].astype(np.int64)
         rois = p.rois[picks].copy()
         rois[:, 0] = np.arange(picks.size)
-        off = ctx.device.get(
-            net.bin_offsets(ctx.device.put(ctx.eval.images[canvas]), ctx.device.put(rois))
+        shifts = ctx.device.get(
+            net.bin_shifts(ctx.device.put(ctx.eval.images[canvas]), ctx.device.put(rois))
         ).astype(float)
     fig = _figure(2.6 * picks.size, 5.6)
     axes = np.array(fig.subplots(2, picks.size)).reshape(2, -1)
     for k, r in enumerate(picks):
         prop = p.rois[r, 1:].astype(float)
-        size = prop[2:] - prop[:2]
-        shift = off[k] * net.pool.gamma * size[:, None, None]
+        shift = shifts[k]
         lo = np.minimum(prop[:2], p.gt[r, :2]) - 4
         hi = np.maximum(prop[2:], p.gt[r, 2:]) + 4
         for row, (variant, cells) in enumerate((("roialign", None), ("deform", shift))):
             ax = axes[row, k]
-            ax.imshow(ctx.eval.images[canvas[k], 0], cmap="gray", extent=(-0.5, 63.5, 63.5, -0.5))
+            ax.imshow(ctx.eval.images[canvas[k], 0], cmap="gray", extent=canvas_extent())
             _cells(ax, prop, cells, "tab:cyan" if cells is None else "tab:red")
             _box(ax, p.gt[r], "lime", "-", "ground truth")
             _box(ax, first[variant].refined[r], "yellow", "--", "refined box")
@@ -156,11 +171,53 @@ def shift_vs_displacement(ctx: Context, runs: list[Run], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+ADDITIVE_LABELS = (
+    "plain bb.\nRoIAlign",
+    "plain bb.\ndeform. pool",
+    "deform. bb.\nRoIAlign",
+    "deform. bb.\ndeform. pool",
+)
+
+
+def additivity(runs: list[Run], path: Path) -> Path:
+    fig = _figure(9, 3.6)
+    cells = [v for row in ADDITIVE for v in row]
+    x = np.arange(len(cells))
+    for ax, key in zip(fig.subplots(1, 2), ("AP50:95", "mean IoU"), strict=True):
+        v = np.array([values(runs, c, key) for c in cells])  # (cells, seeds)
+        ax.bar(x, v.mean(axis=1), color=[COLOURS[c] for c in cells], alpha=0.6)
+        for seed in range(v.shape[1]):
+            ax.scatter(x, v[:, seed], color="k", s=10, zorder=3)
+        ax.set_ylim(v.min() - 2, v.max() + 1)
+        ax.set_xticks(x, ADDITIVE_LABELS, fontsize=8)
+        ax.set(ylabel=f"{key} %", title=key)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("additivity: backbone x RoI pooling (bars: mean, dots: seeds)", fontsize=9)
+    return save_figure(fig, path)
+
+
+def training_loss(ctx: Context, runs: list[Run], path: Path) -> Path:
+    fig = _figure(6, 4)
+    ax = fig.subplots()
+    window = max(1, ctx.settings.steps // 20)
+    for v in ctx.settings.variants:
+        curve = np.mean([r.losses for r in runs if r.variant == v], axis=0)
+        ax.plot(*_smooth(curve, window), color=COLOURS[v], label=v)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="training loss, mean over seeds")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"{window}-step moving average", fontsize=8)
+    return save_figure(fig, path)
+
+
 def draw_all(ctx: Context, runs: list[Run], out: Path) -> list[Path]:
-    """Every picture into ``out``; returns the paths."""
+    """Every picture the run has variants for into ``out``; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [gain_by_bin(ctx, runs, out / "roi_gain_by_bin.png")]
     if "deform" in ctx.keep and "roialign" in ctx.keep:
         paths.append(deformed_bins(ctx, runs, out / "roi_deformed_bins.png"))
         paths.append(shift_vs_displacement(ctx, runs, out / "roi_shift_vs_displacement.png"))
+    if all(v in ctx.settings.variants for row in ADDITIVE for v in row):
+        paths.append(additivity(runs, out / "roi_additivity.png"))
+    paths.append(training_loss(ctx, runs, out / "roi_training_loss.png"))
     return paths

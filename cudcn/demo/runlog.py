@@ -1,10 +1,24 @@
-"""What both demos print as they go: lines on a stream, and the seconds each phase took."""
+"""What the demos print as they go: lines on a stream, and the seconds each phase took; what a demo
+part returns."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+
+@dataclass
+class PartResult:
+    """What a demo part's ``run`` produced: its runs (one per model and seed), the printed table and
+    claim lines, the pictures written and the seconds per phase."""
+
+    runs: list[Any]
+    tables: list[str]
+    pictures: list[Path]
+    seconds: dict[str, float]
 
 
 class RunLog:

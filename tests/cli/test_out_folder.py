@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def no_work(monkeypatch):
     """Fail the test if a demo starts."""
     from cudcn import demo
-    from cudcn.demo import roi
+    from cudcn.demo import background, layers, roi
 
     def started(*args, **kwargs):
         raise AssertionError("the demo ran before the output folder was checked")
 
-    monkeypatch.setattr(demo, "run", started)
-    monkeypatch.setattr(roi, "run", started)
+    for module in (demo, layers, background, roi):
+        monkeypatch.setattr(module, "run", started)
 
 
-@pytest.mark.parametrize("which", [[], ["conv"], ["roi"], ["--all"]])
+@pytest.mark.parametrize("which", [[], ["conv"], ["layers"], ["background"], ["roi"], ["--all"]])
 def test_out_under_a_regular_file_is_refused_before_any_work(tmp_path, which, no_work, capsys):
     afile = tmp_path / "afile"
     afile.write_text("not a folder")

@@ -93,7 +93,7 @@ def test_widened_net_matches_the_parameter_count():
     counts = {k: models.count_parameters(models.digit_net(k, np.random.default_rng(0))) for k in models.KINDS}
     gap = abs(counts["wide"] - counts["deform"])
     for width in (models.wide_width() - 1, models.wide_width() + 1):
-        other = models.count_parameters(models._build(width, False, np.random.default_rng(0)))
+        other = models.count_parameters(models._build(width, np.random.default_rng(0)))
         assert gap <= abs(other - counts["deform"])
     assert counts["plain"] < counts["deform"]
 

@@ -24,7 +24,7 @@ def _canvases_with(boxes: list[list[float]], labels: list[int]) -> roi_data.Canv
     b[0, : len(boxes)] = boxes
     lab = np.full((1, 3), -1)
     lab[0, : len(labels)] = labels
-    return roi_data.Canvases(np.zeros((1, 1, 64, 64), np.float32), b, lab)
+    return roi_data.Canvases(np.zeros((1, 1, 48, 48), np.float32), b, lab)
 
 
 def test_proposals_fall_in_their_bins_and_background_is_far():
@@ -43,7 +43,7 @@ def test_proposals_fall_in_their_bins_and_background_is_far():
     assert bg.sum() == 5
     overlap = box_iou(p.rois[bg, None, 1:].astype(float), canvases.boxes[0, None, :2])
     assert (overlap < 0.3).all()
-    assert (p.rois[:, 1:] >= 0).all() and (p.rois[:, 1:] <= 64).all()
+    assert (p.rois[:, 1:] >= 0).all() and (p.rois[:, 1:] <= roi_data.CANVAS).all()
 
 
 def test_split_and_canvases():
@@ -70,48 +70,86 @@ def test_split_and_canvases():
 
 def test_variants_start_from_the_same_function():
     rng = np.random.default_rng(SEED)
-    images = rng.uniform(0, 1, (2, 1, 64, 64)).astype(np.float32)
-    rois = np.array([[0, 4, 4, 20, 24], [1, 30, 10, 50, 40]], np.float32)
+    side = roi_data.CANVAS
+    images = rng.uniform(0, 1, (2, 1, side, side)).astype(np.float32)
+    rois = np.array([[0, 4, 4, 20, 24], [1, 26, 10, 40, 30]], np.float32)
     ref = roi_models.Detector("roialign", np.random.default_rng([0, 10]))
     logits, deltas = ref(images, rois)
-    deform = roi_models.Detector("deform", np.random.default_rng([0, 10]))
-    got, got_deltas = deform(images, rois)  # zero offsets: RoIAlign, the same weights
-    np.testing.assert_allclose(got.data, logits.data, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got_deltas.data, deltas.data, rtol=1e-5, atol=1e-6)
-    for variant in ("deform", "modulated"):
+    for variant in ("deform", "dcn-roialign", "dcn-deform"):  # zero offsets: RoIAlign, the same weights
+        got, got_deltas = roi_models.Detector(variant, np.random.default_rng([0, 10]))(images, rois)
+        np.testing.assert_allclose(got.data, logits.data, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got_deltas.data, deltas.data, rtol=1e-5, atol=1e-6)
+    rfcn = roi_models.Detector("rfcn", np.random.default_rng([0, 10]))
+    rfcn_deform = roi_models.Detector("rfcn-deform", np.random.default_rng([0, 10]))
+    for a, b in zip(rfcn(images, rois), rfcn_deform(images, rois), strict=True):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(rfcn.backbone[0].weight.data, ref.backbone[0].weight.data)  # same backbone
+    for variant in ("deform", "modulated", "dcn-deform", "rfcn-deform"):
         net = roi_models.Detector(variant, np.random.default_rng([0, 10]))
-        assert not net.bin_offsets(images, rois).any()
-        assert any(np.abs(p.data).sum() for p in net.pool.offset_fc.parameters())
+        shifts = net.bin_shifts(images, rois)
+        side = roi_models.GROUP if variant.startswith("rfcn") else roi_models.POOLED
+        assert shifts.shape == (2, 2, side, side) and not shifts.any()
+    assert any(
+        np.abs(p.data).sum() for p in net_offset_fc(roi_models.Detector("deform", np.random.default_rng(0)))
+    )
     counts = {
         v: roi_models.count_parameters(roi_models.Detector(v, np.random.default_rng(0)))
-        for v in ("roialign", "deform", "wide")
+        for v in ("roialign", "deform", "wide", "rfcn", "rfcn-deform")
     }
     assert counts["roialign"] < counts["deform"] < counts["wide"]
+    assert counts["rfcn"] < counts["rfcn-deform"] < counts["roialign"]
     enlarged = roi_models.enlarge(rois, 1.5)
     np.testing.assert_allclose(enlarged[0], [0, 0, -1, 24, 29])
 
 
+def net_offset_fc(net: roi_models.Detector) -> list:
+    """The parameters of the fc head's offset branch (drawn at random, but for its last layer)."""
+    return list(net.head.pool.offset_fc.parameters())
+
+
+def test_bin_shifts_are_offsets_times_gamma_and_the_roi_size():
+    """A constant offset moves every bin by offset * gamma * size (the R-FCN op's size is the
+    rounded box plus one pixel)."""
+    rois = np.array([[0, 4.2, 4.0, 20.0, 24.6]], np.float32)
+    images = np.zeros((1, 1, roi_data.CANVAS, roi_data.CANVAS), np.float32)
+    net = roi_models.Detector("rfcn-deform", np.random.default_rng(0))
+    bins = roi_models.GROUP**2
+    net.head.offset_maps.bias.data[:] = np.repeat([1.0, -2.0], bins)  # channel ctop * bins + bin: x, then y
+    shifts = net.bin_shifts(images, rois)
+    np.testing.assert_allclose(shifts[0, 0], 1.0 * 0.1 * (20 + 1 - 4), rtol=1e-6)
+    np.testing.assert_allclose(shifts[0, 1], -2.0 * 0.1 * (25 + 1 - 4), rtol=1e-6)
+
+
 def test_claims_print_only_what_every_seed_shows():
-    from cudcn.demo.roi_experiments import Run, Settings
+    from cudcn.demo.roi_experiments import QUICK, Run, Settings
 
     def run(variant, seed, gain):
         scores = {f"{b} {k}": 50.0 for b in range(6) for k in ("AP75", "AP90", "IoU", "acc")}
-        if variant == "deform":
-            for key in ("1 AP75", "1 AP90", "0 IoU"):
+        scores["AP50:95"] = 70.0
+        if variant in ("deform", "rfcn-deform", "dcn-deform"):
+            for key in ("1 AP75", "1 AP90", "0 IoU", "AP50:95"):
                 scores[key] += gain
             scores.update(r_x=0.8, r_y=0.9)
+        if variant in ("dcn-roialign", "dcn-deform"):
+            scores["AP50:95"] += 2.0
         empty = np.zeros(0)
         return Run(variant, seed, 1, [], empty, empty, empty, empty, scores=scores)
 
     class Ctx:
-        settings = Settings(seeds=2, variants=("roialign", "deform", "wide"))
+        settings = Settings(seeds=2, variants=QUICK.variants)  # every pair the claims compare
 
-    shown = [run("roialign", s, 0) for s in (0, 1)] + [run("wide", s, 0) for s in (0, 1)]
-    lines = roi_report.claims(Ctx, [*shown, run("deform", 0, 3.0), run("deform", 1, 2.0)])
-    assert all(line.startswith("  shown:") for line in lines[1:5]), lines
-    lines = roi_report.claims(Ctx, [*shown, run("deform", 0, 3.0), run("deform", 1, 0.5)])
-    assert lines[1].startswith("  not shown:") and "+3.0 +0.5" in lines[1]
+    def lines_for(gains: tuple[float, float]) -> list[str]:
+        runs = [run(v, s, g) for v in Ctx.settings.variants for s, g in enumerate(gains)]
+        return roi_report.claims(Ctx, runs)
+
+    lines = lines_for((3.0, 2.0))
+    assert [line.split(":")[0] for line in lines[1:8]] == ["  shown"] * 5 + ["  shown", "  shown"], lines
+    assert "both +5.0 +4.0; better alone +3.0 +2.0" in lines[7]
+    lines = lines_for((3.0, 0.5))
+    assert lines[1].startswith("  not shown:") and "deform +3.0 +0.5" in lines[1]
     assert lines[2].startswith("  not shown:") and lines[4].startswith("  shown:")
+    assert lines[5].startswith("  not shown:") and lines[6].startswith("  shown:")
+    assert lines[7].startswith("  not shown:")
 
 
 @pytest.mark.slow
@@ -133,11 +171,17 @@ def test_demo_roi_quick_writes_pictures(tmp_path):
     print(f"cudcn demo roi --quick took {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, result.stderr
     assert "numbers mean nothing" in result.stdout and "threads: Numba" in result.stdout
-    for line in ("per proposal-IoU bin", "differences to RoIAlign per seed", "claims", "r_x ="):
+    for line in (
+        "per proposal-IoU bin",
+        "R-FCN head",
+        "additivity",
+        "training loss by tenth",
+        "claims",
+        "r_x =",
+    ):
         assert line in result.stdout
-    pictures = [
-        out / f"{n}.png" for n in ("roi_gain_by_bin", "roi_deformed_bins", "roi_shift_vs_displacement")
-    ]
+    names = ("gain_by_bin", "deformed_bins", "shift_vs_displacement", "additivity", "training_loss")
+    pictures = [out / f"roi_{n}.png" for n in names]
     for path in pictures:
         assert f"wrote {path}" in result.stdout
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
