@@ -39,7 +39,8 @@ def threads_line() -> str:
         blas = ", ".join(f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info())
     except ImportError:
         blas = os.environ.get("OPENBLAS_NUM_THREADS", "library default")
-    return f"threads: Numba {numba.get_num_threads()}, BLAS {blas} (set none; the machine's defaults)"
+    numba_threads = numba.get_num_threads()
+    return f"threads: Numba {numba_threads}, BLAS {blas} (not set by the demo: the environment's or defaults)"
 
 
 def run(
