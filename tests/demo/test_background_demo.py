@@ -4,10 +4,6 @@ pictures it names."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,8 +12,8 @@ import pytest
 
 from cudcn import nn
 from cudcn.demo import background, background_report, models, radius, roi_data
+from tests.demo.quick_run import assert_wrote_picture, run_quick
 
-ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261208
 
 
@@ -77,24 +73,8 @@ def test_claims_say_what_every_seed_shows(monkeypatch):
 @pytest.mark.slow
 def test_demo_background_quick_writes_its_pictures(tmp_path):
     """``cudcn demo background --quick`` from an empty folder (CI's smoke test)."""
-    pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")
-    pytest.importorskip("matplotlib", reason="matplotlib not installed")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "cudcn", "demo", "background", "--quick"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    print(f"cudcn demo background --quick took {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, result.stderr
+    stdout = run_quick(tmp_path, "background")
     for line in ("numbers mean nothing", "sampling radius", "background", "claims"):
-        assert line in result.stdout
+        assert line in stdout
     for name in ("background_sampling", "background_radius"):
-        path = Path("cudcn_demo_out") / f"{name}.png"
-        assert f"wrote {path}" in result.stdout
-        written = tmp_path / path
-        assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written.stat().st_size > 5000
+        assert_wrote_picture(stdout, Path("cudcn_demo_out") / f"{name}.png", tmp_path)

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +12,8 @@ import pytest
 from cudcn import nn
 from cudcn.demo import data, models, radius, report
 from cudcn.demo.train import Schedule, pick_device, train
+from tests.demo.quick_run import assert_wrote_picture, run_quick
 
-ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261124
 PICTURES = ("training_curves", "accuracy_vs_scale", "sampling_locations", "radius_vs_scale")
 
@@ -147,29 +143,14 @@ def test_training_is_reproducible_and_loss_falls():
 @pytest.mark.slow
 def test_demo_quick_writes_every_picture(tmp_path):
     """``cudcn demo --quick`` end to end (CI's smoke test; should take well under a minute)."""
-    pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")
-    pytest.importorskip("matplotlib", reason="matplotlib not installed")
     out = tmp_path / "pictures"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "cudcn", "demo", "--quick", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    print(f"cudcn demo --quick took {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, result.stderr
-    assert "running on the CPU" in result.stdout or "running on the GPU" in result.stdout
+    stdout = run_quick(tmp_path, "--out", str(out))
+    assert "running on the CPU" in stdout or "running on the GPU" in stdout
     for table in ("(A) scale-adaptive sampling", "(B) offsets as the mechanism", "radius px"):
-        assert table in result.stdout
+        assert table in stdout
     for name in PICTURES:
-        path = out / f"{name}.png"
-        assert f"wrote {path}" in result.stdout
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    check_saved_deformable_net(out, result.stdout)
+        assert_wrote_picture(stdout, out / f"{name}.png")
+    check_saved_deformable_net(out, stdout)
 
 
 def check_saved_deformable_net(out: Path, stdout: str) -> None:

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +11,8 @@ import pytest
 from cudcn import nn
 from cudcn.demo import layers, models
 from cudcn.demo.experiments import Run
+from tests.demo.quick_run import assert_wrote_picture, run_quick
 
-ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261207
 
 
@@ -60,22 +56,6 @@ def test_claims_say_what_every_seed_shows():
 @pytest.mark.slow
 def test_demo_layers_quick_writes_its_picture(tmp_path):
     """``cudcn demo layers --quick`` from an empty folder (CI's smoke test)."""
-    pytest.importorskip("mlxtend", reason="mlxtend not installed (pip install 'cudcn[examples]')")
-    pytest.importorskip("matplotlib", reason="matplotlib not installed")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "cudcn", "demo", "layers", "--quick"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    print(f"cudcn demo layers --quick took {time.perf_counter() - start:.1f} s")
-    assert result.returncode == 0, result.stderr
-    assert "numbers mean nothing" in result.stdout and "claims" in result.stdout
-    path = Path("cudcn_demo_out") / "layers_accuracy.png"
-    assert f"wrote {path}" in result.stdout
-    written = tmp_path / path
-    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and written.stat().st_size > 5000
+    stdout = run_quick(tmp_path, "layers")
+    assert "numbers mean nothing" in stdout and "claims" in stdout
+    assert_wrote_picture(stdout, Path("cudcn_demo_out") / "layers_accuracy.png", tmp_path)
