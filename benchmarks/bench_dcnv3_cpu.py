@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,27 +37,10 @@ import numpy as np
 from cudcn.ops import dcnv3_backward, dcnv3_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests' torch peer
+from cpu_bench import medians_ms  # benchmarks/, the script's own folder
 
 SIZE, CHANNELS, GROUP = 56, 64, 4
 KERNELS = (3, 5)
-SETTLE_S = 0.2
-
-
-def medians_ms(
-    fns: dict[str, Callable[[], object]], repeats: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(median, fastest) ms of each function over ``repeats`` turns, after one warm-up call each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(SETTLE_S)
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
 def inputs(k: int, seed: int = 0) -> dict:

@@ -21,7 +21,7 @@ short pause, so that a busy machine slows them alike (torchvision's slow backwar
 ``tv/f+b`` (torchvision over cudcn). With ``onnx`` and ``onnxruntime`` installed (the ``onnx`` extra)
 and float32, ``ort fwd`` is ONNX Runtime's CPU ``DeformConv`` kernel running cudcn's export of the
 call (with mask), on as many threads, its idle workers' spinning switched off
-(``session.intra_op.allow_spinning = 0``, see ``ort_session.py``); ``fwd/ort`` is cudcn's forward over
+(``session.intra_op.allow_spinning = 0``, see ``cpu_bench.py``); ``fwd/ort`` is cudcn's forward over
 it. A second row per shape gives the fastest repeat of each (on a
 machine shared with other jobs, the least disturbed).
 
@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from ort_session import cpu_session  # benchmarks/, the script's own folder
+from cpu_bench import SETTLE_S, cpu_session, medians_ms  # benchmarks/, the script's own folder
 
 import cudcn
 from cudcn.backends import cpu
@@ -53,7 +53,6 @@ from cudcn.functional import deform_conv2d
 from cudcn.ops.deform_conv2d import DeformConv2dParams
 
 SHAPES = [(2, 64, 56), (1, 256, 32), (8, 128, 28), (64, 32, 7)]  # (B, C_in = C_out, H = W)
-SETTLE_S = 0.2
 PARAMS = DeformConv2dParams(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1, offset_groups=1)
 
 FIRST_CALL = """
@@ -71,25 +70,6 @@ deform_conv2d(x, off, w, padding=1, mask=m).sum().backward()
 t2 = time.perf_counter()
 print(f"{(t1 - t0) * 1e3:.0f} {(t2 - t1) * 1e3:.0f}")
 """
-
-
-def medians_ms(
-    fns: dict[str, Callable[[], object]], repeats: dict[str, int]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(median, fastest) ms of each function over its repeats, taking turns, each after a pause (idle
-    thread pools still polling from the previous contender would slow whoever runs next)."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for turn in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if turn < repeats[name]:
-                time.sleep(SETTLE_S)
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
 def inputs(b: int, c: int, h: int, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
@@ -192,7 +172,7 @@ def torch_fns(a: dict[str, np.ndarray]) -> dict[str, Callable[[], object]]:
 
 def ort_fns(a: dict[str, np.ndarray], threads: int) -> dict[str, Callable[[], object]]:
     """ONNX Runtime's CPU ``DeformConv`` kernel (cudcn's export of the call: one standard node, with
-    mask) on ``threads`` threads, spinning switched off (``ort_session``)."""
+    mask) on ``threads`` threads, spinning switched off (``cpu_bench``)."""
     from cudcn.onnx import export
 
     names = ("input", "offset", "weight", "bias", "mask")

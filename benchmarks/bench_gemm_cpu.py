@@ -44,6 +44,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 
 import numpy as np
+from cpu_bench import SETTLE_S  # benchmarks/, the script's own folder
 from scipy.linalg.blas import sgemm
 
 try:
@@ -57,7 +58,6 @@ except ImportError:
 
 SHAPES = [(2, 64, 56), (1, 256, 32), (8, 128, 28), (64, 32, 7)]  # (B, C_in = C_out, H = W)
 PRODUCTS = ("forward", "col-grad", "w-grad")
-SETTLE_S = 0.2  # > the ~0.1 s an idle OpenBLAS worker spins after a call, taking a core
 
 Call = Callable[[], object]
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ import numpy as np
 from cudcn.ops import ms_deform_attn_backward, ms_deform_attn_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests' torch peer
-from ort_session import cpu_session
+from cpu_bench import cpu_session, medians_ms
 
 ENCODER_LEVELS = ((50, 75), (25, 38), (13, 19), (7, 10))
 SHAPES = {  # name: (levels, queries); None queries: one per pixel
@@ -58,24 +57,6 @@ SHAPES = {  # name: (levels, queries); None queries: one per pixel
     "small encoder": (((25, 38), (13, 19), (7, 10), (4, 5)), None),
 }
 HEADS, CHANNELS, POINTS = 8, 32, 4
-SETTLE_S = 0.2
-
-
-def medians_ms(
-    fns: dict[str, Callable[[], object]], repeats: int, clock: Callable[[], float] = time.perf_counter
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(median, fastest) ms of each function over ``repeats`` turns, after one warm-up call each."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            time.sleep(SETTLE_S)
-            t = clock()
-            fn()
-            times[name].append(clock() - t)
-    medians = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-    return medians, {name: min(ts) * 1e3 for name, ts in times.items()}
 
 
 def sampling_locations(levels: tuple, queries: int | None, rng: np.random.Generator) -> np.ndarray:
