@@ -57,6 +57,15 @@ def bilinear_weights(y, x):
     return np.uint64(np.int64(fy) + 1), np.uint64(np.int64(fx) + 1), y - fy, x - fx
 
 
+@njit(cache=True, inline="always")
+def corner_weights(one, ly, lx):
+    """The bilinear weights ``(w00, w01, w10, w11)`` of the top-left, top-right, bottom-left and
+    bottom-right neighbours for the fractional parts (ly, lx); ``one`` is 1 in their type."""
+    hy = one - ly
+    hx = one - lx
+    return hy * hx, hy * lx, ly * hx, ly * lx
+
+
 @njit(cache=True)
 def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
     """``col[g, pos, k, d0 + t] = scale · bilinear(xpad[b], channel c0 + t)`` for ``t < n``.
@@ -64,13 +73,7 @@ def bilinear_sample(xpad, b, r, q, ly, lx, scale, c0, n, col, g, pos, k, d0):
     The mask ``scale`` multiplies the interpolated value, not the weights, as the reference does: with
     an inf mask, ``inf · (w · 0)`` of a zero-padded neighbour would be NaN where the reference's value is
     inf."""
-    one = xpad.dtype.type(1)
-    hy = one - ly
-    hx = one - lx
-    w00 = hy * hx
-    w01 = hy * lx
-    w10 = ly * hx
-    w11 = ly * lx
+    w00, w01, w10, w11 = corner_weights(xpad.dtype.type(1), ly, lx)
     for t in range(n):
         c = c0 + t
         col[g, pos, k, d0 + t] = scale * (

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from cudcn.backends.cpu.deform_conv2d_kernels import bilinear_weights, sample_in_range
+from cudcn.backends.cpu.deform_conv2d_kernels import bilinear_weights, corner_weights, sample_in_range
 from cudcn.backends.cpu.threads import SerialOrParallel
 
 FORWARD_BLOCK = 64  # queries per forward task
@@ -79,13 +79,7 @@ def bilinear_accumulate(vpad, corners, weight, out, oo, c0, count):
     first (the reference's order of the four terms), then times the weight (an inf weight times a
     zero sample is NaN, as there)."""
     o00, o01, o10, o11, ly, lx = corners
-    one = vpad.dtype.type(1)
-    hy = one - ly
-    hx = one - lx
-    w00 = hy * hx
-    w01 = hy * lx
-    w10 = ly * hx
-    w11 = ly * lx
+    w00, w01, w10, w11 = corner_weights(vpad.dtype.type(1), ly, lx)
     for t in range(count):
         c = c0 + t
         sample = w00 * vpad[o00 + c] + w01 * vpad[o01 + c] + w10 * vpad[o10 + c] + w11 * vpad[o11 + c]
@@ -102,10 +96,7 @@ def bilinear_sums(grad_out, go, vpad, corners, acc, c0, count, first):
     one = vpad.dtype.type(1)
     hy = one - ly
     hx = one - lx
-    w00 = hy * hx
-    w01 = hy * lx
-    w10 = ly * hx
-    w11 = ly * lx
+    w00, w01, w10, w11 = corner_weights(one, ly, lx)
     for t in range(count):
         c = c0 + t
         g = grad_out[go + c]
@@ -128,13 +119,7 @@ def bilinear_scatter(grad_out, go, gpad, g_plane, corners, weight, c0, count):
     gradient plane (``g_plane`` added to each neighbour's offset). A loop of its own, as in
     deform_conv2d's bilinear_backward: LLVM vectorises the four scatters alone."""
     o00, o01, o10, o11, ly, lx = corners
-    one = gpad.dtype.type(1)
-    hy = one - ly
-    hx = one - lx
-    w00 = hy * hx
-    w01 = hy * lx
-    w10 = ly * hx
-    w11 = ly * lx
+    w00, w01, w10, w11 = corner_weights(gpad.dtype.type(1), ly, lx)
     for t in range(count):
         c = c0 + t
         v = weight * grad_out[go + c]
