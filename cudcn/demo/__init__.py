@@ -80,16 +80,12 @@ def run(
     runs_b = experiment_b(ctx)
     lap("experiment B")
     tables = [*report.report_a(ctx, runs_a), "", *report.report_b(ctx, runs_b)]
-    say()
-    for line in tables:
-        say(line)
+    log.block(tables)
     pictures = plots.draw_all(ctx, runs_a, runs_b, out)
     lap("pictures")
     saved, note = models.save_trained(ctx.keep["deform"], out)
     lap("saving")
-    say()
-    for path in pictures + saved:
-        say(f"wrote {path}")
+    log.wrote(pictures + saved)
     if note:
         say(note)
     seconds = log.finish()

@@ -212,12 +212,8 @@ def run(
     runs = run_all(ctx)
     log.lap("training and scoring")
     lines = [*background_report.tables(ctx, runs), "", *background_report.claims(ctx, runs)]
-    log.say()
-    for line in lines:
-        log.say(line)
+    log.block(lines)
     pictures = background_report.draw_all(ctx, runs, out)
     log.lap("pictures")
-    log.say()
-    for path in pictures:
-        log.say(f"wrote {path}")
+    log.wrote(pictures)
     return PartResult(runs, lines, pictures, log.finish())

@@ -25,7 +25,7 @@ import numpy as np
 
 from cudcn.demo import data, experiments, models
 from cudcn.demo.experiments import Context, Run
-from cudcn.demo.report import claim, scale_bin_table, spread
+from cudcn.demo.report import claim, per_seed, scale_bin_table, spread
 from cudcn.demo.runlog import PartResult, RunLog
 from cudcn.files import require_folder
 
@@ -86,10 +86,6 @@ def accuracies(runs: list[Run], count: int) -> np.ndarray:
     return np.array([100 * r.accuracy for r in chosen])
 
 
-def _per_seed(v: np.ndarray) -> str:
-    return " ".join(f"{x:+.1f}" for x in v)
-
-
 def report(ctx: Context, s: Settings, runs: list[Run]) -> list[str]:
     """The accuracy table, the per-scale table and the per-seed gains."""
     t = s.training
@@ -108,7 +104,7 @@ def report(ctx: Context, s: Settings, runs: list[Run]) -> list[str]:
     for prev, count in zip(s.counts, s.counts[1:], strict=False):
         step = accuracies(runs, count) - accuracies(runs, prev)
         total = accuracies(runs, count) - accuracies(runs, s.counts[0])
-        out.append(f"  {prev} -> {count}: {_per_seed(step):<22} {s.counts[0]} -> {count}: {_per_seed(total)}")
+        out.append(f"  {prev} -> {count}: {per_seed(step):<22} {s.counts[0]} -> {count}: {per_seed(total)}")
     models_runs = [[r for r in runs if r.name == _name(c)] for c in s.counts]
     return [*out, "", *scale_bin_table(ctx, models_runs, [_name(c) for c in s.counts])]
 
@@ -123,13 +119,13 @@ def claims(s: Settings, runs: list[Run]) -> list[str]:
     out = [f"claims (each printed only when all {s.seeds} seed(s) show it):"]
     ok = all(bool((g > MATERIAL).all()) for g in rises.values())
     text = f"every count of deformable layers beats none (by > {MATERIAL:g} point)"
-    out.append(claim(ok, text, "; ".join(f"{c}: {_per_seed(g)}" for c, g in rises.items())))
+    out.append(claim(ok, text, "; ".join(f"{c}: {per_seed(g)}" for c, g in rises.items())))
     ok = bool((three - none > MATERIAL).all() and (np.abs(four - three) <= MATERIAL).all())
     text = (
         f"accuracy saturates after three: 0 -> 3 gains > {MATERIAL:g} point, 3 -> 4 changes it by"
         f" at most ±{MATERIAL:g}"
     )
-    out.append(claim(ok, text, f"0 -> 3 {_per_seed(three - none)}; 3 -> 4 {_per_seed(four - three)}"))
+    out.append(claim(ok, text, f"0 -> 3 {per_seed(three - none)}; 3 -> 4 {per_seed(four - three)}"))
     means = {c: accuracies(runs, c).mean() for c in s.counts}
     best = max(means.values())
     first = min(c for c in s.counts if means[c] >= best - MATERIAL)
@@ -191,12 +187,9 @@ def run(
     runs = experiment(ctx, s)
     log.lap("training and scoring")
     lines = [*report(ctx, s, runs), "", *claims(s, runs)]
-    log.say()
-    for line in lines:
-        log.say(line)
+    log.block(lines)
     out.mkdir(parents=True, exist_ok=True)
     picture = draw(s, runs, out / "layers_accuracy.png")
     log.lap("pictures")
-    log.say()
-    log.say(f"wrote {picture}")
+    log.wrote([picture])
     return PartResult(runs, lines, [picture], log.finish())

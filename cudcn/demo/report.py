@@ -69,6 +69,11 @@ def scale_bin_table(ctx: Context, models: list[list[Run]], headers: list[str]) -
     return out
 
 
+def per_seed(gains: npt.ArrayLike) -> str:
+    """Signed differences in points, one per seed: ``"+0.4 -1.0 +0.7"``."""
+    return " ".join(f"{x:+.1f}" for x in np.asarray(gains))
+
+
 def claim(ok: bool, text: str, measured: str) -> str:
     """One claim line: "shown: text [measured]" or "not shown: text; measured (per seed): ..."."""
     if ok:

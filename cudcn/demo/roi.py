@@ -74,13 +74,9 @@ def run(
     runs = run_all(ctx)
     lap("training and scoring")
     lines = [*roi_report.tables(ctx, runs), "", *roi_report.claims(ctx, runs)]
-    say()
-    for line in lines:
-        say(line)
+    log.block(lines)
     pictures = roi_plots.draw_all(ctx, runs, out)
     lap("pictures")
-    say()
-    for path in pictures:
-        say(f"wrote {path}")
+    log.wrote(pictures)
     seconds = log.finish()
     return RoiResult(runs, lines, pictures, seconds)

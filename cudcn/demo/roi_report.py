@@ -14,7 +14,7 @@ from typing import SupportsIndex
 
 import numpy as np
 
-from cudcn.demo.report import claim, compare, spread
+from cudcn.demo.report import claim, compare, per_seed, spread
 from cudcn.demo.roi_data import IOU_BINS
 from cudcn.demo.roi_experiments import Context, Run
 from cudcn.demo.roi_models import DEFORMABLE
@@ -57,10 +57,6 @@ def _row(label: str, cells: list[str], width: int = 24) -> str:
     return f"  {label:<14}" + "".join(f"{c:>{width}}" for c in cells)
 
 
-def _per_seed(v: np.ndarray) -> str:
-    return " ".join(f"{x:+.1f}" for x in v)
-
-
 def _section(runs: list[Run], title: str, variants: list[str]) -> list[str]:
     """One head's overall and per-bin tables, its per-seed differences and offset correlations."""
     out = [
@@ -81,7 +77,7 @@ def _section(runs: list[Run], title: str, variants: list[str]) -> list[str]:
         out.append(f"  differences per seed (points; seeds 0, 1, ...) to {BASE[others[0]]}")
         for b in range(len(IOU_BINS)):
             for key in ("AP75", "AP90", "IoU"):
-                cells = [f"{v} {_per_seed(gains(runs, v, f'{b} {key}'))}" for v in others]
+                cells = [f"{v} {per_seed(gains(runs, v, f'{b} {key}'))}" for v in others]
                 out.append(f"  {bin_label(b)} {key:<5} " + " | ".join(cells))
         for key in ("AP90", "AP50:95", "mean IoU"):
             for v in others:
@@ -125,9 +121,9 @@ def additivity(runs: list[Run], key: str = "AP50:95") -> list[str]:
         out.append(f"  {label:<22}" + "".join(f"{spread(values(runs, v, key)):>26}" for v in row))
     g = {name: gains(runs, v, key, base) for name, v in (("pool", droi), ("backbone", dcn), ("both", both))}
     out.append(
-        f"  gains over plain + RoIAlign per seed: deformable pooling {_per_seed(g['pool'])}; deformable"
-        f" backbone {_per_seed(g['backbone'])}; both {_per_seed(g['both'])} (sum of the two alone"
-        f" {_per_seed(g['pool'] + g['backbone'])})"
+        f"  gains over plain + RoIAlign per seed: deformable pooling {per_seed(g['pool'])}; deformable"
+        f" backbone {per_seed(g['backbone'])}; both {per_seed(g['both'])} (sum of the two alone"
+        f" {per_seed(g['pool'] + g['backbone'])})"
     )
     return out
 
@@ -158,11 +154,11 @@ def _pair_claim(runs: list[Run], variant: str, keys: tuple[str, ...], controls: 
     for key in keys:
         d = gains(runs, variant, key)
         ok &= bool((d > MATERIAL).all())
-        parts = [f"{variant} {_per_seed(d)}"]
+        parts = [f"{variant} {per_seed(d)}"]
         for c in controls:
             dc = gains(runs, c, key)
             ok &= bool((d > dc).all())
-            parts.append(f"{c} {_per_seed(dc)}")
+            parts.append(f"{c} {per_seed(dc)}")
         label = f"{bin_label(int(key[0]))} {key[2:]}" if key[0].isdigit() else key
         measured.append(f"{label}: " + ", ".join(parts))
     return claim(ok, text, "; ".join(measured))
@@ -187,7 +183,7 @@ def claims(ctx: Context, runs: list[Run]) -> list[str]:
         text = (
             f"no material difference in refined IoU (within ±{MATERIAL:g} point) for proposals of IoU >= 0.8"
         )
-        out.append(claim(ok, text, "; ".join(f"{k} {_per_seed(d)}" for k, d in strict.items())))
+        out.append(claim(ok, text, "; ".join(f"{k} {per_seed(d)}" for k, d in strict.items())))
         rx, ry = values(runs, "deform", "r_x"), values(runs, "deform", "r_y")
         r_xy = f"r_x {', '.join(f'{x:+.2f}' for x in rx)}; r_y {', '.join(f'{y:+.2f}' for y in ry)}"
         text = "the offsets point toward the object (r >= 0.7 on both axes)"
@@ -208,7 +204,7 @@ def claims(ctx: Context, runs: list[Run]) -> list[str]:
             f"deformable backbone and deformable RoI pooling add up: together they beat the better one"
             f" alone by > {MATERIAL:g} point AP50:95"
         )
-        measured = f"both {_per_seed(together)}; better alone {_per_seed(alone)}"
+        measured = f"both {per_seed(together)}; better alone {per_seed(alone)}"
         out.append(claim(bool((together - alone > MATERIAL).all()), text, measured))
     if len(out) == 1:
         out = ["claims: none (the run has no pair of variants the claims compare)"]

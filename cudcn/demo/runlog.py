@@ -36,6 +36,15 @@ class RunLog:
     def say(self, line: str = "") -> None:
         print(line, file=self.stream, flush=True)
 
+    def block(self, lines: list[str]) -> None:
+        """A blank line, then ``lines`` (a part's tables and claims)."""
+        for line in ["", *lines]:
+            self.say(line)
+
+    def wrote(self, paths: list[Path]) -> None:
+        """A blank line, then ``wrote <path>`` for each file written."""
+        self.block([f"wrote {path}" for path in paths])
+
     def lap(self, name: str) -> None:
         now = time.perf_counter()
         self.seconds[name] = now - self._clock
