@@ -35,15 +35,15 @@ def late_layers(depth: int = DEPTH) -> tuple[int, ...]:
 DEFORM_LAYERS = late_layers()  # the conv demo's two deformable layers
 
 
-def trunk(width: int, rng: np.random.Generator, depth: int = DEPTH) -> list[nn.Module]:
-    """The net's convolutional part, 1 channel in, ``width`` out at stride 4, with ``depth``
-    convolutions of width ``width`` after the second pooling; drawn from ``rng`` in order, so the
-    first layers' weights do not depend on ``depth``."""
+def trunk(width: int, rng: np.random.Generator, depth: int = DEPTH, first: int = C1) -> list[nn.Module]:
+    """The net's convolutional part, 1 channel in, ``first`` channels after the first convolution,
+    ``width`` out at stride 4, with ``depth`` convolutions of width ``width`` after the second
+    pooling; drawn from ``rng`` in order, so the first layers' weights do not depend on ``depth``."""
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(cout), nn.ReLU()]
 
-    layers = [*block(1, C1), nn.MaxPool2d(2), *block(C1, width), nn.MaxPool2d(2)]
+    layers = [*block(1, first), nn.MaxPool2d(2), *block(first, width), nn.MaxPool2d(2)]
     for _ in range(depth):
         layers += block(width, width)
     return layers

@@ -33,13 +33,13 @@ import numpy as np
 from cudcn import functional as F
 from cudcn import nn
 from cudcn.backends import array_module
-from cudcn.demo.models import swap_deformable
+from cudcn.demo.models import late_layers, swap_deformable, trunk
 
 FIRST, WIDTH, POOLED, SCALE = 16, 32, 7, 0.25
 GROUP = 3  # R-FCN's k: k x k position-sensitive bins (a digit spans about 3 x 4 units)
 HIDDEN, WIDE_HIDDEN, OFFSET_FC, RFCN_WIDTH = 256, 512, 256, 128
 CONTEXT, GAMMA, CLASSES = 1.5, 0.1, 11
-BACKBONE_DEFORM = (8, 11)  # the backbone's last two convolutions
+BACKBONE_DEFORM = late_layers(2)  # the backbone's last two convolutions
 VARIANTS = (
     "roialign",
     "deform",
@@ -57,18 +57,7 @@ DEFORMABLE = ("deform", "modulated", "dcn-deform", "rfcn-deform")  # deformable 
 def backbone(rng: np.random.Generator, deformable: bool = False) -> nn.Sequential:
     """The 4-conv backbone above: (B, 1, 48, 48) -> (B, 32, 12, 12); with ``deformable`` its last two
     convolutions are DeformConv2dPack holding the weights drawn here (zero offsets)."""
-
-    def block(cin: int, cout: int) -> list[nn.Module]:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    net = nn.Sequential(
-        *block(1, FIRST),
-        nn.MaxPool2d(2),
-        *block(FIRST, WIDTH),
-        nn.MaxPool2d(2),
-        *block(WIDTH, WIDTH),
-        *block(WIDTH, WIDTH),
-    )
+    net = nn.Sequential(*trunk(WIDTH, rng, depth=2, first=FIRST))
     return swap_deformable(net, BACKBONE_DEFORM) if deformable else net
 
 
