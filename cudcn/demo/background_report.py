@@ -20,7 +20,7 @@ import numpy as np
 from cudcn.demo.background import BACKGROUND, REGIONS, Context, Run, regions, scores
 from cudcn.demo.plots import _figure, save_figure
 from cudcn.demo.radius import ORIGIN, STRIDE, composite_points, predict_with_offsets, regular_radius
-from cudcn.demo.report import claim, spread
+from cudcn.demo.report import claim, claim_block, spread
 from cudcn.demo.roi_data import CANVAS
 from cudcn.demo.roi_plots import canvas_extent
 
@@ -67,16 +67,14 @@ def _seeds(values: np.ndarray) -> str:
 def claims(ctx: Context, runs: list[Run]) -> list[str]:
     """The paper's Table 2 claim, and the conv demo's (radius grows with object size)."""
     small, medium, large, background = region_radius(ctx, runs).T
-    out = [f"claims (each printed only when all {len(runs)} seed(s) show it):"]
+    out = []
     ok = bool(((medium < background) & (background < large)).all())
     measured = f"medium {_seeds(medium)}; background {_seeds(background)}; large {_seeds(large)}"
     out.append(claim(ok, "the radius on background lies between those on medium and large digits", measured))
     ok = bool(((small < medium) & (medium < large)).all())
     measured = f"small {_seeds(small)}; medium {_seeds(medium)}; large {_seeds(large)}"
     out.append(claim(ok, "the radius grows with digit size (small < medium < large)", measured))
-    if len(runs) < 3:
-        out.append(f"  (with {len(runs)} seed(s) these say little: the demo's protocol uses 3)")
-    return out
+    return claim_block(len(runs), out)
 
 
 def _pick(ctx: Context) -> int:

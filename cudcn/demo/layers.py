@@ -25,11 +25,10 @@ import numpy as np
 
 from cudcn.demo import data, experiments, models
 from cudcn.demo.experiments import Context, Run
-from cudcn.demo.report import claim, per_seed, scale_bin_table, spread
+from cudcn.demo.report import MATERIAL, claim, claim_block, per_seed, scale_bin_table, spread
 from cudcn.demo.runlog import PartResult, RunLog
 from cudcn.files import require_folder
 
-MATERIAL = 1.0  # points: a smaller difference is no material difference
 TRAINING = experiments.Settings(steps_scratch=248, sweep_scales=())  # (A)'s data and optimiser, 4 epochs
 
 
@@ -116,7 +115,7 @@ def claims(s: Settings, runs: list[Run]) -> list[str]:
         return ["claims: none (the run lacks the counts 0, 3 and 4)"]
     none, three, four = (accuracies(runs, c) for c in (0, 3, 4))
     rises = {c: accuracies(runs, c) - none for c in s.counts if c > 0}
-    out = [f"claims (each printed only when all {s.seeds} seed(s) show it):"]
+    out = []
     ok = all(bool((g > MATERIAL).all()) for g in rises.values())
     text = f"every count of deformable layers beats none (by > {MATERIAL:g} point)"
     out.append(claim(ok, text, "; ".join(f"{c}: {per_seed(g)}" for c, g in rises.items())))
@@ -133,9 +132,7 @@ def claims(s: Settings, runs: list[Run]) -> list[str]:
         f"  as measured: the mean accuracy first comes within {MATERIAL:g} point of the best count's"
         f" ({best:.1f} %) at {first} deformable layer(s)"
     )
-    if s.seeds < 3:
-        out.append(f"  (with {s.seeds} seed(s) these say little: the demo's protocol uses 3)")
-    return out
+    return claim_block(s.seeds, out)
 
 
 def draw(s: Settings, runs: list[Run], path: Path) -> Path:

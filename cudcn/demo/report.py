@@ -17,6 +17,8 @@ from cudcn.demo.radius import regular_radius
 
 SCALE_BINS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
+MATERIAL = 1.0  # points: the demos' claims call a smaller difference no material difference
+
 
 def spread(values: npt.ArrayLike, digits: int = 1) -> str:
     """``mean ± sd (min-max)``; just the value for one seed."""
@@ -66,6 +68,15 @@ def scale_bin_table(ctx: Context, models: list[list[Run]], headers: list[str]) -
         cells = [100 * np.mean([r.correct[sel].mean() for r in runs]) for runs in models]
         label = f"{SCALE_BINS[b]:.1f}-{SCALE_BINS[b + 1]:.1f}"
         out.append(f"  {label:<11}{int(sel.sum()):>7}" + "".join(f"{c:>16.1f}" for c in cells))
+    return out
+
+
+def claim_block(seeds: int, lines: list[str]) -> list[str]:
+    """A part's claim lines (see :func:`claim`) under their header, and a warning when the run has
+    fewer seeds than the demos' protocol (3)."""
+    out = [f"claims (each printed only when all {seeds} seed(s) show it):", *lines]
+    if seeds < 3:
+        out.append(f"  (with {seeds} seed(s) these say little: the demo's protocol uses 3)")
     return out
 
 

@@ -14,7 +14,7 @@ from typing import SupportsIndex
 
 import numpy as np
 
-from cudcn.demo.report import claim, compare, per_seed, spread
+from cudcn.demo.report import MATERIAL, claim, claim_block, compare, per_seed, spread
 from cudcn.demo.roi_data import IOU_BINS
 from cudcn.demo.roi_experiments import Context, Run
 from cudcn.demo.roi_models import DEFORMABLE
@@ -35,7 +35,6 @@ SECTIONS = {  # title: the variants it shows, base first; shown when it has a va
 }
 ADDITIVE = (("roialign", "deform"), ("dcn-roialign", "dcn-deform"))  # rows: backbone; columns: pooling
 STRICT = (4, 5)  # the bins of IoU >= 0.8
-MATERIAL = 1.0  # points
 
 
 def bin_label(b: SupportsIndex) -> str:
@@ -167,7 +166,7 @@ def _pair_claim(runs: list[Run], variant: str, keys: tuple[str, ...], controls: 
 def claims(ctx: Context, runs: list[Run]) -> list[str]:
     """The demo's claims, each printed only when every seed shows it."""
     v, seeds = ctx.settings.variants, ctx.settings.seeds
-    out = [f"claims (each printed only when all {seeds} seed(s) show it):"]
+    out: list[str] = []
     if "deform" in v and "roialign" in v:
         controls = [c for c in CONTROLS if c in v]
         text = (
@@ -206,8 +205,6 @@ def claims(ctx: Context, runs: list[Run]) -> list[str]:
         )
         measured = f"both {per_seed(together)}; better alone {per_seed(alone)}"
         out.append(claim(bool((together - alone > MATERIAL).all()), text, measured))
-    if len(out) == 1:
-        out = ["claims: none (the run has no pair of variants the claims compare)"]
-    elif seeds < 3:
-        out.append(f"  (with {seeds} seed(s) these say little: the demo's protocol uses 3)")
-    return out
+    if not out:
+        return ["claims: none (the run has no pair of variants the claims compare)"]
+    return claim_block(seeds, out)
